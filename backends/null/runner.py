@@ -1,0 +1,85 @@
+"""null: an instant fake engine for testing the evaluator, and failing on command.
+
+It reads no weights. Generation is a fixed function of the previous token, scoring is a
+uniform distribution, and the load option `fault` makes it misbehave in exactly one way, so
+every failure path of the evaluator can be driven for real. Its speed is the harness's
+own overhead: nothing else happens in it.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+FAULTS = {
+    "none": "behave",
+    "crash_on_load": "exit(3) while loading, without answering",
+    "crash_on_generate": "exit(3) in the middle of a generate request",
+    "hang_on_generate": "never answer a generate request",
+    "oom_on_load": "answer load with an out_of_memory error",
+    "garbage_on_generate": "answer generate with a line that is not JSON",
+    "wrong_token_count": "return one token fewer than asked",
+    "slow_tokens": "sleep 20 ms per generated token",
+}
+OPTIONS = {"fault", "vocab_size", "device", "threads", "dtype"}
+
+
+class NullEngine(Engine):
+    def __init__(self):
+        self.fault = "none"
+        self.vocab_size = 512
+
+    def describe(self):
+        return {
+            "engine": "null", "engine_version": "1", "versions": {}, "device": "cpu",
+            "available": True, "unavailable_reason": None,
+            "supports": {"score": True, "batch": True}, "build": {}, "faults": FAULTS,
+        }
+
+    def load(self, model, options):
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
+        self.fault = options.get("fault", "none")
+        if self.fault not in FAULTS:
+            raise RunnerError("bad_request", f"unknown fault {self.fault!r}; valid: {', '.join(FAULTS)}")
+        config = os.path.join(model["path"], "config.json")
+        self.vocab_size = int(options.get("vocab_size") or (json.load(open(config))["vocab_size"] if os.path.exists(config) else 512))
+        if self.fault == "crash_on_load":
+            os._exit(3)
+        if self.fault == "oom_on_load":
+            raise MemoryError("null backend: simulated out of memory while loading")
+        return {"parameters": 0, "vocab_size": self.vocab_size, "device": "cpu"}
+
+    def generate(self, prompts, max_new_tokens, on_token):
+        if self.fault == "crash_on_generate":
+            os._exit(3)
+        if self.fault == "hang_on_generate":
+            while True:
+                time.sleep(3600)
+        if self.fault == "garbage_on_generate":
+            self.protocol_stream.write("{this is not json\n")
+        steps = max_new_tokens - 1 if self.fault == "wrong_token_count" else max_new_tokens
+        last = [p[-1] for p in prompts]
+        out = [[] for _ in prompts]
+        for _ in range(steps):
+            if self.fault == "slow_tokens":
+                time.sleep(0.02)
+            last = [(t * 31 + 7) % self.vocab_size for t in last]
+            for row, t in zip(out, last):
+                row.append(t)
+            on_token()
+        return out
+
+    def score(self, sequences, start, top_k):
+        import math
+        lp = -math.log(self.vocab_size)
+        return [{"logprobs": [lp] * (len(s) - start),
+                 "top": [[[i, lp] for i in range(top_k)] for _ in range(len(s) - start)]} for s in sequences]
+
+
+if __name__ == "__main__":
+    serve(NullEngine())

@@ -1,0 +1,123 @@
+"""pytorch_eager: Hugging Face transformers models in plain PyTorch, the reference backend.
+
+Greedy decoding is a hand-written loop rather than model.generate(), so the runner sees each
+step's token the moment it exists (for TTFT and inter-token latency) and so "KV cache off"
+means exactly that: the whole sequence is recomputed at every step.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code"}
+
+
+class TorchEngine(Engine):
+    def __init__(self):
+        self.model = None
+        self.device = "cpu"
+        self.kv_cache = True
+
+    def describe(self):
+        cuda = torch.cuda.is_available()
+        return {
+            "engine": "pytorch_eager",
+            "engine_version": torch.__version__,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "devices_available": ["cpu"] + (["cuda"] if cuda else []),
+            "available": True,
+            "unavailable_reason": None,
+            "supports": {"score": True, "batch": True},
+            "build": {"cuda": torch.version.cuda, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+            "threads": torch.get_num_threads(),
+        }
+
+    def load(self, model, options):
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
+        if model.get("format", "hf") != "hf":
+            raise RunnerError("unsupported", f"pytorch_eager reads Hugging Face folders, not {model.get('format')!r}")
+        dtype = options.get("dtype", "fp32")
+        if dtype not in DTYPES:
+            raise RunnerError("bad_request", f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        attn = options.get("attn", "sdpa")
+        if attn not in ("sdpa", "eager"):
+            raise RunnerError("bad_request", f"attn {attn!r}; valid: sdpa, eager")
+        self.device = options.get("device", "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RunnerError("unsupported", "device cuda requested but torch sees no CUDA device here")
+        if options.get("threads"):
+            torch.set_num_threads(int(options["threads"]))
+        self.kv_cache = options.get("kv_cache", "kv") == "kv"
+        path = model["path"]
+        if not os.path.isdir(path):
+            raise RunnerError("bad_request", f"model folder {path} does not exist")
+        if not options.get("allow_pickle") and not any(f.endswith(".safetensors") for f in os.listdir(path)):
+            raise RunnerError("unsupported", f"{path} has no .safetensors weights; pickle checkpoints load only with allow_pickle")
+        self.model = None
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], attn_implementation=attn,
+            use_safetensors=not options.get("allow_pickle"),
+            trust_remote_code=bool(options.get("trust_remote_code")),
+        ).to(self.device).eval()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        return {
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "vocab_size": self.model.config.vocab_size,
+            "device": self.device,
+        }
+
+    @torch.inference_mode()
+    def generate(self, prompts, max_new_tokens, on_token):
+        ids = torch.tensor(prompts, device=self.device)
+        out = []
+        past = None
+        step_input = ids
+        for _ in range(max_new_tokens):
+            result = self.model(input_ids=step_input, cache=past, use_cache=self.kv_cache, logits_to_keep=1)
+            next_ids = result.logits[:, -1, :].argmax(dim=-1, keepdim=True)
+            out.append(next_ids.squeeze(1).tolist())  # .tolist() waits for the device
+            on_token()
+            if self.kv_cache:
+                past, step_input = result.cache, next_ids
+            else:
+                ids = torch.cat([ids, next_ids], dim=1)
+                step_input = ids
+        return [list(row) for row in zip(*out)]
+
+    @torch.inference_mode()
+    def score(self, sequences, start, top_k):
+        results = []
+        for seq in sequences:  # one at a time: sequences may differ in length, no padding games
+            ids = torch.tensor([seq], device=self.device)
+            logits = self.model(input_ids=ids, use_cache=False).logits[0, start - 1 : len(seq) - 1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            target = ids[0, start:]
+            chosen = logprobs.gather(1, target[:, None])[:, 0]
+            entry = {"logprobs": chosen.tolist(), "top": [[] for _ in range(len(target))]}
+            if top_k:
+                values, indices = logprobs.topk(top_k, dim=-1)
+                entry["top"] = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+            results.append(entry)
+        return results
+
+    def device_memory(self):
+        if self.device == "cuda":
+            return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+        return None, None
+
+    def is_out_of_memory(self, exc):
+        return isinstance(exc, torch.OutOfMemoryError)
+
+
+if __name__ == "__main__":
+    serve(TorchEngine())

@@ -1,0 +1,1 @@
+"""What can be evaluated: backends (from their folders' manifests), models and targets."""

@@ -1,0 +1,142 @@
+"""Backend discovery: list backends/*/ and read each backend.toml, never importing backend code.
+
+A folder without a readable, valid manifest is reported as broken, loudly; it is never
+silently skipped (the trap lm-evaluation-harness fell into with malformed task YAML).
+"""
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluator.errors import UserError, check_keys, unknown
+
+REPO = Path(__file__).resolve().parents[2]
+BACKENDS_DIR = REPO / "backends"
+
+TOP_KEYS = {"name", "description", "protocol", "runner", "formats", "devices", "archs", "default",
+            "environment", "image", "variants"}
+REQUIRED = ("name", "description", "protocol", "runner", "formats", "devices", "archs", "environment", "variants")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    options: dict
+    needs_devices: tuple = ()  # empty: runs on every device the backend runs on
+    why: str = ""
+
+    def unsupported_reason(self, device: str) -> str | None:
+        if self.needs_devices and device not in self.needs_devices:
+            return self.why or f"needs a device in {list(self.needs_devices)}, target has {device}"
+        return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    folder: Path
+    description: str
+    runner: Path
+    formats: tuple
+    devices: tuple
+    archs: tuple
+    default: bool
+    requirements: Path | None
+    dockerfile: Path | None
+    reference_variant: str
+    variants: tuple = field(default_factory=tuple)
+
+    def variant(self, name: str) -> Variant:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise unknown(f"variant of {self.name}", name, [v.name for v in self.variants])
+
+
+def _expand_variants(where: str, table: dict) -> tuple[str, tuple]:
+    check_keys(f"{where} [variants]", table, {"reference", "axes", "needs"})
+    axes = table.get("axes")
+    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
+        raise UserError(f"{where}: [variants] axes must map each option to a non-empty list of values")
+    needs = table.get("needs", [])
+    for i, need in enumerate(needs):
+        check_keys(f"{where} [[variants.needs]] #{i + 1}", need, {"when", "devices", "why"})
+        for k, v in need.get("when", {}).items():
+            if k not in axes or v not in axes[k]:
+                raise UserError(f"{where}: [[variants.needs]] when {k}={v!r} matches no axis value")
+    variants = []
+    for values in itertools.product(*axes.values()):
+        options = dict(zip(axes, values))
+        name = "-".join(str(v) for v in values)
+        devices, why = (), ""
+        for need in needs:
+            if all(options.get(k) == v for k, v in need.get("when", {}).items()):
+                devices, why = tuple(need["devices"]), need.get("why", "")
+        variants.append(Variant(name, options, devices, why))
+    reference = table.get("reference", variants[0].name)
+    if reference not in {v.name for v in variants}:
+        raise UserError(f"{where}: reference variant {reference!r} is not one of the variants")
+    return reference, tuple(variants)
+
+
+def load_manifest(folder: Path) -> Backend:
+    where = f"backends/{folder.name}/backend.toml"
+    path = folder / "backend.toml"
+    if not path.is_file():
+        raise UserError(f"{where}: missing (every backend folder needs a manifest)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{where}: not valid TOML: {exc}") from None
+    check_keys(where, data, TOP_KEYS)
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        raise UserError(f"{where}: missing keys {missing}")
+    if data["name"] != folder.name:
+        raise UserError(f"{where}: name {data['name']!r} differs from its folder name {folder.name!r}")
+    if data["protocol"] != 1:
+        raise UserError(f"{where}: protocol {data['protocol']!r} is not supported; this evaluator speaks protocol 1")
+    runner = folder / data["runner"]
+    if not runner.is_file():
+        raise UserError(f"{where}: runner {data['runner']!r} does not exist")
+    env = data["environment"]
+    check_keys(f"{where} [environment]", env, {"requirements"})
+    requirements = folder / env["requirements"] if env.get("requirements") else None
+    if requirements and not requirements.is_file():
+        raise UserError(f"{where}: requirements file {env['requirements']!r} does not exist")
+    image = data.get("image", {})
+    check_keys(f"{where} [image]", image, {"dockerfile"})
+    dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
+    reference, variants = _expand_variants(where, data["variants"])
+    return Backend(
+        name=data["name"], folder=folder, description=data["description"], runner=runner,
+        formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
+        default=bool(data.get("default", True)), requirements=requirements, dockerfile=dockerfile,
+        reference_variant=reference, variants=variants,
+    )
+
+
+def discover(root: Path = BACKENDS_DIR) -> tuple[dict[str, Backend], dict[str, str]]:
+    """All backends under root: ({name: Backend}, {folder: why it is broken})."""
+    good, broken = {}, {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        try:
+            good[folder.name] = load_manifest(folder)
+        except UserError as exc:
+            broken[folder.name] = str(exc)
+    return good, broken
+
+
+def select(names: list[str] | None, root: Path = BACKENDS_DIR) -> list[Backend]:
+    """The backends named (all default ones when None); an unknown or broken name is an error."""
+    good, broken = discover(root)
+    if names is None:
+        return [b for b in good.values() if b.default]
+    chosen = []
+    for name in names:
+        if name in broken:
+            raise UserError(f"backend {name!r} has a broken manifest: {broken[name]}")
+        if name not in good:
+            raise unknown("backend", name, list(good) + list(broken))
+        chosen.append(good[name])
+    return chosen

@@ -1,0 +1,106 @@
+"""Targets: where runners run. The file format describes remote devices already; transports
+other than `local` are validated here and carried out by evaluator/launch."""
+import os
+import platform
+import shutil
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluator.errors import UserError, check_keys, unknown
+
+BUILTIN = Path(__file__).with_name("targets.toml")
+USER_FILE = Path(os.environ.get("DEPLOY_EVAL_TARGETS", "~/.config/deploy-eval/targets.toml")).expanduser()
+KEYS = {"description", "transport", "host", "arch", "accelerator", "gpu", "memory_gb", "memory_bandwidth_gbs"}
+TRANSPORTS = ("local", "docker", "ssh-docker")
+ARCHS = ("x86_64", "aarch64")
+ACCELERATORS = ("none", "cuda")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    transport: str
+    host: str
+    arch: str
+    accelerator: str
+    gpu: str
+    memory_gb: float
+    memory_bandwidth_gbs: float | None
+
+    @property
+    def device(self) -> str:
+        """The torch-style device a runner is asked to use."""
+        return "cuda" if self.accelerator == "cuda" else "cpu"
+
+
+def _local_gpu() -> str:
+    """The first NVIDIA GPU's name, or "" (no torch on the host: ask the driver)."""
+    if not shutil.which("nvidia-smi"):
+        return ""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _ram_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+
+
+def _parse(name: str, entry: dict, where: str) -> Target:
+    check_keys(f"{where} [{name}]", entry, KEYS)
+    transport = entry.get("transport", "local")
+    if transport not in TRANSPORTS:
+        raise UserError(f"{where} [{name}]: transport {transport!r}; valid: {', '.join(TRANSPORTS)}")
+    local = transport in ("local", "docker")
+    arch = entry.get("arch", "auto")
+    arch = platform.machine() if arch == "auto" and local else arch
+    if arch not in ARCHS:
+        raise UserError(f"{where} [{name}]: arch {arch!r}; valid: {', '.join(ARCHS)}")
+    gpu = entry.get("gpu", "")
+    accelerator = entry.get("accelerator", "none")
+    if accelerator == "auto" and local:
+        gpu = gpu or _local_gpu()
+        accelerator = "cuda" if gpu else "none"
+    if accelerator not in ACCELERATORS:
+        raise UserError(f"{where} [{name}]: accelerator {accelerator!r}; valid: {', '.join(ACCELERATORS)}")
+    memory = entry.get("memory_gb", "auto")
+    if memory == "auto":
+        if not local:
+            raise UserError(f"{where} [{name}]: memory_gb must be a number for a remote target")
+        memory = round(_ram_gb(), 1)  # a local GPU's memory needs its driver; RAM is the CPU case
+    if not isinstance(memory, (int, float)) or memory <= 0:
+        raise UserError(f"{where} [{name}]: memory_gb must be a positive number, got {memory!r}")
+    return Target(name, entry.get("description", ""), transport, entry.get("host", ""), arch, accelerator,
+                  gpu, float(memory), entry.get("memory_bandwidth_gbs"))
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from None
+
+
+def all_targets() -> dict[str, dict]:
+    entries = _read(BUILTIN)
+    if USER_FILE.is_file():
+        entries.update({k: dict(v, _file=str(USER_FILE)) for k, v in _read(USER_FILE).items()})
+    return entries
+
+
+def resolve(names: list[str]) -> list[Target]:
+    entries = all_targets()
+    targets = []
+    for name in names:
+        if name not in entries:
+            raise unknown("target", name, entries)
+        entry = dict(entries[name])
+        where = entry.pop("_file", "targets.toml")
+        targets.append(_parse(name, entry, where))
+    return targets

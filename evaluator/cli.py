@@ -1,0 +1,178 @@
+"""Command line: `python -m evaluator {eval,backends,models,targets,report} ...` (what `just` calls).
+
+Bad input ends in one line on stderr that says what is wrong and what is valid, exit code 2.
+`eval` exits 1 when any requested cell failed (unsupported cells are not failures).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from evaluator import store
+from evaluator.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _batch_sizes(text: str) -> tuple:
+    return tuple(_positive_int(t) for t in _csv(text))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    from evaluator.measure.scenarios import SCENARIOS, Latency, Throughput
+
+    p = _Parser(prog="deploy-eval", description="Measure one model across backends and devices, side by side.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    e = sub.add_parser("eval", help="evaluate a model on targets", description=(
+        "Run every (backend variant x target x scenario) cell for MODEL and write reports/<run-id>/ "
+        "with one JSON file per cell and index.html. Each cell first checks greedy output from BOS "
+        "(against the published reference where the model has one), then times."))
+    e.add_argument("model", help="catalog name (see `just models`), a hub id org/name, or a label with --model-path")
+    e.add_argument("--model-path", help="local Hugging Face folder (config.json, *.safetensors, tokenizer.json)")
+    e.add_argument("--targets", type=_csv, default=["local"], help="comma-separated targets (default: local; see `just targets`)")
+    e.add_argument("--backends", type=_csv, help="comma-separated backends (default: every default backend; see `just backends`)")
+    e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv' (default: all)")
+    e.add_argument("--scenarios", type=_csv, default=list(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)")
+    e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens, help="prompt length in tokens, BOS included (default: %(default)s)")
+    e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens, help="tokens generated per request (default: %(default)s)")
+    e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
+    e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations, help="latency: at least this many timed requests (default: %(default)s)")
+    e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
+    e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
+    e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
+    e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
+
+    sub.add_parser("backends", help="list backends and say which manifests are broken")
+    sub.add_parser("models", help="list the model catalog")
+    sub.add_parser("targets", help="list targets (built-in and ~/.config/deploy-eval/targets.toml)")
+    r = sub.add_parser("report", help="rebuild a run's index.html from its stored results")
+    r.add_argument("run_id", help="a folder name under reports/ (or a path to one)")
+    r.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
+    return p
+
+
+def cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from evaluator import run
+    from evaluator.measure import scenarios
+    from evaluator.report import html
+
+    unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
+    if unknown:
+        from evaluator.errors import unknown as unknown_name
+        raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS)
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    common = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+    chosen = {
+        "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations,
+                                     min_duration_s=args.min_duration, **common),
+        "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes, **common),
+    }
+    scenario_list = [chosen[s] for s in args.scenarios]
+    model, model_info, tok, cells, run_id, path, _ = run.start_run(
+        args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports)
+    check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
+    print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
+    failed = []
+    bar = tqdm(cells, unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
+    for cell in bar:
+        bar.set_description(cell.id)
+        result = run.run_cell(cell, model, model_info, tok, path, run_id, check, run.Deadlines(),
+                              log=bar.write, progress=lambda n: bar.set_postfix_str(f"{n}"))
+        store.write_json(path / "cells" / f"{cell.id}.json", result)
+        line = f"{result['status']:>14}  {cell.id}"
+        if result["status"] in run.FAILED:
+            failed.append(result)
+            line += f"  ({result['reason']})"
+        elif result["status"] == "ok" and "check" in result and "matches_reference" in result["check"]:
+            line += "  greedy check: " + ("matches reference" if result["check"]["matches_reference"]
+                                          else f"differs from reference at char {result['check']['first_divergence_char']}")
+        bar.write(line)
+    bar.close()
+    report = html.build(path)
+    print(f"report: {report}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(cells)} cells failed:", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['cell_id']}: {r['status']}: {r['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from evaluator.catalog.backends import discover
+
+    good, broken = discover()
+    for b in good.values():
+        default = "" if b.default else "  (not in default runs)"
+        print(f"{b.name:<16} {len(b.variants):>3} variants  formats={','.join(b.formats)}  devices={','.join(b.devices)}  "
+              f"archs={','.join(b.archs)}{default}\n{'':<17}{b.description}")
+    for name, why in broken.items():
+        print(f"BROKEN {name}: {why}", file=sys.stderr)
+    return 1 if broken else 0
+
+
+def cmd_models(args) -> int:
+    from evaluator.catalog.models import catalog
+
+    for name, entry in catalog().items():
+        where = entry.get("path") or f"hub {entry['hub']}"
+        print(f"{name:<16} {where:<40} {entry.get('description', '')}")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from evaluator.catalog.targets import all_targets, resolve
+
+    for t in resolve(list(all_targets())):
+        bw = f"{t.memory_bandwidth_gbs:g} GB/s" if t.memory_bandwidth_gbs else "bandwidth ?"
+        print(f"{t.name:<12} {t.transport:<10} {t.arch:<8} {t.device:<5} {t.memory_gb:>6g} GB  {bw:<14} {t.description}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from evaluator.report import html
+
+    path = Path(args.run_id)
+    if not (path / "run.json").is_file():
+        path = args.reports / args.run_id
+    if not (path / "run.json").is_file():
+        from evaluator.errors import unknown
+        raise unknown("run", args.run_id, sorted(p.parent.name for p in args.reports.glob("*/run.json")))
+    print(html.build(path))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"eval": cmd_eval, "backends": cmd_backends, "models": cmd_models,
+                "targets": cmd_targets, "report": cmd_report}[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved in their run folder", file=sys.stderr)
+        return 130

@@ -1,0 +1,121 @@
+"""One runner process seen from the host: send a request, wait for its answer under a deadline.
+
+The evaluator owns every deadline. A reader thread turns the child's stdout into a queue, so
+waiting is a blocking get with a timeout (no busy-waiting); at expiry the runner's whole
+process group is killed. Every way a runner can fail becomes a RunnerFailure with exactly
+one cell status and a reason a person can act on.
+"""
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from evaluator.runner.protocol import PROTOCOL_VERSION
+
+# Typed runner errors -> cell status. bad_request and internal mean the backend is broken
+# for this cell: the cell fails with the runner's own message.
+ERROR_STATUS = {"out_of_memory": "out-of-memory", "unsupported": "unsupported",
+                "bad_request": "failed", "internal": "failed"}
+
+
+class RunnerFailure(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RunnerProcess:
+    def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None,
+                 startup_timeout_s: float = 120.0):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+            bufsize=1, env=env, cwd=cwd, start_new_session=True,  # own process group: killable whole
+        )
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._next_id = 0
+        hello = self._parse(self._next_line(startup_timeout_s, "startup"), "startup")
+        if hello.get("event") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
+            self.kill()
+            raise RunnerFailure("protocol-error", f"expected a protocol {PROTOCOL_VERSION} hello line, got {hello!r}")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)  # end of stream: the runner closed stdout or died
+
+    def _next_line(self, timeout_s: float, what: str) -> str:
+        try:
+            line = self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            self.kill()
+            raise RunnerFailure("timeout", f"no answer to {what} within {timeout_s:g} s; runner killed") from None
+        if line is None:
+            code = self.proc.wait()
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise RunnerFailure("crashed", f"runner {how} during {what}")
+        return line
+
+    def _parse(self, line: str, what: str) -> dict:
+        try:
+            msg = json.loads(line)
+            if isinstance(msg, dict):
+                return msg
+        except json.JSONDecodeError:
+            pass
+        self.kill()
+        raise RunnerFailure("protocol-error", f"runner answered {what} with a line that is not a JSON object: {line[:120]!r}")
+
+    def request(self, op: str, timeout_s: float, **args) -> dict:
+        """Send one request and return its result, or raise RunnerFailure."""
+        self._next_id += 1
+        try:
+            self.proc.stdin.write(json.dumps({"id": self._next_id, "op": op, **args}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            code = self.proc.wait()
+            raise RunnerFailure("crashed", f"runner exited with code {code} before {op}") from None
+        msg = self._parse(self._next_line(timeout_s, op), op)
+        if msg.get("id") != self._next_id:
+            self.kill()
+            raise RunnerFailure("protocol-error", f"answer to {op} carries id {msg.get('id')!r}, expected {self._next_id}")
+        if msg.get("ok"):
+            return msg.get("result", {})
+        error = msg.get("error") or {}
+        raise RunnerFailure(ERROR_STATUS.get(error.get("type"), "protocol-error"),
+                            f"{op}: {error.get('type', '?')}: {error.get('message', '')}")
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def close(self):
+        """Polite shutdown, then make sure: nothing the runner started outlives the cell."""
+        if self.proc.poll() is None:
+            try:
+                self.request("shutdown", timeout_s=10)
+            except RunnerFailure:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+        self._log.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        self._log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

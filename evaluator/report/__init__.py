@@ -1,0 +1,1 @@
+"""HTML from stored results alone: the report never re-runs anything."""

@@ -1,0 +1,186 @@
+"""One evaluation: plan cells, run each in its own runner, store each result as it finishes.
+
+A cell is model x backend variant x target x scenario. It ends in exactly one status:
+  ok             measured
+  unsupported    cannot run on this target (why is in `reason`); not a failure
+  failed-preflight  its environment could not be built
+  failed-load    the runner refused or failed to load the model
+  out-of-memory  the engine ran out of memory
+  timeout        a deadline passed; the runner was killed
+  crashed        the runner died
+  protocol-error the runner broke the protocol (garbage, wrong id)
+  invalid        it answered, but the answers are wrong (token counts, nondeterminism)
+  failed         the runner answered a request with an error
+A failed cell carries its reason and the tail of the runner's log, never metrics, and never
+stops its siblings.
+"""
+import fnmatch
+import time
+from dataclasses import dataclass
+
+from evaluator import envs, provenance, store
+from evaluator.catalog import backends as backend_catalog
+from evaluator.catalog import models, targets
+from evaluator.catalog.backends import Backend, Variant
+from evaluator.catalog.targets import Target
+from evaluator.errors import UserError
+from evaluator.launch import local
+from evaluator.launch.process import RunnerFailure
+from evaluator.measure import scenarios
+from evaluator.tokens import HostTokenizer
+
+STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
+            "crashed", "protocol-error", "invalid", "failed")
+FAILED = set(STATUSES) - {"ok", "unsupported"}
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    startup_s: float = 180.0   # imports (torch takes seconds; vLLM much more)
+    load_s: float = 600.0
+    request_s: float = 300.0   # any single request after load
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    backend: Backend
+    variant: Variant
+    target: Target
+    scenario: object
+    unsupported: str | None  # known before anything runs
+
+
+def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
+    if not patterns:
+        return list(backend.variants)
+    chosen = [v for v in backend.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
+    return chosen
+
+
+def _unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:
+    if target.transport != "local":
+        return f"transport {target.transport!r} is not available in this version of deploy-eval; only 'local' runs"
+    if target.arch not in backend.archs:
+        return f"{backend.name} runs on {', '.join(backend.archs)}, target {target.name} is {target.arch}"
+    if target.device not in backend.devices:
+        return f"{backend.name} runs on {', '.join(backend.devices)}, target {target.name} offers {target.device}"
+    if not set(backend.formats) & set(model.formats):
+        return f"{backend.name} reads {', '.join(backend.formats)}; model {model.name} is available as {', '.join(model.formats)}"
+    return variant.unsupported_reason(target.device)
+
+
+def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
+         target_list: list[Target], scenario_list: list) -> list[Cell]:
+    cells = []
+    for pattern in variant_patterns or []:
+        if not any(fnmatch.fnmatchcase(v.name, pattern) for b in backends for v in b.variants):
+            names = sorted({v.name for b in backends for v in b.variants})
+            raise UserError(f"--variants {pattern!r} matches no variant of {', '.join(b.name for b in backends)}; "
+                            f"available: {', '.join(names)}")
+    for target in target_list:
+        for backend in backends:
+            for variant in _variants(backend, variant_patterns):
+                for sc in scenario_list:
+                    cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
+                    cells.append(Cell(cid, backend, variant, target, sc, _unsupported(model, backend, variant, target)))
+    return cells
+
+
+def _measure(cell: Cell, runner, model: models.Model, tok: HostTokenizer, check: scenarios.Check,
+             deadlines: Deadlines, progress) -> dict:
+    result = {"engine": runner.request("describe", deadlines.request_s)}
+    if not result["engine"].get("available", True):
+        raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
+    fmt = next(f for f in cell.backend.formats if model.artifact(f))
+    options = dict(cell.variant.options, device=cell.target.device)
+    try:
+        result["load"] = runner.request("load", deadlines.load_s,
+                                        model={"path": str(model.artifact(fmt)), "format": fmt}, options=options)
+    except RunnerFailure as exc:
+        if exc.status == "failed":
+            exc.status = "failed-load"
+        raise
+    sc = cell.scenario
+    if isinstance(sc, scenarios.Latency):
+        # Checked against the reference before it is timed: greedy from BOS.
+        tokens = scenarios.run_check(runner, tok.bos, check, deadlines.request_s)
+        text = tok.decode(tokens)
+        result["check"] = {"prompt": "BOS", "new_tokens": check.new_tokens, "tokens": tokens, "text": text}
+        if model.reference_greedy and check.new_tokens == 256:
+            expected = model.reference_greedy.read_text(encoding="utf-8").rstrip("\n")
+            diverge = next((i for i, (a, b) in enumerate(zip(text, expected)) if a != b), None)
+            if diverge is None and len(text) != len(expected):
+                diverge = min(len(text), len(expected))
+            result["check"].update(reference=str(model.reference_greedy.relative_to(backend_catalog.REPO)),
+                                   matches_reference=diverge is None, first_divergence_char=diverge)
+        prompt = tok.prompts(sc.prompt_tokens, 1)[0]
+        result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
+        result["prompt_tokens"] = prompt
+    else:
+        prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
+        result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
+    result["memory"] = runner.request("memory", deadlines.request_s)
+    return result
+
+
+def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokenizer, run_path, run_id: str,
+             check: scenarios.Check, deadlines: Deadlines, log=print, progress=None) -> dict:
+    base = {
+        "schema": store.SCHEMA_VERSION, "run_id": run_id, "cell_id": cell.id,
+        "model": model_info, "backend": cell.backend.name, "variant": cell.variant.name,
+        "variant_options": cell.variant.options, "target": vars(cell.target),
+        "scenario": {"name": cell.scenario.name, "options": scenarios.options(cell.scenario)},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    t0 = time.monotonic()
+    if cell.unsupported:
+        return dict(base, status="unsupported", reason=cell.unsupported, log_tail=None)
+    try:
+        python = envs.python_for(cell.backend, log=log)
+    except envs.EnvironmentFailed as exc:
+        return dict(base, status="failed-preflight", reason=str(exc), log_tail=None)
+    log_path = run_path / "logs" / f"{cell.id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    runner = None
+    try:
+        runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
+        measured = _measure(cell, runner, model, tok, check, deadlines, progress)
+        status, reason, tail = "ok", None, None
+    except RunnerFailure as exc:
+        measured, status, reason = {}, exc.status, exc.reason
+        tail = runner.log_tail() if runner else log_path.read_text(errors="replace")[-2000:]
+    finally:
+        if runner:
+            runner.close()
+    out = dict(base, status=status, reason=reason, log_tail=tail, environment=envs.describe(python),
+               wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if status == "ok":
+        out.update(measured)
+        out["parameters"] = measured["load"].get("parameters")
+    return out
+
+
+def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
+              variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS):
+    """Preflight: every name and option checked before any runner starts."""
+    model = models.resolve(model_name, model_path)
+    target_list = targets.resolve(target_names)
+    backends = backend_catalog.select(backend_names)
+    tok = HostTokenizer(model.hf_path)
+    for sc in scenario_list:
+        scenarios.check_fits(sc, tok.context_length)
+    cells = plan(model, backends, variant_patterns, target_list, scenario_list)
+    run_id = store.new_run_id(model.name)
+    path = store.run_dir(run_id, reports_root)
+    model_info = {"name": model.name, "source": model.source, "path": str(model.hf_path),
+                  "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
+    run_info = {
+        "schema": store.SCHEMA_VERSION, "run_id": run_id, "model": model_info,
+        "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
+        "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
+        "planned_cells": [c.id for c in cells], "host": provenance.host(),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store.write_json(path / "run.json", run_info)
+    return model, model_info, tok, cells, run_id, path, run_info

@@ -1,0 +1,128 @@
+"""The runner protocol, version 1: the one contract between the evaluator and every backend.
+
+A runner is a process. It reads requests from stdin and writes responses to stdout, one JSON
+object per line, UTF-8. The same process works as a local child, inside `docker run -i`, and
+behind `ssh host docker run -i`; only the argv prefix and the way to kill it differ.
+
+Lifecycle
+---------
+1. The runner starts, imports its engine, and writes one hello line:
+       {"event": "hello", "protocol": 1, "pid": 1234}
+   Nothing is read before the hello; the evaluator's startup deadline covers the imports.
+2. The evaluator sends requests, one at a time, and waits for each response:
+       {"id": 7, "op": "generate", ...arguments}
+3. Every request gets exactly one response line with the same id:
+       {"id": 7, "ok": true, "result": {...}}
+       {"id": 7, "ok": false, "error": {"type": "bad_request", "message": "..."}}
+4. `shutdown` is answered, then the runner exits 0. End of stdin means shutdown too.
+
+stdout carries protocol lines only. `serve()` moves file descriptor 1 to stderr before the
+engine loads, so an engine library that prints (llama.cpp does) cannot corrupt the channel;
+stderr is the runner's log, and the evaluator keeps its tail for failed cells.
+
+Error types (closed list)
+-------------------------
+- bad_request:     the request is malformed: not JSON, unknown op, a missing or mistyped
+                   argument, a token id outside the vocabulary, generate/score before load.
+                   The runner stays usable.
+- unsupported:     valid, but this engine or device cannot do it (a dtype the device lacks,
+                   a model format the engine does not read, the engine missing on this machine).
+- out_of_memory:   the engine ran out of host or device memory.
+- internal:        anything else; the message carries the exception and its last frames.
+A runner that dies instead of answering is the evaluator's problem to detect (dead pipe,
+exit code, silence deadline), never the runner's to hide.
+
+Requests
+--------
+describe {}
+    -> {"engine", "engine_version", "versions": {package: version}, "device", "arch",
+        "available": bool, "unavailable_reason": str|null, "supports": {"score": bool,
+        "batch": bool}, "build": {...engine build flags, where known}}
+    Must work before load and must not load a model. `available` false means every load
+    will answer `unsupported` with the same reason.
+
+load {"model": {"path": str, "format": "hf"|"gguf"|...}, "options": {...}}
+    -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
+        "rss_bytes": int, "device_bytes": int|null}
+    `options` are the variant's options from the backend manifest; an unknown option is a
+    bad_request, a known one this device cannot honour is `unsupported`. Loading twice
+    replaces the model. Weights are safetensors or GGUF; pickle checkpoints only when
+    options.allow_pickle is true; remote code only when options.trust_remote_code is true.
+
+generate {"prompts": [[int, ...], ...], "max_new_tokens": int}
+    -> {"tokens": [[int, ...], ...], "start_ns": int, "token_ns": [int, ...], "end_ns": int}
+    Greedy (argmax) decoding of exactly `max_new_tokens` tokens per prompt: EOS does not stop
+    it, so every backend does the same work. All prompts in a batch have the same length (the
+    evaluator builds them so; no padding is involved). Timestamps are the runner's monotonic
+    clock in nanoseconds: `start_ns` just before the engine is called, `token_ns[i]` when step
+    i's tokens are on the host, `end_ns` just after the engine returns. Only differences
+    between them mean anything. An empty prompt is a bad_request: send at least BOS.
+
+score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
+    -> {"results": [{"logprobs": [float, ...], "top": [[[int, float], ...], ...]}, ...]}
+    For each sequence s and each position i with start <= i < len(s): logprobs[i - start] is
+    log P(s[i] | s[:i]) under the model (natural log, computed in at least float32), and top[i - start] the
+    `top_k` most likely ids at that position with their log-probabilities, most likely
+    first (top_k 0 gives empty lists). `start` must be >= 1 (the first token has no
+    context) and < len(s). Sequences may differ in length. The log-probabilities are of the
+    full softmax over the vocabulary, no temperature, no penalties.
+
+memory {}
+    -> {"rss_bytes": int, "peak_rss_bytes": int, "device_bytes": int|null,
+        "peak_device_bytes": int|null}
+    Peaks since the process started (device peaks since load where the engine can reset them).
+
+shutdown {}
+    -> {} and the process exits 0.
+
+What is NOT guaranteed
+----------------------
+- Requests are never pipelined: the evaluator sends the next one only after a response.
+- Nothing about wall-clock time on the host: durations come from the runner's timestamps.
+- A runner may print anything to stderr, at any time; it is a log, not a channel.
+"""
+
+PROTOCOL_VERSION = 1
+
+ERROR_TYPES = ("bad_request", "unsupported", "out_of_memory", "internal")
+
+
+class RunnerError(Exception):
+    """An error the runner answers with a type from ERROR_TYPES instead of dying."""
+
+    def __init__(self, type_: str, message: str):
+        if type_ not in ERROR_TYPES:
+            raise ValueError(f"unknown error type {type_!r}; valid: {', '.join(ERROR_TYPES)}")
+        super().__init__(message)
+        self.type = type_
+        self.message = message
+
+
+class Engine:
+    """What a backend implements. `serve()` validates arguments and takes the timestamps;
+    an engine only computes. Raise RunnerError for typed failures."""
+
+    def describe(self) -> dict:
+        """Engine name, versions, device, availability. Must not load a model."""
+        raise NotImplementedError
+
+    def load(self, model: dict, options: dict) -> dict:
+        """Load the model; return parameters, vocab_size, device (load_s is added by serve)."""
+        raise NotImplementedError
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, on_token) -> list[list[int]]:
+        """Greedy-decode `max_new_tokens` per prompt; call on_token() once per step, as soon
+        as that step's tokens are on the host. Return the new tokens per prompt."""
+        raise NotImplementedError
+
+    def score(self, sequences: list[list[int]], start: int, top_k: int) -> list[dict]:
+        """Log-probabilities of the given tokens from position `start`, with top-k."""
+        raise NotImplementedError
+
+    def device_memory(self) -> tuple[int | None, int | None]:
+        """(current, peak) device bytes, or (None, None) where there is no device."""
+        return None, None
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        """Whether an engine exception means out of memory (MemoryError always does)."""
+        return False

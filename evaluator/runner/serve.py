@@ -1,0 +1,164 @@
+"""The serve loop: speaks protocol.py over stdin/stdout and owns every timestamp.
+
+A backend's runner.py builds its Engine and calls serve(engine). Argument checking lives here,
+once, so every backend refuses bad requests the same way.
+"""
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+
+from evaluator.runner.protocol import PROTOCOL_VERSION, Engine, RunnerError
+
+
+def _protocol_stream():
+    """Keep the real stdout for protocol lines and point fd 1 at stderr, so prints from the
+    engine (or a C library under it) land in the log instead of corrupting the channel."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def rss_bytes() -> tuple[int, int]:
+    """(current, peak) resident set size of this process, from the kernel."""
+    current = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    current = int(line.split()[1]) * 1024
+    except OSError:  # not Linux: fall back to the peak alone
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak if platform.system() == "Darwin" else peak * 1024  # Linux reports KiB
+    return current, max(peak, current)
+
+
+def _ids(value, name: str, vocab_size: int | None) -> list[list[int]]:
+    if not isinstance(value, list) or not value:
+        raise RunnerError("bad_request", f"{name} must be a non-empty list of token-id lists")
+    for seq in value:
+        if not isinstance(seq, list) or not seq:
+            raise RunnerError("bad_request", f"every entry of {name} must be a non-empty list of token ids")
+        for t in seq:
+            if type(t) is not int or t < 0 or (vocab_size is not None and t >= vocab_size):
+                raise RunnerError("bad_request", f"token id {t!r} in {name} is outside the vocabulary [0, {vocab_size})")
+    return value
+
+
+def _int(req: dict, key: str, lo: int, default=None) -> int:
+    value = req.get(key, default)
+    if type(value) is not int or value < lo:
+        raise RunnerError("bad_request", f"{key} must be an integer >= {lo}, got {value!r}")
+    return value
+
+
+class _Server:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.vocab_size = None  # set by a successful load; None means "nothing loaded"
+
+    def describe(self, req):
+        info = {"arch": platform.machine(), "python": platform.python_version()}
+        info.update(self.engine.describe())
+        info["protocol"] = PROTOCOL_VERSION
+        return info
+
+    def load(self, req):
+        model, options = req.get("model"), req.get("options", {})
+        if not isinstance(model, dict) or not isinstance(model.get("path"), str):
+            raise RunnerError("bad_request", "load needs model: {path, format}")
+        if not isinstance(options, dict):
+            raise RunnerError("bad_request", "load options must be an object")
+        self.vocab_size = None
+        t0 = time.perf_counter()
+        result = dict(self.engine.load(model, options))
+        result["load_s"] = time.perf_counter() - t0
+        self.vocab_size = int(result["vocab_size"])
+        result["rss_bytes"] = rss_bytes()[0]
+        result["device_bytes"] = self.engine.device_memory()[0]
+        return result
+
+    def _loaded(self, op):
+        if self.vocab_size is None:
+            raise RunnerError("bad_request", f"{op} before load: send load first")
+
+    def generate(self, req):
+        self._loaded("generate")
+        prompts = _ids(req.get("prompts"), "prompts", self.vocab_size)
+        if len({len(p) for p in prompts}) != 1:
+            raise RunnerError("bad_request", "all prompts in a batch must have the same length")
+        n = _int(req, "max_new_tokens", 1)
+        token_ns = []
+        clock = time.perf_counter_ns
+        start_ns = clock()
+        tokens = self.engine.generate(prompts, n, lambda: token_ns.append(clock()))
+        end_ns = clock()
+        return {"tokens": tokens, "start_ns": start_ns, "token_ns": token_ns, "end_ns": end_ns}
+
+    def score(self, req):
+        self._loaded("score")
+        sequences = _ids(req.get("sequences"), "sequences", self.vocab_size)
+        start = _int(req, "start", 1, default=1)
+        top_k = _int(req, "top_k", 0, default=0)
+        if any(start >= len(s) for s in sequences):
+            raise RunnerError("bad_request", f"start={start} must be < the length of every sequence")
+        return {"results": self.engine.score(sequences, start, top_k)}
+
+    def memory(self, req):
+        rss, peak_rss = rss_bytes()
+        dev, peak_dev = self.engine.device_memory()
+        return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "device_bytes": dev, "peak_device_bytes": peak_dev}
+
+    def shutdown(self, req):
+        return {}
+
+
+OPS = ("describe", "load", "generate", "score", "memory", "shutdown")
+
+
+def _error(exc: BaseException, engine: Engine) -> dict:
+    if isinstance(exc, RunnerError):
+        return {"type": exc.type, "message": exc.message}
+    if isinstance(exc, MemoryError) or engine.is_out_of_memory(exc):
+        return {"type": "out_of_memory", "message": f"{type(exc).__name__}: {exc}"}
+    frames = "".join(traceback.format_exception(exc)[-3:]).strip()
+    return {"type": "internal", "message": f"{type(exc).__name__}: {exc} | {frames}"}
+
+
+def serve(engine: Engine) -> None:
+    """Answer requests until shutdown or end of input. Never returns on error: it answers."""
+    out = _protocol_stream()
+    engine.protocol_stream = out  # only the null backend touches it, to inject garbage
+    server = _Server(engine)
+
+    def send(obj):
+        out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    send({"event": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid()})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req_id = None
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise RunnerError("bad_request", "a request must be a JSON object")
+            req_id = req.get("id")
+            op = req.get("op")
+            if op not in OPS:
+                raise RunnerError("bad_request", f"unknown op {op!r}; valid: {', '.join(OPS)}")
+            result = getattr(server, op)(req)
+            send({"id": req_id, "ok": True, "result": result})
+            if op == "shutdown":
+                break
+        except json.JSONDecodeError as exc:
+            send({"id": None, "ok": False, "error": {"type": "bad_request", "message": f"not JSON: {exc}"}})
+        except Exception as exc:  # every failure becomes a typed answer, never a dead pipe
+            send({"id": req_id, "ok": False, "error": _error(exc, engine)})
+    out.flush()

@@ -1,0 +1,57 @@
+"""Run folders: reports/<run-id>/ holds run.json, cells/<cell-id>.json and index.html.
+
+Every file is written atomically (temp file in the same folder, fsync, rename): a crash
+never leaves half a result, and a finished cell is on disk the moment it finishes.
+"""
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+from evaluator.catalog.backends import REPO
+
+SCHEMA_VERSION = 1
+REPORTS = REPO / "reports"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def new_run_id(model: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model)[:40]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{secrets.token_hex(2)}"
+
+
+def cell_id(model: str, backend: str, variant: str, target: str, scenario: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", f"{model}__{backend}.{variant}__{target}__{scenario}")
+
+
+def run_dir(run_id: str, root: Path = REPORTS) -> Path:
+    return root / run_id
+
+
+def load_run(path: Path) -> tuple[dict, list[dict]]:
+    """run.json and every finished cell, in the order they were planned."""
+    run = json.loads((path / "run.json").read_text())
+    cells = [json.loads(p.read_text()) for p in sorted((path / "cells").glob("*.json"))]
+    order = {cid: i for i, cid in enumerate(run.get("planned_cells", []))}
+    cells.sort(key=lambda c: order.get(c["cell_id"], len(order)))
+    return run, cells

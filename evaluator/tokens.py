@@ -1,0 +1,48 @@
+"""Tokenize once, on the host: every backend gets the same token ids.
+
+The reference tokenizer is the `tokenizers` library with the model's tokenizer.json, special
+tokens off; BOS is added here, from config.json. (For stories260K this equals SentencePiece
+on every HellaSwag and WikiText line; transformers' AutoTokenizer does not: data/README.md.)
+"""
+import json
+from functools import cached_property
+from pathlib import Path
+
+from evaluator.catalog.backends import REPO
+from evaluator.errors import UserError
+
+PROMPT_TEXT = REPO / "data" / "wikitext-2" / "wiki.test.raw"
+
+
+class HostTokenizer:
+    def __init__(self, hf_path: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(hf_path / "tokenizer.json"))
+        config = json.loads((hf_path / "config.json").read_text())
+        bos = config.get("bos_token_id")
+        if bos is None:
+            bos = self._tok.token_to_id("<s>")
+        if bos is None:
+            raise UserError(f"{hf_path}: config.json has no bos_token_id and the tokenizer no <s>")
+        self.bos = int(bos[0] if isinstance(bos, list) else bos)
+        self.context_length = config.get("max_position_embeddings")
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    @cached_property
+    def _prompt_source(self) -> list[int]:
+        # The first 64 KB of WikiText-2 test: real text, far more tokens than any prompt set needs.
+        return self.encode(PROMPT_TEXT.read_text(encoding="utf-8")[:65536])
+
+    def prompts(self, length: int, count: int) -> list[list[int]]:
+        """`count` distinct prompts of exactly `length` ids each, BOS first."""
+        body = length - 1
+        source = self._prompt_source
+        if body * count > len(source):
+            raise UserError(f"{count} prompts of {length} tokens need more text than the prompt source holds")
+        return [[self.bos] + source[i * body:(i + 1) * body] for i in range(count)]

@@ -1,0 +1,52 @@
+# deploy-eval: `just eval stories260k` measures the built-in model; `just test` runs the tests.
+# Every recipe sets up what it needs first: .venvs/host for the evaluator (from pyproject.toml),
+# and each backend's own environment on first use (from backends/<name>/requirements.txt).
+
+set positional-arguments
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+host := ".venvs/host/bin/python"
+
+# List the recipes
+default:
+    @just --list
+
+# Evaluate a model: just eval MODEL [--targets a,b] [--backends x,y] [--variants GLOB] (--help for all)
+eval *args: _host
+    {{host}} -m evaluator eval "$@"
+
+# List backends (from backends/*/backend.toml) and report broken manifests
+backends: _host
+    {{host}} -m evaluator backends
+
+# List the model catalog
+models: _host
+    {{host}} -m evaluator models
+
+# List targets
+targets: _host
+    {{host}} -m evaluator targets
+
+# Rebuild a run's HTML report from its stored results: just report RUN_ID
+report *args: _host
+    {{host}} -m evaluator report "$@"
+
+# Run the test suite (sets up the backend environments it needs); extra args go to pytest
+test *args: _host
+    {{host}} -m pytest "$@"
+
+# Speed and memory figures, run on demand (not part of the tests)
+bench *args: _host
+    {{host}} benchmarks/harness_overhead.py "$@"
+
+# Build (or reuse) the evaluator's environment; rebuilt when pyproject.toml changes
+_host:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ -x .venvs/host/bin/python ] && [ "$(cat .venvs/host/.stamp 2>/dev/null)" = "$want" ]; then exit 0; fi
+    echo "setting up the evaluator environment in .venvs/host (once)" >&2
+    rm -rf .venvs/host
+    python3 -m venv .venvs/host
+    .venvs/host/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    echo "$want" > .venvs/host/.stamp
