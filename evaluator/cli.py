@@ -39,6 +39,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     from evaluator.measure.scenarios import SCENARIOS, Latency, Throughput
+    from evaluator.run import Deadlines
 
     p = _Parser(prog="deploy-eval", description="Measure one model across backends and devices, side by side.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -60,6 +61,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
     e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
+    e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
+    e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
 
     sub.add_parser("backends", help="list backends and say which manifests are broken")
@@ -84,6 +87,9 @@ def cmd_eval(args) -> int:
         raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS)
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if min(args.request_timeout, args.load_timeout) <= 0:
+        raise UserError("--request-timeout and --load-timeout must be > 0 seconds")
+    deadlines = run.Deadlines(startup_s=args.load_timeout, load_s=args.load_timeout, request_s=args.request_timeout)
     common = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
     chosen = {
         "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations,
@@ -99,7 +105,7 @@ def cmd_eval(args) -> int:
     bar = tqdm(cells, unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
     for cell in bar:
         bar.set_description(cell.id)
-        result = run.run_cell(cell, model, model_info, tok, path, run_id, check, run.Deadlines(),
+        result = run.run_cell(cell, model, model_info, tok, path, run_id, check, deadlines,
                               log=bar.write, progress=lambda n: bar.set_postfix_str(f"{n}"))
         store.write_json(path / "cells" / f"{cell.id}.json", result)
         line = f"{result['status']:>14}  {cell.id}"

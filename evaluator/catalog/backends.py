@@ -13,7 +13,7 @@ from evaluator.errors import UserError, check_keys, unknown
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS_DIR = REPO / "backends"
 
-TOP_KEYS = {"name", "description", "protocol", "runner", "formats", "devices", "archs", "default",
+TOP_KEYS = {"name", "description", "protocol", "runner", "formats", "devices", "archs", "default", "fake",
             "environment", "image", "variants"}
 REQUIRED = ("name", "description", "protocol", "runner", "formats", "devices", "archs", "environment", "variants")
 
@@ -41,6 +41,7 @@ class Backend:
     devices: tuple
     archs: tuple
     default: bool
+    fake: bool                 # reads no weights (the null backend): exempt from reference checks
     requirements: Path | None
     dockerfile: Path | None
     reference_variant: str
@@ -111,7 +112,7 @@ def load_manifest(folder: Path) -> Backend:
     return Backend(
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
-        default=bool(data.get("default", True)), requirements=requirements, dockerfile=dockerfile,
+        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, dockerfile=dockerfile,
         reference_variant=reference, variants=variants,
     )
 

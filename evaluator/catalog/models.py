@@ -76,20 +76,23 @@ def _from_hub(name: str, repo_id: str, revision: str | None) -> Path:
     """Cache first, so an offline machine with the model never touches the network."""
     from huggingface_hub import snapshot_download
 
-    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub")
+    # Read the cache location now, not at huggingface_hub's import (it freezes its constants then).
+    cache = os.path.expanduser(os.environ.get("HF_HUB_CACHE")
+                               or os.path.join(os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub"))
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=cache,
+                                      local_files_only=True))
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
         why = "HF_HUB_OFFLINE is set"
     else:
         try:
-            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+            return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=cache))
         except Exception as exc:
             why = f"the hub could not be reached ({type(exc).__name__})"
     raise UserError(
-        f"model {name!r} ({repo_id}) is not in the local Hugging Face cache ({os.path.expanduser(cache)}) and {why}; "
+        f"model {name!r} ({repo_id}) is not in the local Hugging Face cache ({cache}) and {why}; "
         f"download it on a machine with access (`hf download {repo_id}`) and copy the cache, "
         f"or pass --model-path /path/to/folder"
     )

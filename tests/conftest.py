@@ -1,0 +1,40 @@
+"""Shared fixtures: the repo's real backends, their real environments, the real model."""
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from evaluator import envs
+from evaluator.catalog import backends
+from evaluator.launch import local
+
+REPO = Path(__file__).resolve().parents[1]
+STORIES = REPO / "data" / "stories260k"
+EXPECTED_GREEDY = (STORIES / "expected_greedy_t0_256.txt").read_text(encoding="utf-8").rstrip("\n")
+
+
+@pytest.fixture(scope="session")
+def all_backends():
+    good, broken = backends.discover()
+    assert not broken, f"broken manifests: {broken}"
+    return good
+
+
+@contextmanager
+def start_runner(name: str, tmp_path: Path, startup_timeout_s: float = 180):
+    backend = backends.discover()[0][name]
+    runner = local.start(backend, envs.python_for(backend), tmp_path / f"{name}.log", startup_timeout_s)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    """The evaluator as a user runs it, in a child process."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=REPO, capture_output=True,
+                          text=True, env=full_env, timeout=timeout)

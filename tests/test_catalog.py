@@ -1,0 +1,131 @@
+"""Models, targets and backend manifests: real resolution, and loud, helpful errors."""
+import shutil
+
+import pytest
+
+from evaluator.catalog import backends, models, targets
+from evaluator.errors import UserError
+from tests.conftest import REPO, STORIES
+
+
+def test_builtin_model_resolves_to_the_shipped_files():
+    m = models.resolve("stories260k")
+    assert m.hf_path == STORIES / "hf" and m.gguf_path.name == "stories260K.gguf"
+    assert m.formats == ("hf", "gguf") and m.size_bytes() == 1044992 and len(m.content_hash()) == 64
+
+
+def fake_hub_cache(root, repo_id: str, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The layout huggingface_hub itself writes: models--org--name/{refs/main, snapshots/<rev>/}."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / revision
+    shutil.copytree(STORIES / "hf", snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snap
+
+
+def test_hub_model_resolves_from_the_local_hub_cache_without_network(tmp_path, monkeypatch):
+    snap = fake_hub_cache(tmp_path, "meta-llama/Meta-Llama-3-8B")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    m = models.resolve("llama3-8b")
+    assert m.hf_path == snap and m.source == f"hub:meta-llama/Meta-Llama-3-8B@{snap.name}"
+
+
+def test_any_hub_id_works_too(tmp_path, monkeypatch):
+    fake_hub_cache(tmp_path, "someone/tiny-llama")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert models.resolve("someone/tiny-llama").hf_path.is_dir()
+
+
+def test_offline_hub_model_says_how_to_provide_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError) as exc:
+        models.resolve("mistral-7b")
+    msg = str(exc.value)
+    assert "mistralai/Mistral-7B-v0.3" in msg and "--model-path" in msg and "hf download" in msg and "\n" not in msg
+
+
+def test_model_path_accepts_a_hf_folder_and_refuses_other_things(tmp_path):
+    assert models.resolve("mine", str(STORIES / "hf")).source == "path"
+    with pytest.raises(UserError, match="no such file"):
+        models.resolve("mine", str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no config.json"):
+        models.resolve("mine", str(tmp_path))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="must be a .gguf"):
+        models.resolve("mine", str(tmp_path / "weights.bin"))
+
+
+@pytest.mark.parametrize("kind, call, words", [
+    ("model", lambda: models.resolve("stories260"), "Did you mean: stories260k?"),
+    ("model", lambda: models.resolve("llama-3-8b"), "Did you mean: llama3-8b?"),
+    ("target", lambda: targets.resolve(["rtx3009"]), "Did you mean: rtx3090?"),
+    ("backend", lambda: backends.select(["pytorch-eager"]), "Did you mean: pytorch_eager?"),
+    ("variant", lambda: backends.select(["pytorch_eager"])[0].variant("fp23-sdpa-kv"), "Did you mean: fp32-sdpa-kv?"),
+])
+def test_unknown_names_suggest_the_closest_and_list_the_rest(kind, call, words):
+    with pytest.raises(UserError) as exc:
+        call()
+    assert words in str(exc.value) and "Available:" in str(exc.value)
+
+
+def test_targets_describe_remote_devices():
+    rtx, rpi, local = targets.resolve(["rtx3090", "rpi5", "local"])
+    assert (rtx.arch, rtx.device, rtx.memory_gb, rtx.memory_bandwidth_gbs) == ("x86_64", "cuda", 24, 936)
+    assert (rpi.arch, rpi.device, rpi.memory_gb) == ("aarch64", "cpu", 8)
+    assert local.transport == "local" and local.memory_gb > 1
+
+
+@pytest.mark.parametrize("text, words", [
+    ('[box]\ntransport = "local"\nmemroy_gb = 8\n', "unknown key 'memroy_gb' (did you mean 'memory_gb'?)"),
+    ('[box]\ntransport = "telnet"\n', "transport 'telnet'"),
+    ('[box]\ntransport = "ssh-docker"\narch = "mips"\nmemory_gb = 8\n', "arch 'mips'"),
+    ('[box]\ntransport = "ssh-docker"\narch = "aarch64"\n', "memory_gb must be a number"),
+    ('[box\n', "not valid TOML"),
+])
+def test_user_targets_file_is_checked(tmp_path, monkeypatch, text, words):
+    path = tmp_path / "targets.toml"
+    path.write_text(text)
+    monkeypatch.setattr(targets, "USER_FILE", path)
+    with pytest.raises(UserError) as exc:
+        targets.resolve(["box"])
+    assert words in str(exc.value)
+
+
+MANIFEST = (REPO / "backends" / "null" / "backend.toml").read_text()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m + "\ncolour = 'red'\n", "unknown key 'colour'"),
+    (lambda m: m.replace('name = "null"', 'name = "other"'), "differs from its folder name"),
+    (lambda m: m.replace('runner = "runner.py"', 'runner = "gone.py"'), "does not exist"),
+    (lambda m: m.replace("protocol = 1", "protocol = 7"), "protocol 7"),
+    (lambda m: m.replace("[variants]", "[variants\n"), "not valid TOML"),
+    (lambda m: m.replace('reference = "none"', 'reference = "nothing"'), "reference variant"),
+    (lambda m: m.replace('description = ', 'descr = '), "unknown key 'descr'"),
+    (lambda m: "", "missing keys"),
+])
+def test_a_broken_manifest_is_reported_loudly_never_skipped(tmp_path, edit, words):
+    folder = tmp_path / "null"
+    shutil.copytree(REPO / "backends" / "null", folder)
+    (folder / "backend.toml").write_text(edit(MANIFEST))
+    good, broken = backends.discover(tmp_path)
+    assert not good and words in broken["null"]
+    with pytest.raises(UserError, match="broken manifest"):
+        backends.select(["null"], tmp_path)
+
+
+def test_a_folder_without_manifest_is_broken(tmp_path):
+    (tmp_path / "half_done").mkdir()
+    assert "missing" in backends.discover(tmp_path)[1]["half_done"]
+
+
+def test_variants_are_the_product_of_the_axes_with_device_needs():
+    eager = backends.select(["pytorch_eager"])[0]
+    assert len(eager.variants) == 12 and eager.reference_variant == "fp32-sdpa-kv"
+    fp16 = eager.variant("fp16-sdpa-kv")
+    assert fp16.unsupported_reason("cpu") and fp16.unsupported_reason("cuda") is None
+    assert eager.variant("bf16-eager-nokv").options == {"dtype": "bf16", "attn": "eager", "kv_cache": "nokv"}

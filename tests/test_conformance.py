@@ -1,0 +1,76 @@
+"""Every folder in backends/ is held to the runner contract. Dropping in a new backend folder
+adds it here: it speaks the protocol, refuses bad requests with typed errors, and reproduces
+the published stories260K greedy text when it runs here, or says why it cannot."""
+from pathlib import Path
+
+import pytest
+
+from evaluator.catalog import backends, models, targets
+from evaluator.launch.process import RunnerFailure
+from evaluator.run import _unsupported
+from evaluator.tokens import HostTokenizer
+from tests.conftest import EXPECTED_GREEDY, start_runner
+
+FOLDERS = sorted(p.name for p in backends.BACKENDS_DIR.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+DESCRIBE_KEYS = {"engine", "engine_version", "versions", "device", "available", "unavailable_reason", "supports", "protocol", "arch"}
+
+
+def test_every_folder_is_a_backend():
+    good, broken = backends.discover()
+    assert not broken, f"broken manifests: {broken}"
+    assert sorted(good) == FOLDERS
+
+
+@pytest.mark.parametrize("name", FOLDERS)
+def test_backend_honours_the_contract(name, tmp_path):
+    backend = backends.load_manifest(backends.BACKENDS_DIR / name)
+    model = models.resolve("stories260k")
+    local = targets.resolve(["local"])[0]
+    reference = backend.variant(backend.reference_variant)
+    cannot_run_here = _unsupported(model, backend, reference, local)
+    if cannot_run_here:
+        assert len(cannot_run_here) > 10, "a backend that cannot run here must say why"
+        pytest.skip(f"{name} cannot run here: {cannot_run_here}")
+    with start_runner(name, tmp_path) as runner:
+        info = runner.request("describe", 60)
+        assert DESCRIBE_KEYS <= set(info), f"describe lacks {DESCRIBE_KEYS - set(info)}"
+        fmt = next(f for f in backend.formats if model.artifact(f))
+        spec = {"path": str(model.artifact(fmt)), "format": fmt}
+        if not info["available"]:
+            assert info["unavailable_reason"], "an unavailable engine must say why"
+            with pytest.raises(RunnerFailure) as exc:
+                runner.request("load", 60, model=spec, options=dict(reference.options, device="cpu"))
+            assert exc.value.status == "unsupported"
+            return
+        for op, args in [("fly", {}), ("generate", {"prompts": [[1]], "max_new_tokens": 1})]:
+            with pytest.raises(RunnerFailure) as exc:
+                runner.request(op, 30, **args)
+            assert exc.value.status == "failed" and "bad_request" in exc.value.reason
+        with pytest.raises(RunnerFailure, match="bad_request"):
+            runner.request("load", 120, model=spec, options={"no_such_option": 1})
+        runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+        with pytest.raises(RunnerFailure, match="bad_request"):
+            runner.request("generate", 30, prompts=[[1, 10**6]], max_new_tokens=1)
+        tok = HostTokenizer(model.hf_path)
+        tokens = runner.request("generate", 300, prompts=[[tok.bos]], max_new_tokens=256)["tokens"][0]
+        assert len(tokens) == 256
+        if backend.fake:
+            return  # reads no weights: nothing to reproduce
+        assert tok.decode(tokens) == EXPECTED_GREEDY, f"{name} {reference.name} does not reproduce the reference text"
+        scored = runner.request("score", 60, sequences=[[tok.bos] + tokens[:16]], start=1, top_k=1)["results"][0]
+        # Greedy tokens are the argmax, so each is its position's top-1.
+        assert [t[0][0] for t in scored["top"]] == tokens[:16]
+
+
+def test_a_backend_for_another_machine_says_why_it_cannot_run_here(tmp_path):
+    manifest = (backends.BACKENDS_DIR / "pytorch_eager" / "backend.toml").read_text()
+    folder = tmp_path / "gpu_only"
+    folder.mkdir()
+    (folder / "backend.toml").write_text(manifest.replace('"pytorch_eager"', '"gpu_only"').replace('["cpu", "cuda"]', '["cuda"]'))
+    (folder / "runner.py").write_text("")
+    (folder / "requirements.txt").write_text("")
+    backend = backends.load_manifest(folder)
+    reason = _unsupported(models.resolve("stories260k"), backend, backend.variants[0], targets.resolve(["local"])[0])
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU")
+    assert reason and "cuda" in reason

@@ -1,0 +1,151 @@
+"""`just eval` end to end, as a user runs it: real runners, real files, real exit codes."""
+import json
+from html.parser import HTMLParser
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2"]
+
+
+def run_folder(stderr: str, reports):
+    line = next(l for l in stderr.splitlines() if l.startswith("run "))
+    return reports / line.split()[1].rstrip(":")
+
+
+def cells(folder):
+    return {p.stem: json.loads(p.read_text()) for p in (folder / "cells").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def eager_run(tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    proc = run_cli("eval", "stories260k", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv,fp16-sdpa-kv,bf16-sdpa-kv",
+                   "--reports", str(reports), *FAST)
+    return proc, run_folder(proc.stderr, reports)
+
+
+def test_eval_writes_one_result_per_cell_and_an_html_page(eager_run):
+    proc, folder = eager_run
+    assert proc.returncode == 0, proc.stderr
+    results = cells(folder)
+    assert len(results) == 6  # 3 variants x 2 scenarios on the local target
+    run = json.loads((folder / "run.json").read_text())
+    assert sorted(run["planned_cells"]) == sorted(results)
+    assert run["host"]["cpu"] and run["host"]["git_revision"] and run["model"]["sha256"]
+    assert (folder / "index.html").stat().st_size > 1000
+    assert not list(folder.rglob("*.tmp")), "no half-written files"
+
+
+def test_fp32_cell_checks_the_reference_then_measures_everything(eager_run):
+    _, folder = eager_run
+    c = cells(folder)["stories260k__pytorch_eager.fp32-sdpa-kv__local__latency"]
+    assert c["status"] == "ok" and c["schema"] == 1
+    assert c["check"]["matches_reference"] is True and len(c["check"]["tokens"]) == 256
+    m = c["metrics"]
+    for key in ("e2e_ms", "ttft_ms", "itl_ms", "tpot_ms", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        assert m[key]["n"] >= 1 and m[key]["mean"] > 0 and len(m[key]["samples"]) == m[key]["n"], key
+        assert m[key]["p50"] <= m[key]["p95"] <= m[key]["p99"], key
+    assert c["iterations"] >= 3 and m["itl_ms"]["n"] == 7 * c["iterations"]
+    assert m["ttft_ms"]["mean"] < m["e2e_ms"]["mean"]
+    assert c["memory"]["peak_rss_bytes"] >= c["load"]["rss_bytes"] > 0
+    assert c["parameters"] == 260032 and c["model"]["size_bytes"] == 1044992
+    assert c["engine"]["versions"]["torch"].startswith("2.13.0") and c["environment"] == ".venvs/pytorch_eager/bin/python"
+
+
+def test_throughput_cell_sweeps_batch_sizes(eager_run):
+    _, folder = eager_run
+    c = cells(folder)["stories260k__pytorch_eager.fp32-sdpa-kv__local__throughput"]
+    assert [b["batch_size"] for b in c["metrics"]["per_batch"]] == [1, 2]
+    assert c["metrics"]["best_tokens_per_s"] > 0
+
+
+def test_fp16_on_cpu_is_listed_as_unsupported_with_its_reason(eager_run):
+    _, folder = eager_run
+    c = cells(folder)["stories260k__pytorch_eager.fp16-sdpa-kv__local__latency"]
+    assert c["status"] == "unsupported" and "GPU" in c["reason"] and "metrics" not in c
+
+
+def test_html_is_well_formed_and_carries_the_numbers(eager_run):
+    _, folder = eager_run
+    page = (folder / "index.html").read_text()
+
+    class Checker(HTMLParser):
+        stack, errors = [], []
+        VOID = {"meta", "br", "hr", "img", "link", "input"}
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in self.VOID:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if not self.stack or self.stack.pop() != tag:
+                self.errors.append(tag)
+
+    checker = Checker()
+    checker.feed(page)
+    assert not checker.errors and not checker.stack
+    c = cells(folder)["stories260k__pytorch_eager.fp32-sdpa-kv__local__latency"]
+    from evaluator.report.html import _fmt
+    assert _fmt(c["metrics"]["e2e_ms"]["p50"]) in page and "fp16-sdpa-kv" in page and "✔ matches" in page
+
+
+def test_report_rebuilds_the_page_from_stored_results(eager_run):
+    _, folder = eager_run
+    before = (folder / "index.html").read_text()
+    (folder / "index.html").unlink()
+    proc = run_cli("report", str(folder))
+    assert proc.returncode == 0 and (folder / "index.html").read_text() == before
+
+
+def test_a_dying_runner_fails_its_cell_and_the_run_goes_on(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--scenarios", "latency",
+                   "--variants", "crash_on_generate,hang_on_generate,none,garbage_on_generate,wrong_token_count",
+                   "--request-timeout", "3", "--reports", str(tmp_path), *FAST)
+    assert proc.returncode == 1, proc.stderr
+    results = {c["variant"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
+    expected = {"crash_on_generate": "crashed", "hang_on_generate": "timeout", "none": "ok",
+                "garbage_on_generate": "protocol-error", "wrong_token_count": "invalid"}
+    assert {v: c["status"] for v, c in results.items()} == expected
+    crashed = results["crash_on_generate"]
+    assert "exited with code 3" in crashed["reason"] and "metrics" not in crashed and crashed["log_tail"] is not None
+    assert "4 of 5 cells failed" in proc.stderr and "crash_on_generate" in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "stories260"], "unknown model 'stories260'. Did you mean: stories260k?"),
+    (["eval", "stories260k", "--backends", "pytorch-eager"], "Did you mean: pytorch_eager?"),
+    (["eval", "stories260k", "--targets", "rpi"], "Did you mean: rpi5?"),
+    (["eval", "stories260k", "--variants", "fp64-*"], "matches no variant"),
+    (["eval", "stories260k", "--scenarios", "latencyy"], "Did you mean: latency?"),
+    (["eval", "stories260k", "--new-tokens", "0"], "must be >= 1"),
+    (["eval", "stories260k", "--batch-sizes", "1,x"], "not an integer"),
+    (["eval", "stories260k", "--prompt-tokens", "500"], "exceeds the model's context of 512"),
+    (["eval", "stories260k", "--model-path", "/no/such/dir"], "no such file or folder"),
+    (["eval", "stories260k", "--request-timeout", "0"], "must be > 0"),
+    (["eval"], "required"),
+    (["report", "no-such-run"], "unknown run 'no-such-run'"),
+    (["fly"], "invalid choice"),
+])
+def test_bad_input_gives_one_line_and_exit_2_and_writes_nothing(tmp_path, args, words):
+    extra = ["--reports", str(tmp_path)] if args[0] in ("eval", "report") and len(args) > 1 else []
+    proc = run_cli(*args, *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr
+    assert not list(tmp_path.iterdir()), "a refused run writes nothing"
+
+
+def test_remote_targets_are_planned_as_unsupported_with_the_reason(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--variants", "none", "--targets", "rpi5",
+                   "--scenarios", "latency", "--reports", str(tmp_path), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    (c,) = cells(run_folder(proc.stderr, tmp_path)).values()
+    assert c["status"] == "unsupported" and "ssh-docker" in c["reason"]
+
+
+def test_backends_command_lists_every_backend():
+    proc = run_cli("backends")
+    assert proc.returncode == 0 and "pytorch_eager" in proc.stdout and "null" in proc.stdout
+    assert "BROKEN" not in proc.stderr

@@ -1,0 +1,107 @@
+"""The runner protocol spoken directly to real runner processes, and every way one can fail."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evaluator.launch.process import RunnerFailure
+from tests.conftest import REPO, STORIES, start_runner
+
+MODEL = {"path": str(STORIES / "hf"), "format": "hf"}
+
+
+def raw_session(lines: list[str]) -> list[dict]:
+    """Pipe raw lines into the null runner: the wire format itself, no host library."""
+    proc = subprocess.run([sys.executable, "backends/null/runner.py"], input="\n".join(lines) + "\n",
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_hello_then_one_answer_per_request_with_its_id():
+    out = raw_session([json.dumps({"id": 5, "op": "describe"}), json.dumps({"id": 6, "op": "shutdown"})])
+    assert out[0] == {"event": "hello", "protocol": 1, "pid": out[0]["pid"]}
+    assert [m["id"] for m in out[1:]] == [5, 6]
+    assert out[1]["ok"] and out[1]["result"]["protocol"] == 1 and out[1]["result"]["engine"] == "null"
+
+
+@pytest.mark.parametrize("line, words", [
+    ("not json at all", "not JSON"),
+    ('["a", "list"]', "JSON object"),
+    ('{"id": 1, "op": "fly"}', "unknown op"),
+    ('{"id": 1, "op": "generate", "prompts": [[1]], "max_new_tokens": 2}', "before load"),
+    ('{"id": 1, "op": "score", "sequences": [[1, 2]]}', "before load"),
+    ('{"id": 1, "op": "load"}', "model"),
+])
+def test_bad_requests_get_typed_errors_and_the_runner_stays_up(line, words):
+    out = raw_session([line, json.dumps({"id": 99, "op": "describe"})])
+    error = out[1]["error"]
+    assert out[1]["ok"] is False and error["type"] == "bad_request" and words in error["message"]
+    assert out[2]["id"] == 99 and out[2]["ok"]
+
+
+@pytest.mark.parametrize("request_, words", [
+    ({"op": "generate", "prompts": [[1, 600]], "max_new_tokens": 2}, "outside the vocabulary"),
+    ({"op": "generate", "prompts": [[1], [1, 2]], "max_new_tokens": 2}, "same length"),
+    ({"op": "generate", "prompts": [[]], "max_new_tokens": 2}, "non-empty"),
+    ({"op": "generate", "prompts": [[1]], "max_new_tokens": 0}, "max_new_tokens"),
+    ({"op": "generate", "prompts": [[1]], "max_new_tokens": "3"}, "max_new_tokens"),
+    ({"op": "score", "sequences": [[1, 2]], "start": 2}, "start"),
+    ({"op": "score", "sequences": [[1, 2]], "start": 0}, "start"),
+    ({"op": "score", "sequences": [[1, 2]], "top_k": -1}, "top_k"),
+    ({"op": "load", "model": MODEL, "options": {"colour": "red"}}, "unknown load options"),
+])
+def test_bad_arguments_after_load_are_refused(request_, words):
+    load = {"id": 1, "op": "load", "model": MODEL, "options": {}}
+    out = raw_session([json.dumps(load), json.dumps({"id": 2, **request_})])
+    assert out[1]["ok"], out[1]
+    assert out[2]["ok"] is False and out[2]["error"]["type"] == "bad_request", out[2]
+    assert words in out[2]["error"]["message"]
+
+
+def test_generate_returns_exact_counts_and_runner_side_timestamps():
+    load = {"id": 1, "op": "load", "model": MODEL, "options": {}}
+    gen = {"id": 2, "op": "generate", "prompts": [[1, 5], [1, 9]], "max_new_tokens": 7}
+    result = raw_session([json.dumps(load), json.dumps(gen)])[2]["result"]
+    assert [len(t) for t in result["tokens"]] == [7, 7]
+    ts = [result["start_ns"], *result["token_ns"], result["end_ns"]]
+    assert ts == sorted(ts) and len(result["token_ns"]) == 7
+
+
+def test_score_returns_one_logprob_per_position_from_start(tmp_path):
+    with start_runner("null", tmp_path) as runner:
+        runner.request("load", 30, model=MODEL, options={})
+        out = runner.request("score", 30, sequences=[[1, 2, 3, 4], [1, 2]], start=1, top_k=3)["results"]
+    assert [len(r["logprobs"]) for r in out] == [3, 1]
+    assert all(len(top) == 3 for top in out[0]["top"])
+
+
+@pytest.mark.parametrize("fault, op, status, words", [
+    ("crash_on_generate", "generate", "crashed", "exited with code 3"),
+    ("hang_on_generate", "generate", "timeout", "no answer to generate within 2 s"),
+    ("garbage_on_generate", "generate", "protocol-error", "not a JSON object"),
+    ("oom_on_load", "load", "out-of-memory", "simulated out of memory"),
+    ("crash_on_load", "load", "crashed", "during load"),
+])
+def test_every_runner_failure_becomes_one_status_with_a_reason(tmp_path, fault, op, status, words):
+    with start_runner("null", tmp_path) as runner:
+        with pytest.raises(RunnerFailure) as info:
+            runner.request("load", 30, model=MODEL, options={"fault": fault})
+            runner.request("generate", 2, prompts=[[1]], max_new_tokens=4)
+        assert info.value.status == status and words in info.value.reason
+        if status in ("timeout", "protocol-error", "crashed"):
+            assert runner.proc.poll() is not None, "the runner must be dead after a fatal failure"
+
+
+def test_stray_prints_from_the_engine_never_reach_the_protocol_channel():
+    code = ("import sys; sys.path.insert(0, '.')\n"
+            "from evaluator.runner import Engine, serve\n"
+            "class Loud(Engine):\n"
+            "    def describe(self):\n"
+            "        print('chatty engine'); return {'engine': 'loud'}\n"
+            "serve(Loud())\n")
+    proc = subprocess.run([sys.executable, "-c", code], input='{"id":1,"op":"describe"}\n', capture_output=True,
+                          text=True, cwd=REPO, timeout=30)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[1]["result"]["engine"] == "loud" and "chatty engine" in proc.stderr
