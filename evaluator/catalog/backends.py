@@ -108,6 +108,8 @@ def load_manifest(folder: Path) -> Backend:
     image = data.get("image", {})
     check_keys(f"{where} [image]", image, {"dockerfile"})
     dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
+    if dockerfile and not dockerfile.is_file():
+        raise UserError(f"{where}: dockerfile {image['dockerfile']!r} does not exist")
     reference, variants = _expand_variants(where, data["variants"])
     return Backend(
         name=data["name"], folder=folder, description=data["description"], runner=runner,
