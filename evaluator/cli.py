@@ -61,6 +61,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
     e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
+    q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")
+    q.add_argument("--limit", type=_positive_int, help="HellaSwag: a seeded random subset of N items (default: all 10,042)")
+    q.add_argument("--seed", type=int, default=1234, help="seed of the --limit subset (default: %(default)s)")
+    q.add_argument("--ppl-window", type=_positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
+    q.add_argument("--ppl-stride", type=_positive_int, help="rolling perplexity stride (default: half the window)")
+    q.add_argument("--ppl-tokens", type=_positive_int, help="score only the first N tokens of WikiText-2 test (default: all)")
+    q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", help="BACKEND:VARIANT every variant is compared with (default: %(default)s)")
+    q.add_argument("--min-acc-norm-ratio", type=float, default=0.99, help="gate: HellaSwag acc_norm at least this share of the reference's (default: %(default)s)")
+    q.add_argument("--max-ppl-ratio", type=float, default=1.01, help="gate: perplexity at most this multiple of the reference's (default: %(default)s)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
@@ -80,6 +89,7 @@ def cmd_eval(args) -> int:
     from evaluator import run
     from evaluator.measure import scenarios
     from evaluator.report import html
+    from evaluator.score.quality import Quality
 
     unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
     if unknown:
@@ -95,10 +105,17 @@ def cmd_eval(args) -> int:
         "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations,
                                      min_duration_s=args.min_duration, **common),
         "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes, **common),
+        "quality": Quality(hellaswag_limit=args.limit, seed=args.seed, ppl_window=args.ppl_window,
+                           ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens),
     }
+    if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):
+        raise UserError(f"--ppl-stride {args.ppl_stride} must be smaller than --ppl-window {args.ppl_window}")
+    if args.ppl_window and args.ppl_window < 2:
+        raise UserError("--ppl-window must be at least 2 tokens")
     scenario_list = [chosen[s] for s in args.scenarios]
-    model, model_info, tok, cells, run_id, path, _ = run.start_run(
-        args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports)
+    model, model_info, tok, cells, run_id, path, run_info = run.start_run(
+        args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
+        args.reference)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []
@@ -115,8 +132,18 @@ def cmd_eval(args) -> int:
         elif result["status"] == "ok" and "check" in result and "matches_reference" in result["check"]:
             line += "  greedy check: " + ("matches reference" if result["check"]["matches_reference"]
                                           else f"differs from reference at char {result['check']['first_divergence_char']}")
+        elif result["status"] == "ok" and cell.scenario.name == "quality":
+            m = result["metrics"]
+            line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']} items), "
+                     f"perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
         bar.write(line)
     bar.close()
+    reference = tuple(run_info["reference"].split(":"))
+    for c in run.finish_quality(path, reference, args.min_acc_norm_ratio, args.max_ppl_ratio):
+        f, g = c["fidelity"], c["quality_gate"]
+        verdict = "passes the quality gate" if g["passed"] else "GATED: " + "; ".join(g["reasons"])
+        print(f"fidelity {c['backend']}.{c['variant']}@{c['target']['name']}: KL mean {f['kl_mean']:.2e} p99 {f['kl_p99']:.2e}, "
+              f"top-1 agreement {f['top1_agreement']:.4f}; {verdict}", file=sys.stderr)
     report = html.build(path)
     print(f"report: {report}", file=sys.stderr)
     if failed:

@@ -27,6 +27,7 @@ from evaluator.errors import UserError
 from evaluator.launch import local
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import scenarios
+from evaluator.score import fidelity, quality
 from evaluator.tokens import HostTokenizer
 
 STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
@@ -71,7 +72,9 @@ def _unsupported(model: models.Model, backend: Backend, variant: Variant, target
 
 
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
-         target_list: list[Target], scenario_list: list) -> list[Cell]:
+         target_list: list[Target], scenario_list: list, reference: tuple[Backend, Variant] | None = None) -> list[Cell]:
+    """Every cell, in run order. With a quality scenario, the reference variant's quality cell
+    is added on each target when the selection left it out: fidelity needs it in the same run."""
     cells = []
     for pattern in variant_patterns or []:
         if not any(fnmatch.fnmatchcase(v.name, pattern) for b in backends for v in b.variants):
@@ -84,6 +87,14 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
                 for sc in scenario_list:
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
                     cells.append(Cell(cid, backend, variant, target, sc, _unsupported(model, backend, variant, target)))
+        quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
+        if quality_sc and reference:
+            backend, variant = reference
+            cid = store.cell_id(model.name, backend.name, variant.name, target.name, quality_sc.name)
+            if cid not in {c.id for c in cells}:
+                first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0
+                cells.insert(first, Cell(cid, backend, variant, target, quality_sc,
+                                         _unsupported(model, backend, variant, target)))
     return cells
 
 
@@ -117,6 +128,8 @@ def _measure(cell: Cell, runner, model: models.Model, tok: HostTokenizer, check:
         prompt = tok.prompts(sc.prompt_tokens, 1)[0]
         result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
         result["prompt_tokens"] = prompt
+    elif isinstance(sc, quality.Quality):
+        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, progress)
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
         result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
@@ -156,21 +169,63 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     out = dict(base, status=status, reason=reason, log_tail=tail, environment=envs.describe(python),
                wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "ok":
+        raw = measured.pop("raw", None)
+        if raw is not None:  # per-item answers, kept beside the cell so any summary can be recomputed
+            store.write_json(run_path / "raw" / f"{cell.id}.json", raw)
+            out["raw"] = f"raw/{cell.id}.json"
         out.update(measured)
         out["parameters"] = measured["load"].get("parameters")
     return out
 
 
+def finish_quality(run_path, reference: tuple[str, str], min_acc_norm_ratio: float, max_perplexity_ratio: float) -> list[dict]:
+    """Fidelity and the gate, per target, against that target's reference quality cell.
+    Rewrites each quality cell (atomically) with its `fidelity` and `quality_gate`."""
+    import json
+
+    _, cells = store.load_run(run_path)
+    updated = []
+    for ref in cells:
+        if (ref["scenario"]["name"] != "quality" or ref["status"] != "ok"
+                or (ref["backend"], ref["variant"]) != reference):
+            continue
+        ref_raw = json.loads((run_path / ref["raw"]).read_text())
+        for c in cells:
+            if c["scenario"]["name"] != "quality" or c["status"] != "ok" or c["target"]["name"] != ref["target"]["name"]:
+                continue
+            raw = json.loads((run_path / c["raw"]).read_text())
+            c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]),
+                                 reference=f"{ref['backend']}.{ref['variant']}")
+            c["quality_gate"] = fidelity.gate(ref["metrics"], c["metrics"], min_acc_norm_ratio, max_perplexity_ratio)
+            store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
+            updated.append(c)
+    return updated
+
+
+def parse_reference(text: str) -> tuple[Backend, Variant]:
+    """`backend:variant`, e.g. pytorch_eager:fp32-sdpa-kv."""
+    if text.count(":") != 1:
+        raise UserError(f"--reference {text!r} must be BACKEND:VARIANT, e.g. pytorch_eager:fp32-sdpa-kv")
+    name, variant = text.split(":")
+    backend = backend_catalog.select([name])[0]
+    return backend, backend.variant(variant)
+
+
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
-              variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS):
+              variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
+              reference: str = "pytorch_eager:fp32-sdpa-kv"):
     """Preflight: every name and option checked before any runner starts."""
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
     backends = backend_catalog.select(backend_names)
+    ref = parse_reference(reference)
     tok = HostTokenizer(model.hf_path)
     for sc in scenario_list:
-        scenarios.check_fits(sc, tok.context_length)
-    cells = plan(model, backends, variant_patterns, target_list, scenario_list)
+        if not isinstance(sc, quality.Quality):
+            scenarios.check_fits(sc, tok.context_length)
+        elif sc.ppl_window and tok.context_length and sc.ppl_window > tok.context_length:
+            raise UserError(f"--ppl-window {sc.ppl_window} exceeds the model's context of {tok.context_length} tokens")
+    cells = plan(model, backends, variant_patterns, target_list, scenario_list, ref)
     run_id = store.new_run_id(model.name)
     path = store.run_dir(run_id, reports_root)
     model_info = {"name": model.name, "source": model.source, "path": str(model.hf_path),
@@ -180,6 +235,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
+        "reference": f"{ref[0].name}:{ref[1].name}",
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     store.write_json(path / "run.json", run_info)

@@ -74,3 +74,16 @@ def test_unknown_dtype_and_missing_folder_are_bad_requests(runner):
         runner.request("load", 60, model={"path": "/nonexistent", "format": "hf"}, options={})
     with pytest.raises(RunnerFailure, match="unsupported"):
         runner.request("load", 60, model={"path": str(STORIES / "stories260K.gguf"), "format": "gguf"}, options={})
+
+
+@pytest.mark.parametrize("kv_cache", ["kv", "nokv"])
+def test_shared_prefix_scoring_equals_scoring_each_full_sequence(runner, kv_cache):
+    runner.request("load", 120, model=MODEL, options={"dtype": "fp32", "kv_cache": kv_cache})
+    prefix = TOK.prompts(20, 1)[0]
+    endings = [TOK.encode(" " + e) for e in ("she went home.", "the dog barked loudly at the cat", "yes")]
+    shared = runner.request("score", 60, prefix=prefix, sequences=endings, top_k=3)["results"]
+    plain = runner.request("score", 60, sequences=[prefix + e for e in endings], start=len(prefix), top_k=3)["results"]
+    for s, p, e in zip(shared, plain, endings):
+        assert len(s["logprobs"]) == len(e)
+        assert max(abs(a - b) for a, b in zip(s["logprobs"], p["logprobs"])) < 1e-4
+        assert [t[0][0] for t in s["top"]] == [t[0][0] for t in p["top"]]

@@ -15,7 +15,7 @@ import transformers  # noqa: E402
 from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code"}
+OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code", "weight_noise"}
 
 
 class TorchEngine(Engine):
@@ -68,6 +68,8 @@ class TorchEngine(Engine):
             use_safetensors=not options.get("allow_pickle"),
             trust_remote_code=bool(options.get("trust_remote_code")),
         ).to(self.device).eval()
+        if options.get("weight_noise"):
+            self._damage(float(options["weight_noise"]))
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         return {
@@ -75,6 +77,15 @@ class TorchEngine(Engine):
             "vocab_size": self.model.config.vocab_size,
             "device": self.device,
         }
+
+    @torch.no_grad()
+    def _damage(self, scale):
+        """Deliberately damage the model: Gaussian noise of `scale` x each tensor's own std,
+        seeded. Only for proving that fidelity metrics and the quality gate catch a bad path."""
+        gen = torch.Generator().manual_seed(0)
+        for p in self.model.parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32) * (scale * p.float().std())
+            p.add_(noise.to(p.dtype).to(p.device))
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens, on_token):
@@ -94,21 +105,39 @@ class TorchEngine(Engine):
                 step_input = ids
         return [list(row) for row in zip(*out)]
 
+    @staticmethod
+    def _entry(logits, target, top_k):
+        """Log-probabilities of `target` under each row of `logits`, plus the top-k."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        entry = {"logprobs": logprobs.gather(1, target[:, None])[:, 0].tolist(), "top": [[] for _ in range(len(target))]}
+        if top_k:
+            values, indices = logprobs.topk(top_k, dim=-1)
+            entry["top"] = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+        return entry
+
     @torch.inference_mode()
     def score(self, sequences, start, top_k):
         results = []
         for seq in sequences:  # one at a time: sequences may differ in length, no padding games
             ids = torch.tensor([seq], device=self.device)
             logits = self.model(input_ids=ids, use_cache=False).logits[0, start - 1 : len(seq) - 1]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            target = ids[0, start:]
-            chosen = logprobs.gather(1, target[:, None])[:, 0]
-            entry = {"logprobs": chosen.tolist(), "top": [[] for _ in range(len(target))]}
-            if top_k:
-                values, indices = logprobs.topk(top_k, dim=-1)
-                entry["top"] = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
-            results.append(entry)
+            results.append(self._entry(logits, ids[0, start:], top_k))
         return results
+
+    @torch.inference_mode()
+    def score_continuations(self, prefix, continuations, top_k):
+        if not self.kv_cache:  # the variant without a KV cache recomputes everything, honestly
+            return super().score_continuations(prefix, continuations, top_k)
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        cache.batch_repeat_interleave(len(continuations))
+        # Right padding is invisible to a causal model: real positions never attend to later ones.
+        width = max(len(c) for c in continuations)
+        batch = torch.tensor([c + [0] * (width - len(c)) for c in continuations], device=self.device)
+        logits = self.model(input_ids=batch, cache=cache, use_cache=True).logits
+        first = out.logits[0, -1:]
+        return [self._entry(torch.cat([first, logits[i, : len(c) - 1]]), batch[i, : len(c)], top_k)
+                for i, c in enumerate(continuations)]
 
     def device_memory(self):
         if self.device == "cuda":

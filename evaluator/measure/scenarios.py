@@ -46,7 +46,7 @@ class Check:
     new_tokens: int = 256
 
 
-SCENARIOS = ("latency", "throughput")
+SCENARIOS = ("latency", "throughput", "quality")
 
 
 def options(scenario) -> dict:

@@ -24,3 +24,21 @@ def summarize(samples: list[float], unit: str) -> dict:
         "p99": percentile(s, 99), "min": s[0], "max": s[-1], "std": std,
         "cv": std / mean if mean else 0.0, "samples": list(samples),
     }
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion: sound near 0, 1 and small n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def binomial_stderr(successes: int, n: int) -> float:
+    """Standard error of a mean of 0/1 outcomes with the sample variance (lm-evaluation-harness's)."""
+    if n < 2:
+        return 0.0
+    p = successes / n
+    return math.sqrt(p * (1 - p) / (n - 1))

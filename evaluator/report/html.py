@@ -19,6 +19,15 @@ METRICS = [
     ("Decode speed, mean", "latency", lambda c: c["metrics"]["decode_tokens_per_s"]["mean"], "tokens/s", "higher"),
     ("Coefficient of variation of latency", "latency", lambda c: 100 * c["metrics"]["e2e_ms"]["cv"], "%", "lower"),
     ("Best throughput over batch sizes", "throughput", lambda c: c["metrics"]["best_tokens_per_s"], "tokens/s", "higher"),
+    ("HellaSwag acc_norm", "quality", lambda c: c["metrics"]["hellaswag"]["acc_norm"]["value"], "share", "higher"),
+    ("HellaSwag acc", "quality", lambda c: c["metrics"]["hellaswag"]["acc"]["value"], "share", "higher"),
+    ("WikiText-2 token perplexity (rolling)", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["token_perplexity"], "", "lower"),
+    ("WikiText-2 word perplexity", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["word_perplexity"], "", "lower"),
+    ("WikiText-2 bits per byte", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["bits_per_byte"], "bits", "lower"),
+    ("WikiText-2 perplexity, llama-perplexity compatible", "quality", lambda c: c["metrics"]["perplexity"]["llamacpp"]["token_perplexity"], "", "lower"),
+    ("KL divergence from the reference, mean", "quality", lambda c: c["fidelity"]["kl_mean"], "nats", "lower"),
+    ("KL divergence from the reference, p99", "quality", lambda c: c["fidelity"]["kl_p99"], "nats", "lower"),
+    ("Top-1 agreement with the reference", "quality", lambda c: c["fidelity"]["top1_agreement"], "share", "higher"),
     ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
     ("Peak device memory", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
     ("Load time", None, lambda c: c["load"]["load_s"], "s", "lower"),
@@ -92,6 +101,9 @@ def render(run: dict, cells: list[dict]) -> str:
         check = c.get("check") or {}
         match = {True: "✔ matches", False: f"✘ differs at char {check.get('first_divergence_char')}"}.get(
             check.get("matches_reference"), "")
+        gate = c.get("quality_gate")
+        if gate and not gate["passed"]:
+            reason = escape("GATED for quality: " + "; ".join(gate["reasons"])) + (" " + reason if reason else "")
         status_rows += (f'<tr><td class="l">{escape(c["cell_id"])}</td>'
                         f'<td class="l {_status_class(c["status"])}">{escape(c["status"])}</td>'
                         f'<td class="l">{escape(match)}</td><td class="l">{reason}{tail}</td></tr>')
@@ -119,7 +131,11 @@ def render(run: dict, cells: list[dict]) -> str:
 <table><tr><th class="l">cell</th><th class="l">status</th><th class="l">greedy check vs reference</th><th class="l">reason</th></tr>{status_rows}</table>
 <h2>Metrics</h2>
 <p>All durations come from the runner's own clock around the engine call. TTFT: request start to first token
-(includes prefill). Inter-token latency: gap between consecutive tokens. Decode speed excludes the first token.</p>
+(includes prefill). Inter-token latency: gap between consecutive tokens. Decode speed excludes the first token.
+HellaSwag acc_norm: the ending with the highest log-probability per character. Rolling perplexity: every WikiText-2
+token scored once with at least half a window of context; word perplexity and bits per byte normalize the same
+log-likelihood by words and bytes. KL: over the tokens in both top-k lists plus one bucket for the rest (a lower
+bound of the full KL). Definitions in full: README.md.</p>
 {tables}
 <h2>Greedy output from BOS (the check run before timing)</h2>
 {texts}

@@ -67,6 +67,13 @@ score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
     context) and < len(s). Sequences may differ in length. The log-probabilities are of the
     full softmax over the vocabulary, no temperature, no penalties.
 
+score {"prefix": [int, ...], "sequences": [[int, ...], ...], "top_k": int}
+    The shared-context form (HellaSwag's four endings after one context). Each sequence is a
+    continuation of `prefix`, and the results cover every continuation token: exactly what
+    the plain form returns for prefix + s with start = len(prefix). An engine that can keep
+    the prefix's KV cache computes the prefix once; any other gets that for free from
+    Engine.score_continuations, which falls back to the plain form. `start` is refused here.
+
 memory {}
     -> {"rss_bytes": int, "peak_rss_bytes": int, "device_bytes": int|null,
         "peak_device_bytes": int|null}
@@ -118,6 +125,10 @@ class Engine:
     def score(self, sequences: list[list[int]], start: int, top_k: int) -> list[dict]:
         """Log-probabilities of the given tokens from position `start`, with top-k."""
         raise NotImplementedError
+
+    def score_continuations(self, prefix: list[int], continuations: list[list[int]], top_k: int) -> list[dict]:
+        """The shared-prefix form. Override where the engine can compute the prefix once."""
+        return self.score([prefix + c for c in continuations], len(prefix), top_k)
 
     def device_memory(self) -> tuple[int | None, int | None]:
         """(current, peak) device bytes, or (None, None) where there is no device."""

@@ -104,8 +104,13 @@ class _Server:
     def score(self, req):
         self._loaded("score")
         sequences = _ids(req.get("sequences"), "sequences", self.vocab_size)
-        start = _int(req, "start", 1, default=1)
         top_k = _int(req, "top_k", 0, default=0)
+        if "prefix" in req:
+            if "start" in req:
+                raise RunnerError("bad_request", "score with a prefix scores every continuation token: drop start")
+            prefix = _ids([req["prefix"]], "prefix", self.vocab_size)[0]
+            return {"results": self.engine.score_continuations(prefix, sequences, top_k)}
+        start = _int(req, "start", 1, default=1)
         if any(start >= len(s) for s in sequences):
             raise RunnerError("bad_request", f"start={start} must be < the length of every sequence")
         return {"results": self.engine.score(sequences, start, top_k)}

@@ -1,0 +1,70 @@
+"""Perplexity on WikiText-2 test (raw), the whole file as one token stream.
+
+Two definitions, each named in every result:
+
+rolling (ours): the stream is [BOS] + tokens(file). Windows of `window` tokens advance by
+  `stride`; each window scores only the tokens no earlier window scored, so every token is
+  scored exactly once, with at least window - stride tokens of context (except at the start).
+  From the total negative log-likelihood NLL (nats) over T tokens:
+    token perplexity = exp(NLL / T)
+    word perplexity  = exp(NLL / W), W = whitespace-separated words of the file
+    bits per byte    = NLL / (ln 2 * B), B = UTF-8 bytes of the file
+  Word perplexity and bits per byte compare across tokenizers; token perplexity does not.
+
+llamacpp (llama-perplexity's): consecutive, non-overlapping chunks of n_ctx = 512 tokens of
+  tokens(file); the first token of each chunk is replaced by BOS; only the second half is
+  scored (the tokens at positions 257..511, predicted with at least 256 tokens of context).
+  token perplexity = exp(mean NLL). Set beside llama-perplexity -c 512 (which tokenizes with
+  llama.cpp's tokenizer: a few tokens differ, data/README.md).
+"""
+import math
+import re
+from dataclasses import dataclass
+
+from evaluator.catalog.backends import REPO
+
+DATA = REPO / "data" / "wikitext-2" / "wiki.test.raw"
+LLAMACPP_CTX = 512
+
+
+@dataclass(frozen=True)
+class Window:
+    tokens: list
+    start: int  # first scored position inside the window
+
+
+def text() -> str:
+    return DATA.read_text(encoding="utf-8")
+
+
+def rolling_windows(tokens: list[int], bos: int, window: int, stride: int) -> list[Window]:
+    if not 1 <= stride < window:
+        raise ValueError(f"stride {stride} must be in [1, window {window}): a scored token needs context")
+    stream = [bos] + tokens
+    windows, scored_until, end = [], 1, min(window, len(stream))
+    while True:
+        begin = max(0, end - window)
+        windows.append(Window(stream[begin:end], scored_until - begin))
+        scored_until = end
+        if end == len(stream):
+            return windows
+        end = min(end + stride, len(stream))
+
+
+def llamacpp_windows(tokens: list[int], bos: int, n_ctx: int = LLAMACPP_CTX) -> list[Window]:
+    return [Window([bos] + tokens[i * n_ctx + 1:(i + 1) * n_ctx], n_ctx // 2 + 1) for i in range(len(tokens) // n_ctx)]
+
+
+def summarize_rolling(nll: float, tokens: int, source: str, window: int, stride: int, complete: bool) -> dict:
+    out = {"definition": f"rolling, window {window}, stride {stride}, BOS first, every token scored once",
+           "tokens": tokens, "nll": nll, "token_perplexity": math.exp(nll / tokens)}
+    if complete:  # word- and byte-normalized only when the whole file was scored
+        words = len(re.findall(r"\S+", source))
+        out.update(words=words, bytes=len(source.encode("utf-8")), word_perplexity=math.exp(nll / words),
+                   bits_per_byte=nll / (math.log(2) * len(source.encode("utf-8"))))
+    return out
+
+
+def summarize_llamacpp(nll: float, tokens: int, chunks: int) -> dict:
+    return {"definition": f"llama-perplexity compatible: {chunks} chunks of {LLAMACPP_CTX}, BOS first, second half scored",
+            "tokens": tokens, "nll": nll, "token_perplexity": math.exp(nll / tokens)}

@@ -1,0 +1,77 @@
+"""The quality scenario: one runner, the same token ids as every other backend, scored here.
+
+It asks for log-probabilities only (HellaSwag items, WikiText-2 windows) and keeps the raw
+answers beside the cell (raw/<cell>.json) so fidelity and every summary can be recomputed.
+"""
+from dataclasses import dataclass
+
+from evaluator.launch.process import RunnerFailure
+from evaluator.score import hellaswag, perplexity
+
+
+@dataclass(frozen=True)
+class Quality:
+    hellaswag_limit: int | None = None   # None: all 10,042 items
+    seed: int = 1234                     # for the --limit subset
+    ppl_window: int | None = None        # None: min(model context, 1024)
+    ppl_stride: int | None = None        # None: half the window
+    ppl_max_tokens: int | None = None    # None: the whole file
+    fidelity_windows: int = 8            # rolling windows scored with top-k for fidelity
+    top_k: int = 10
+    name: str = "quality"
+
+
+def _checked(results: list, lengths: list[int], what: str) -> list:
+    if len(results) != len(lengths) or any(len(r["logprobs"]) != n for r, n in zip(results, lengths)):
+        raise RunnerFailure("invalid", f"{what}: expected {lengths} log-probabilities, got "
+                            f"{[len(r.get('logprobs', [])) for r in results]}")
+    return results
+
+
+def run(runner, tok, sc: Quality, timeout_s: float, progress=None) -> tuple[dict, dict]:
+    """(metrics, raw) for one loaded runner."""
+    items = hellaswag.select(hellaswag.load(), sc.hellaswag_limit, sc.seed)
+    sums = []
+    for i, req in enumerate(hellaswag.requests(items, tok)):
+        res = runner.request("score", timeout_s, prefix=req["prefix"], sequences=req["sequences"], top_k=0)["results"]
+        sums.append([sum(r["logprobs"]) for r in _checked(res, [len(s) for s in req["sequences"]], "hellaswag")])
+        if progress and i % 250 == 0:
+            progress(f"hellaswag {i}/{len(items)}")
+    metrics = {"hellaswag": hellaswag.summarize(items, sums)}
+    metrics["hellaswag"]["subset"] = (None if sc.hellaswag_limit is None or sc.hellaswag_limit >= hellaswag.ITEMS
+                                      else {"limit": sc.hellaswag_limit, "seed": sc.seed})
+
+    source = perplexity.text()
+    tokens = tok.encode_cached("wikitext-2-test", source)
+    complete = sc.ppl_max_tokens is None or sc.ppl_max_tokens >= len(tokens)
+    tokens = tokens if complete else tokens[: sc.ppl_max_tokens]
+    window = sc.ppl_window or min(tok.context_length or 1024, 1024)
+    stride = sc.ppl_stride or window // 2
+    fidelity, nll, count = [], 0.0, 0
+    rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
+    for i, w in enumerate(rolling):
+        top_k = sc.top_k if i < sc.fidelity_windows else 0
+        (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=top_k)["results"],
+                          [len(w.tokens) - w.start], "perplexity")
+        nll -= sum(res["logprobs"])
+        count += len(res["logprobs"])
+        if top_k:
+            fidelity.append(res)
+        if progress and i % 100 == 0:
+            progress(f"perplexity {i}/{len(rolling)}")
+    ppl = {"rolling": perplexity.summarize_rolling(nll, count, source, window, stride, complete)}
+    if tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX:
+        chunks = perplexity.llamacpp_windows(tokens, tok.bos)
+        nll, count = 0.0, 0
+        for i, w in enumerate(chunks):
+            (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=0)["results"],
+                              [len(w.tokens) - w.start], "perplexity")
+            nll -= sum(res["logprobs"])
+            count += len(res["logprobs"])
+            if progress and i % 100 == 0:
+                progress(f"llama.cpp perplexity {i}/{len(chunks)}")
+        ppl["llamacpp"] = perplexity.summarize_llamacpp(nll, count, len(chunks))
+    metrics["perplexity"] = ppl
+    raw = {"hellaswag": {"items": [it.index for it in items], "ending_logprob_sums": sums},
+           "fidelity_windows": fidelity}
+    return metrics, raw

@@ -1,0 +1,133 @@
+"""Quality, scored once in the evaluator: HellaSwag, perplexity, fidelity and the gate, on the
+real stories260K and the real data."""
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from evaluator import run, store
+from evaluator.catalog import backends, models, targets
+from evaluator.catalog.backends import Variant
+from evaluator.measure.stats import wilson_interval
+from evaluator.score import fidelity, hellaswag, perplexity
+from evaluator.score.quality import Quality
+from evaluator.tokens import HostTokenizer
+from tests.conftest import run_cli
+
+SMALL = ["--scenarios", "quality", "--limit", "200", "--ppl-tokens", "20000"]
+
+
+def test_hellaswag_is_the_whole_validation_set():
+    items = hellaswag.load()
+    assert len(items) == 10042
+    assert Counter(i.label for i in items) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}
+    assert all(len(i.endings) == 4 and i.context for i in items)
+
+
+def test_limit_takes_a_seeded_reproducible_subset():
+    items = hellaswag.load()
+    a, b = hellaswag.select(items, 100, 7), hellaswag.select(items, 100, 7)
+    assert [i.index for i in a] == [i.index for i in b] == sorted(i.index for i in a)
+    assert [i.index for i in hellaswag.select(items, 100, 8)] != [i.index for i in a]
+
+
+def test_acc_norm_divides_by_ending_characters():
+    item = hellaswag.Item(0, "ctx", 1, ("a", "a much longer ending", "b", "c"))
+    # Raw sums favour the short ending 0; per character, the long ending 1 wins.
+    out = hellaswag.summarize([item], [[-2.0, -10.0, -3.0, -3.0]])
+    assert out["acc"]["value"] == 0.0 and out["acc_norm"]["value"] == 1.0
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+
+
+@pytest.mark.parametrize("n, window, stride", [(1000, 128, 64), (1000, 128, 127), (100, 512, 256), (511, 512, 100)])
+def test_rolling_windows_score_every_token_exactly_once(n, window, stride):
+    tokens = list(range(10, 10 + n))
+    scored = []
+    for w in perplexity.rolling_windows(tokens, 1, window, stride):
+        assert len(w.tokens) <= window and w.start >= 1
+        scored += w.tokens[w.start:]
+    assert scored == tokens
+
+
+def test_llamacpp_windows_follow_llama_perplexity():
+    tokens = list(range(5, 5 + 512 * 3 + 100))
+    windows = perplexity.llamacpp_windows(tokens, 1)
+    assert len(windows) == 3 and all(len(w.tokens) == 512 and w.tokens[0] == 1 and w.start == 257 for w in windows)
+    assert windows[1].tokens[1:] == tokens[513:1024]
+
+
+def test_fidelity_of_identical_answers_is_perfect_and_of_different_ones_is_not():
+    window = {"logprobs": [math.log(0.5), math.log(0.9)],
+              "top": [[[3, math.log(0.5)], [4, math.log(0.3)]], [[7, math.log(0.9)], [8, math.log(0.05)]]]}
+    same = fidelity.compare([window], [window])
+    assert same["kl_mean"] == 0 and same["top1_agreement"] == 1 and same["mean_abs_dp_correct"] == 0
+    other = {"logprobs": [math.log(0.2), math.log(0.9)],
+             "top": [[[4, math.log(0.6)], [3, math.log(0.2)]], [[7, math.log(0.9)], [8, math.log(0.05)]]]}
+    diff = fidelity.compare([window], [other])
+    assert diff["kl_mean"] > 0.1 and diff["top1_agreement"] == 0.5 and diff["mean_abs_dp_correct"] == pytest.approx(0.15)
+
+
+def test_gate_marks_a_variant_under_the_thresholds():
+    ref = {"hellaswag": {"acc_norm": {"value": 0.50}}, "perplexity": {"rolling": {"token_perplexity": 10.0}}}
+    ok = {"hellaswag": {"acc_norm": {"value": 0.496}}, "perplexity": {"rolling": {"token_perplexity": 10.09}}}
+    bad = {"hellaswag": {"acc_norm": {"value": 0.40}}, "perplexity": {"rolling": {"token_perplexity": 12.0}}}
+    assert fidelity.gate(ref, ok, 0.99, 1.01)["passed"]
+    verdict = fidelity.gate(ref, bad, 0.99, 1.01)
+    assert not verdict["passed"] and len(verdict["reasons"]) == 2
+
+
+def quality_numbers(tmp_path):
+    proc = run_cli("eval", "stories260k", "--variants", "fp32-sdpa-kv", "--reports", str(tmp_path), *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    (cell,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/cells/*quality.json")]
+    return cell
+
+
+def test_quality_on_stories260k_is_identical_across_reruns(tmp_path):
+    a, b = quality_numbers(tmp_path / "a"), quality_numbers(tmp_path / "b")
+    assert a["metrics"] == b["metrics"]
+    hs = a["metrics"]["hellaswag"]
+    assert hs["items"] == 200 and hs["subset"] == {"limit": 200, "seed": 1234}
+    assert 0.15 < hs["acc_norm"]["value"] < 0.40  # a 260K-parameter model is near chance (0.25)
+    assert hs["acc_norm"]["wilson95"][0] < hs["acc_norm"]["value"] < hs["acc_norm"]["wilson95"][1]
+    ppl = a["metrics"]["perplexity"]
+    assert ppl["rolling"]["tokens"] == 20000 and 10 < ppl["rolling"]["token_perplexity"] < 1000
+    assert "word_perplexity" not in ppl["rolling"], "word and byte normalization need the whole file"
+    assert ppl["llamacpp"]["tokens"] == (20000 // 512) * 255
+    assert a["fidelity"]["kl_mean"] == 0 and a["quality_gate"]["passed"]
+
+
+def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
+    model = models.resolve("stories260k")
+    eager = backends.select(["pytorch_eager"])[0]
+    local = targets.resolve(["local"])[0]
+    tok = HostTokenizer(model.hf_path)
+    sc = Quality(hellaswag_limit=300, ppl_max_tokens=20000)
+    reference = eager.variant("fp32-sdpa-kv")
+    damaged = Variant("fp32-damaged", dict(reference.options, weight_noise=0.5))
+    cells = [run.Cell(store.cell_id("stories260k", "pytorch_eager", v.name, "local", "quality"), eager, v, local, sc, None)
+             for v in (reference, damaged)]
+    store.write_json(tmp_path / "run.json", {"planned_cells": [c.id for c in cells]})
+    for cell in cells:
+        result = run.run_cell(cell, model, {"name": "stories260k"}, tok, tmp_path, "t", None, run.Deadlines())
+        assert result["status"] == "ok", result["reason"]
+        store.write_json(tmp_path / "cells" / f"{cell.id}.json", result)
+    updated = {c["variant"]: c for c in run.finish_quality(tmp_path, ("pytorch_eager", "fp32-sdpa-kv"), 0.99, 1.01)}
+    good, bad = updated["fp32-sdpa-kv"], updated["fp32-damaged"]
+    assert good["fidelity"]["kl_mean"] == 0 and good["quality_gate"]["passed"]
+    assert bad["fidelity"]["kl_mean"] > 0.05 and bad["fidelity"]["top1_agreement"] < 0.9
+    assert not bad["quality_gate"]["passed"] and any("perplexity" in r for r in bad["quality_gate"]["reasons"])
+
+
+def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
+    proc = run_cli("eval", "stories260k", "--variants", "bf16-sdpa-kv", "--reports", str(tmp_path), *SMALL,
+                   "--limit", "50", "--ppl-tokens", "3000")
+    assert proc.returncode == 0, proc.stderr
+    variants = sorted(json.loads(p.read_text())["variant"] for p in tmp_path.glob("*/cells/*.json"))
+    assert variants == ["bf16-sdpa-kv", "fp32-sdpa-kv"]
+    assert "fidelity pytorch_eager.bf16-sdpa-kv@local" in proc.stderr
