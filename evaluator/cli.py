@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model-path", help="local Hugging Face folder (config.json, *.safetensors, tokenizer.json)")
     e.add_argument("--targets", type=_csv, default=["local"], help="comma-separated targets (default: local; see `just targets`)")
     e.add_argument("--backends", type=_csv, help="comma-separated backends (default: every default backend; see `just backends`)")
-    e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv' (default: all)")
+    e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; '*' for all (default: each backend's defaults)")
     e.add_argument("--scenarios", type=_csv, default=list(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)")
     e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens, help="prompt length in tokens, BOS included (default: %(default)s)")
     e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens, help="tokens generated per request (default: %(default)s)")

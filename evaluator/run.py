@@ -53,10 +53,10 @@ class Cell:
 
 
 def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
+    """The manifest's defaults without --variants; with it, every variant a glob matches."""
     if not patterns:
-        return list(backend.variants)
-    chosen = [v for v in backend.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
-    return chosen
+        return [v for v in backend.variants if v.name in backend.default_variants]
+    return [v for v in backend.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
 
 
 def _unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:

@@ -129,3 +129,11 @@ def test_variants_are_the_product_of_the_axes_with_device_needs():
     fp16 = eager.variant("fp16-sdpa-kv")
     assert fp16.unsupported_reason("cpu") and fp16.unsupported_reason("cuda") is None
     assert eager.variant("bf16-eager-nokv").options == {"dtype": "bf16", "attn": "eager", "kv_cache": "nokv"}
+
+
+def test_a_run_without_variants_takes_the_manifest_defaults():
+    from evaluator.run import _variants
+
+    eager = backends.select(["pytorch_eager"])[0]
+    assert {v.name for v in _variants(eager, None)} == set(eager.default_variants)
+    assert len(_variants(eager, ["*"])) == 12 and [v.name for v in _variants(eager, ["bf16-*-kv"])] == ["bf16-sdpa-kv", "bf16-eager-kv"]

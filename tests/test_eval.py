@@ -22,7 +22,7 @@ def cells(folder):
 def eager_run(tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
     proc = run_cli("eval", "stories260k", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv,fp16-sdpa-kv,bf16-sdpa-kv",
-                   "--reports", str(reports), *FAST)
+                   "--scenarios", "latency,throughput", "--reports", str(reports), *FAST)
     return proc, run_folder(proc.stderr, reports)
 
 

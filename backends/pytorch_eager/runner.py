@@ -117,12 +117,13 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def score(self, sequences, start, top_k):
-        results = []
-        for seq in sequences:  # one at a time: sequences may differ in length, no padding games
-            ids = torch.tensor([seq], device=self.device)
-            logits = self.model(input_ids=ids, use_cache=False).logits[0, start - 1 : len(seq) - 1]
-            results.append(self._entry(logits, ids[0, start:], top_k))
-        return results
+        # One forward for the whole batch. Right padding is invisible to a causal model: real
+        # positions never attend to later ones, and padded positions are never read.
+        width = max(len(s) for s in sequences)
+        batch = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=self.device)
+        logits = self.model(input_ids=batch, use_cache=False).logits
+        return [self._entry(logits[i, start - 1 : len(s) - 1], batch[i, start : len(s)], top_k)
+                for i, s in enumerate(sequences)]
 
     @torch.inference_mode()
     def score_continuations(self, prefix, continuations, top_k):
@@ -131,7 +132,6 @@ class TorchEngine(Engine):
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
         cache = out.cache
         cache.batch_repeat_interleave(len(continuations))
-        # Right padding is invisible to a causal model: real positions never attend to later ones.
         width = max(len(c) for c in continuations)
         batch = torch.tensor([c + [0] * (width - len(c)) for c in continuations], device=self.device)
         logits = self.model(input_ids=batch, cache=cache, use_cache=True).logits

@@ -46,6 +46,7 @@ class Backend:
     dockerfile: Path | None
     reference_variant: str
     variants: tuple = field(default_factory=tuple)
+    default_variants: tuple = ()  # what a run without --variants measures
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -54,8 +55,8 @@ class Backend:
         raise unknown(f"variant of {self.name}", name, [v.name for v in self.variants])
 
 
-def _expand_variants(where: str, table: dict) -> tuple[str, tuple]:
-    check_keys(f"{where} [variants]", table, {"reference", "axes", "needs"})
+def _expand_variants(where: str, table: dict) -> tuple[str, tuple, tuple]:
+    check_keys(f"{where} [variants]", table, {"reference", "axes", "needs", "defaults"})
     axes = table.get("axes")
     if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
         raise UserError(f"{where}: [variants] axes must map each option to a non-empty list of values")
@@ -74,10 +75,15 @@ def _expand_variants(where: str, table: dict) -> tuple[str, tuple]:
             if all(options.get(k) == v for k, v in need.get("when", {}).items()):
                 devices, why = tuple(need["devices"]), need.get("why", "")
         variants.append(Variant(name, options, devices, why))
-    reference = table.get("reference", variants[0].name)
-    if reference not in {v.name for v in variants}:
+    names = [v.name for v in variants]
+    reference = table.get("reference", names[0])
+    if reference not in names:
         raise UserError(f"{where}: reference variant {reference!r} is not one of the variants")
-    return reference, tuple(variants)
+    defaults = table.get("defaults", names)
+    unknown_defaults = [d for d in defaults if d not in names]
+    if unknown_defaults:
+        raise UserError(f"{where}: defaults {unknown_defaults} are not variants; valid: {', '.join(names)}")
+    return reference, tuple(variants), tuple(defaults)
 
 
 def load_manifest(folder: Path) -> Backend:
@@ -110,12 +116,12 @@ def load_manifest(folder: Path) -> Backend:
     dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
     if dockerfile and not dockerfile.is_file():
         raise UserError(f"{where}: dockerfile {image['dockerfile']!r} does not exist")
-    reference, variants = _expand_variants(where, data["variants"])
+    reference, variants, defaults = _expand_variants(where, data["variants"])
     return Backend(
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
         default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, dockerfile=dockerfile,
-        reference_variant=reference, variants=variants,
+        reference_variant=reference, variants=variants, default_variants=defaults,
     )
 
 
