@@ -126,6 +126,10 @@ def cmd_eval(args) -> int:
                               log=bar.write, progress=lambda n: bar.set_postfix_str(f"{n}"))
         store.write_json(path / "cells" / f"{cell.id}.json", result)
         line = f"{result['status']:>14}  {cell.id}"
+        artifact = (result.get("load") or {}).get("artifact")
+        if artifact:
+            line += (f"  [artifact {artifact['kind']}: reused from cache]" if artifact["reused"]
+                     else f"  [artifact {artifact['kind']}: built in {artifact['build_s']:.1f} s, cached]")
         if result["status"] in run.FAILED:
             failed.append(result)
             line += f"  ({result['reason']})"

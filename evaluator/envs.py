@@ -6,6 +6,8 @@ that file changes. A backend without requirements is stdlib-only and runs under 
 evaluator's own interpreter.
 """
 import hashlib
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -27,7 +29,9 @@ def python_for(backend: Backend, log=print) -> Path:
     venv = VENVS / backend.name
     python = venv / "bin" / "python"
     stamp = venv / ".requirements.sha256"
-    want = hashlib.sha256(backend.requirements.read_bytes()).hexdigest()
+    build_env = {k: str(v) for k, v in backend.build_env.get(platform.machine(), {}).items()}
+    # The stamp covers the build flags too: changing them rebuilds the environment.
+    want = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(build_env.items())).encode()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == want:
         return python
     shutil.rmtree(venv, ignore_errors=True)
@@ -35,11 +39,16 @@ def python_for(backend: Backend, log=print) -> Path:
     log(f"setting up the {backend.name} environment in .venvs/{backend.name} from "
         f"{backend.requirements.relative_to(REPO)} (once; pip's log: {logfile.relative_to(REPO)})")
     VENVS.mkdir(exist_ok=True)
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(backend.requirements)]
+    if build_env:  # pip's wheel cache ignores build flags: a cached wheel would carry the old ones
+        pip.insert(4, "--no-cache-dir")
+        out_env = dict(os.environ, **build_env)
+        log(f"  build flags: {' '.join(f'{k}={v}' for k, v in build_env.items())}")
+    else:
+        out_env = None
     with open(logfile, "w") as out:
-        steps = [[sys.executable, "-m", "venv", str(venv)],
-                 [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(backend.requirements)]]
-        for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+        for step in ([sys.executable, "-m", "venv", str(venv)], pip):
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=out_env).returncode != 0:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)
                 raise EnvironmentFailed(f"building .venvs/{backend.name} failed: {' | '.join(tail)}")

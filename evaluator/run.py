@@ -98,16 +98,17 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
     return cells
 
 
-def _measure(cell: Cell, runner, model: models.Model, tok: HostTokenizer, check: scenarios.Check,
+def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
              deadlines: Deadlines, progress) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
     fmt = next(f for f in cell.backend.formats if model.artifact(f))
     options = dict(cell.variant.options, device=cell.target.device)
+    spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
+            "artifact_cache": str(store.ARTIFACTS)}
     try:
-        result["load"] = runner.request("load", deadlines.load_s,
-                                        model={"path": str(model.artifact(fmt)), "format": fmt}, options=options)
+        result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:
         if exc.status == "failed":
             exc.status = "failed-load"
@@ -158,7 +159,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     runner = None
     try:
         runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
-        measured = _measure(cell, runner, model, tok, check, deadlines, progress)
+        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
         measured, status, reason = {}, exc.status, exc.reason

@@ -15,6 +15,8 @@ from evaluator.catalog.backends import REPO
 
 SCHEMA_VERSION = 1
 REPORTS = REPO / "reports"
+# Converted and quantized models, keyed by (source hash, tool version, options); reused across runs.
+ARTIFACTS = Path(os.environ.get("DEPLOY_EVAL_CACHE", REPO / ".cache" / "artifacts"))
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -43,6 +43,7 @@ class Backend:
     default: bool
     fake: bool                 # reads no weights (the null backend): exempt from reference checks
     requirements: Path | None
+    build_env: dict            # {arch: {VAR: value}} set while its environment is built
     dockerfile: Path | None
     reference_variant: str
     variants: tuple = field(default_factory=tuple)
@@ -107,7 +108,11 @@ def load_manifest(folder: Path) -> Backend:
     if not runner.is_file():
         raise UserError(f"{where}: runner {data['runner']!r} does not exist")
     env = data["environment"]
-    check_keys(f"{where} [environment]", env, {"requirements"})
+    check_keys(f"{where} [environment]", env, {"requirements", "build_env"})
+    build_env = env.get("build_env", {})
+    for arch, table in build_env.items():
+        if arch not in ("x86_64", "aarch64") or not isinstance(table, dict):
+            raise UserError(f"{where}: [environment.build_env.{arch}] must be x86_64 or aarch64, a table of variables")
     requirements = folder / env["requirements"] if env.get("requirements") else None
     if requirements and not requirements.is_file():
         raise UserError(f"{where}: requirements file {env['requirements']!r} does not exist")
@@ -120,7 +125,7 @@ def load_manifest(folder: Path) -> Backend:
     return Backend(
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
-        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, dockerfile=dockerfile,
+        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env, dockerfile=dockerfile,
         reference_variant=reference, variants=variants, default_variants=defaults,
     )
 

@@ -117,7 +117,13 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
     per_batch = []
     for batch in sc.batch_sizes:
         batch_prompts = prompts[:batch]
-        _generate(runner, batch_prompts, sc.new_tokens, timeout_s)  # warmup: allocator, caches
+        try:
+            _generate(runner, batch_prompts, sc.new_tokens, timeout_s)  # warmup: allocator, caches
+        except RunnerFailure as exc:
+            if exc.status != "unsupported" or batch == 1:
+                raise
+            per_batch.append({"batch_size": batch, "unsupported": exc.reason})
+            continue
         runs = [_timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0]))
                 for _ in range(sc.iterations)]
         per_batch.append({
@@ -128,6 +134,6 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
         })
         if progress:
             progress(batch)
-    best = max(per_batch, key=lambda b: b["tokens_per_s"]["mean"])
+    best = max((b for b in per_batch if "tokens_per_s" in b), key=lambda b: b["tokens_per_s"]["mean"])
     return {"metrics": {"per_batch": per_batch, "best_tokens_per_s": best["tokens_per_s"]["mean"],
                         "best_batch_size": best["batch_size"]}}

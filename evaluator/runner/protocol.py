@@ -41,9 +41,14 @@ describe {}
     Must work before load and must not load a model. `available` false means every load
     will answer `unsupported` with the same reason.
 
-load {"model": {"path": str, "format": "hf"|"gguf"|...}, "options": {...}}
+load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact_cache": str},
+      "options": {...}}
     -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
         "rss_bytes": int, "device_bytes": int|null}
+    `sha256` is the source model's content hash and `artifact_cache` a folder for what the
+    engine derives from it (quantized or converted files): key such artifacts by (sha256,
+    tool version, options), write them atomically, reuse them, and report them under
+    "artifact": {"path", "key", "kind", "tool", "reused", "build_s", "size_bytes"}.
     `options` are the variant's options from the backend manifest; an unknown option is a
     bad_request, a known one this device cannot honour is `unsupported`. Loading twice
     replaces the model. Weights are safetensors or GGUF; pickle checkpoints only when
@@ -76,7 +81,7 @@ score {"prefix": [int, ...], "sequences": [[int, ...], ...], "top_k": int}
 
 memory {}
     -> {"rss_bytes": int, "peak_rss_bytes": int, "device_bytes": int|null,
-        "peak_device_bytes": int|null}
+        "peak_device_bytes": int|null, "engine_stats": {...}}
     Peaks since the process started (device peaks since load where the engine can reset them).
 
 shutdown {}
@@ -133,6 +138,10 @@ class Engine:
     def device_memory(self) -> tuple[int | None, int | None]:
         """(current, peak) device bytes, or (None, None) where there is no device."""
         return None, None
+
+    def stats(self) -> dict:
+        """Engine counters worth keeping with a result (e.g. recompiles); {} by default."""
+        return {}
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether an engine exception means out of memory (MemoryError always does)."""

@@ -118,7 +118,8 @@ class _Server:
     def memory(self, req):
         rss, peak_rss = rss_bytes()
         dev, peak_dev = self.engine.device_memory()
-        return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "device_bytes": dev, "peak_device_bytes": peak_dev}
+        return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "device_bytes": dev, "peak_device_bytes": peak_dev,
+                "engine_stats": self.engine.stats()}
 
     def shutdown(self, req):
         return {}

@@ -1,0 +1,171 @@
+"""llamacpp: GGUF models through llama-cpp-python, f32 or quantized, on the CPU.
+
+Quantized files are artifacts: built once with llama.cpp's own quantizer
+(llama_cpp.llama_model_quantize; the wheel ships no llama-quantize binary) and cached under
+a key of (source sha256, llama-cpp-python version, quantization type).
+
+Decoding is a hand-written greedy loop over Llama.eval, so each step's token is seen the
+moment it exists. Scoring reads every position's logits (logits_all) and takes the log-softmax
+in float64 here; the shared-prefix form evaluates the prefix once and rewinds the KV cache to
+it before each continuation.
+"""
+import ctypes
+import hashlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import llama_cpp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+QUANT_TYPES = {
+    "f32": llama_cpp.LLAMA_FTYPE_ALL_F32,
+    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+    "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "q5_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+}
+OPTIONS = {"quant", "threads", "device", "n_ctx"}
+
+
+def _system_flags() -> dict:
+    """The engine's build, as llama.cpp reports it: which SIMD paths this binary has."""
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    flags = {}
+    for part in info.replace("|", "\n").splitlines():
+        if "=" in part:
+            key, value = (x.strip() for x in part.split("=", 1))
+            if key:
+                flags[key] = value
+    return {"system_info": info.strip(), "flags": flags}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class LlamaCppEngine(Engine):
+    def __init__(self):
+        self.llm = None
+        self.artifact = None
+
+    def describe(self):
+        return {
+            "engine": "llama.cpp", "engine_version": llama_cpp.__version__,
+            "versions": {"llama-cpp-python": llama_cpp.__version__, "numpy": np.__version__},
+            "device": "cpu", "available": True, "unavailable_reason": None,
+            "supports": {"score": True, "batch": False}, "build": _system_flags(),
+        }
+
+    def _quantized(self, model: dict, quant: str, threads: int) -> dict:
+        """The GGUF for this quantization: the cached artifact, or built now and cached."""
+        source = model["path"]
+        source_sha = model.get("sha256") or hashlib.sha256(open(source, "rb").read()).hexdigest()
+        key = hashlib.sha256(f"{source_sha}|llama-cpp-python {llama_cpp.__version__}|{quant}".encode()).hexdigest()[:24]
+        cache = model.get("artifact_cache") or os.path.join(os.path.dirname(source), ".deploy-eval-artifacts")
+        os.makedirs(cache, exist_ok=True)
+        path = os.path.join(cache, f"llamacpp-{quant}-{key}.gguf")
+        info = {"path": path, "key": key, "kind": f"gguf {quant}", "tool": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
+        if os.path.exists(path):
+            return dict(info, reused=True, build_s=None, size_bytes=os.path.getsize(path))
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = QUANT_TYPES[quant]
+        params.nthread = threads
+        tmp = f"{path}.{os.getpid()}.tmp"
+        t0 = time.perf_counter()
+        rc = llama_cpp.llama_model_quantize(source.encode(), tmp.encode(), ctypes.byref(params))
+        if rc != 0 or not os.path.exists(tmp):
+            raise RunnerError("internal", f"llama_model_quantize to {quant} failed with code {rc}")
+        os.replace(tmp, path)  # atomic: a half-written artifact is never reused
+        return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=os.path.getsize(path))
+
+    def load(self, model, options):
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
+        if model.get("format") != "gguf":
+            raise RunnerError("unsupported", f"llamacpp reads GGUF files, not {model.get('format')!r}")
+        if options.get("device", "cpu") != "cpu":
+            raise RunnerError("unsupported", "this llama-cpp-python build runs on the CPU only")
+        quant = options.get("quant", "f32")
+        if quant not in QUANT_TYPES:
+            raise RunnerError("bad_request", f"quant {quant!r}; valid: {', '.join(QUANT_TYPES)}")
+        if not os.path.isfile(model["path"]):
+            raise RunnerError("bad_request", f"GGUF file {model['path']} does not exist")
+        threads = int(options.get("threads") or os.cpu_count() or 1)
+        self.artifact = self._quantized(model, quant, threads)
+        self.llm = None
+        # llama.cpp keeps K and V in f16 by default; the f32 variant keeps them in f32 so that it
+        # is f32 end to end (with f16 K/V, log-probabilities move by ~1e-2 nats on stories260K).
+        kv_type = llama_cpp.GGML_TYPE_F32 if quant == "f32" else llama_cpp.GGML_TYPE_F16
+        try:
+            self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=int(options.get("n_ctx") or 0),
+                                       n_batch=512, n_threads=threads, n_threads_batch=threads,
+                                       type_k=kv_type, type_v=kv_type, logits_all=True, verbose=False)
+        except ValueError as exc:  # llama-cpp-python's word for "llama.cpp could not load it"
+            raise RunnerError("unsupported", f"llama.cpp cannot load {self.artifact['path']}: {exc}") from None
+        return {
+            "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
+            "vocab_size": self.llm.n_vocab(), "device": "cpu", "threads": threads,
+            "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": "f32" if quant == "f32" else "f16",
+        }
+
+    def _check_fits(self, n: int):
+        if n > self.llm.n_ctx():
+            raise RunnerError("bad_request", f"{n} tokens exceed the context of {self.llm.n_ctx()}")
+
+    def generate(self, prompts, max_new_tokens, on_token):
+        if len(prompts) > 1:  # decoding them one after another and calling it a batch would be a lie
+            raise RunnerError("unsupported", "llama-cpp-python's high-level API decodes one sequence at a time (batch 1 only)")
+        prompt = prompts[0]
+        self._check_fits(len(prompt) + max_new_tokens)
+        self.llm.reset()
+        self.llm.eval(prompt)
+        tokens = []
+        for step in range(max_new_tokens):
+            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            tokens.append(token)
+            on_token()
+            if step + 1 < max_new_tokens:
+                self.llm.eval([token])
+        return [tokens]
+
+    def _entries(self, rows: np.ndarray, targets: list[int], top_k: int) -> dict:
+        logprobs = _log_softmax(rows)
+        entry = {"logprobs": logprobs[np.arange(len(targets)), targets].tolist(), "top": [[] for _ in targets]}
+        if top_k:
+            idx = np.argsort(-logprobs, axis=-1, kind="stable")[:, :top_k]
+            entry["top"] = [[[int(i), float(row[i])] for i in ids] for row, ids in zip(logprobs, idx)]
+        return entry
+
+    def score(self, sequences, start, top_k):
+        results = []
+        for seq in sequences:
+            self._check_fits(len(seq))
+            self.llm.reset()
+            self.llm.eval(seq)
+            results.append(self._entries(self.llm.scores[start - 1: len(seq) - 1], seq[start:], top_k))
+        return results
+
+    def score_continuations(self, prefix, continuations, top_k):
+        self._check_fits(len(prefix) + max(len(c) for c in continuations))
+        self.llm.reset()
+        self.llm.eval(prefix)
+        results = []
+        for cont in continuations:
+            self.llm.n_tokens = len(prefix)  # rewind: eval() drops the KV cache past n_tokens
+            self.llm.eval(cont)
+            rows = self.llm.scores[len(prefix) - 1: len(prefix) + len(cont) - 1]
+            results.append(self._entries(rows, cont, top_k))
+        return results
+
+
+if __name__ == "__main__":
+    serve(LlamaCppEngine())
