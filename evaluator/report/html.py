@@ -31,6 +31,9 @@ METRICS = [
     ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
     ("Peak device memory", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
     ("Load time", None, lambda c: c["load"]["load_s"], "s", "lower"),
+    ("of which compile time (torch.compile)", None, lambda c: c["load"]["compile_s"], "s", "lower"),
+    ("Model size on disk (the artifact the engine loads)", None,
+     lambda c: (c["load"].get("artifact") or {}).get("size_bytes", c["model"]["size_bytes"]) / 2**20, "MiB", "lower"),
 ]
 
 CSS = """
