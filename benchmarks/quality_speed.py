@@ -24,7 +24,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "evaluator", "eval", args.model, "--backends", args.backend,
-                               "--variants", args.variant, "--scenarios", "quality", "--reports", tmp],
+                               "--variants", args.variant, "--scenarios", "quality", "--ppl-llamacpp", "--reports", tmp],
                               cwd=REPO, capture_output=True, text=True)
         wall = time.monotonic() - t0
         if proc.returncode != 0:

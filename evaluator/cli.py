@@ -67,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--ppl-window", type=_positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
     q.add_argument("--ppl-stride", type=_positive_int, help="rolling perplexity stride (default: half the window)")
     q.add_argument("--ppl-tokens", type=_positive_int, help="score only the first N tokens of WikiText-2 test (default: all)")
+    q.add_argument("--ppl-llamacpp", action="store_true", help="also perplexity as llama-perplexity -c 512 defines it (512-token chunks, second half scored)")
     q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", help="BACKEND:VARIANT every variant is compared with (default: %(default)s)")
     q.add_argument("--min-acc-norm-ratio", type=float, default=0.99, help="gate: HellaSwag acc_norm at least this share of the reference's (default: %(default)s)")
     q.add_argument("--max-ppl-ratio", type=float, default=1.01, help="gate: perplexity at most this multiple of the reference's (default: %(default)s)")
@@ -106,7 +107,7 @@ def cmd_eval(args) -> int:
                                      min_duration_s=args.min_duration, **common),
         "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes, **common),
         "quality": Quality(hellaswag_limit=args.limit, seed=args.seed, ppl_window=args.ppl_window,
-                           ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens),
+                           ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
     }
     if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):
         raise UserError(f"--ppl-stride {args.ppl_stride} must be smaller than --ppl-window {args.ppl_window}")

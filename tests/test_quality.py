@@ -15,7 +15,7 @@ from evaluator.score.quality import Quality
 from evaluator.tokens import HostTokenizer
 from tests.conftest import run_cli
 
-SMALL = ["--scenarios", "quality", "--limit", "200", "--ppl-tokens", "20000"]
+SMALL = ["--scenarios", "quality", "--limit", "200", "--ppl-tokens", "20000", "--ppl-llamacpp"]
 
 
 def test_hellaswag_is_the_whole_validation_set():

@@ -102,19 +102,22 @@ class LlamaCppEngine(Engine):
         threads = int(options.get("threads") or os.cpu_count() or 1)
         self.artifact = self._quantized(model, quant, threads)
         self.llm = None
-        # llama.cpp keeps K and V in f16 by default; the f32 variant keeps them in f32 so that it
-        # is f32 end to end (with f16 K/V, log-probabilities move by ~1e-2 nats on stories260K).
-        kv_type = llama_cpp.GGML_TYPE_F32 if quant == "f32" else llama_cpp.GGML_TYPE_F16
+        # llama.cpp keeps K and V in f16 and its CPU flash attention rounds to f16; the f32 variant
+        # turns both off so that it is f32 end to end (with either, log-probabilities move by
+        # ~1e-2 nats on stories260K). Quantized variants run as llama.cpp runs by default.
+        exact = quant == "f32"
+        kv_type = llama_cpp.GGML_TYPE_F32 if exact else llama_cpp.GGML_TYPE_F16
         try:
             self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=int(options.get("n_ctx") or 0),
                                        n_batch=512, n_threads=threads, n_threads_batch=threads,
-                                       type_k=kv_type, type_v=kv_type, logits_all=True, verbose=False)
+                                       type_k=kv_type, type_v=kv_type, flash_attn=not exact,
+                                       logits_all=True, verbose=False)
         except ValueError as exc:  # llama-cpp-python's word for "llama.cpp could not load it"
             raise RunnerError("unsupported", f"llama.cpp cannot load {self.artifact['path']}: {exc}") from None
         return {
             "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
             "vocab_size": self.llm.n_vocab(), "device": "cpu", "threads": threads,
-            "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": "f32" if quant == "f32" else "f16",
+            "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": "f32" if exact else "f16", "flash_attn": not exact,
         }
 
     def _check_fits(self, n: int):

@@ -16,6 +16,7 @@ class Quality:
     ppl_window: int | None = None        # None: min(model context, 1024)
     ppl_stride: int | None = None        # None: half the window
     ppl_max_tokens: int | None = None    # None: the whole file
+    ppl_llamacpp: bool = False           # also llama-perplexity's definition (costs half the rolling pass)
     fidelity_windows: int = 8            # rolling windows scored with top-k for fidelity
     top_k: int = 10
     name: str = "quality"
@@ -60,7 +61,7 @@ def run(runner, tok, sc: Quality, timeout_s: float, progress=None) -> tuple[dict
         if progress and i % 100 == 0:
             progress(f"perplexity {i}/{len(rolling)}")
     ppl = {"rolling": perplexity.summarize_rolling(nll, count, source, window, stride, complete)}
-    if tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX:
+    if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
         chunks = perplexity.llamacpp_windows(tokens, tok.bos)
         nll, count = 0.0, 0
         for i, w in enumerate(chunks):
