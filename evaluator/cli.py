@@ -121,10 +121,14 @@ def cmd_eval(args) -> int:
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []
     bar = tqdm(cells, unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
+
+    def say(text):  # above the bar, on stderr like every other message of a run
+        bar.write(text, file=sys.stderr)
+
     for cell in bar:
         bar.set_description(cell.id)
         result = run.run_cell(cell, model, model_info, tok, path, run_id, check, deadlines,
-                              log=bar.write, progress=lambda n: bar.set_postfix_str(f"{n}"))
+                              log=say, progress=lambda n: bar.set_postfix_str(f"{n}"))
         store.write_json(path / "cells" / f"{cell.id}.json", result)
         line = f"{result['status']:>14}  {cell.id}"
         artifact = (result.get("load") or {}).get("artifact")
@@ -141,7 +145,7 @@ def cmd_eval(args) -> int:
             m = result["metrics"]
             line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']} items), "
                      f"perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
-        bar.write(line)
+        say(line)
     bar.close()
     reference = tuple(run_info["reference"].split(":"))
     for c in run.finish_quality(path, reference, args.min_acc_norm_ratio, args.max_ppl_ratio):

@@ -28,6 +28,7 @@ METRICS = [
     ("KL divergence from the reference, mean", "quality", lambda c: c["fidelity"]["kl_mean"], "nats", "lower"),
     ("KL divergence from the reference, p99", "quality", lambda c: c["fidelity"]["kl_p99"], "nats", "lower"),
     ("Top-1 agreement with the reference", "quality", lambda c: c["fidelity"]["top1_agreement"], "share", "higher"),
+    ("Mean |Δp| of the correct token vs the reference", "quality", lambda c: c["fidelity"]["mean_abs_dp_correct"], "probability", "lower"),
     ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
     ("Peak device memory", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
     ("Load time", None, lambda c: c["load"]["load_s"], "s", "lower"),
@@ -111,6 +112,18 @@ def render(run: dict, cells: list[dict]) -> str:
                         f'<td class="l {_status_class(c["status"])}">{escape(c["status"])}</td>'
                         f'<td class="l">{escape(match)}</td><td class="l">{reason}{tail}</td></tr>')
     tables = "".join(_metric_table(*m, cells, targets) for m in METRICS)
+    scopes = ""
+    for c in cells:
+        if c["scenario"]["name"] != "quality" or c.get("status") != "ok":
+            continue
+        hs, ppl = c["metrics"]["hellaswag"], c["metrics"]["perplexity"]
+        subset = (f'seeded subset: limit {hs["subset"]["limit"]}, seed {hs["subset"]["seed"]}' if hs.get("subset")
+                  else "the whole validation set")
+        defs = "; ".join(f'{escape(k)}: {escape(v["definition"])}' for k, v in ppl.items())
+        scopes += (f'<li>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}: HellaSwag '
+                   f'{hs["items"]:,} of {hs["of"]:,} items ({escape(subset)}); perplexity {defs}</li>')
+    if scopes:
+        tables += f"<h3>What the quality numbers cover</h3><ul>{scopes}</ul>"
     texts = "".join(
         f'<h3>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}</h3>'
         f'<pre>{escape(c["check"]["text"])}</pre>'
