@@ -164,6 +164,10 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     except RunnerFailure as exc:
         measured, status, reason = {}, exc.status, exc.reason
         tail = runner.log_tail() if runner else log_path.read_text(errors="replace")[-2000:]
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of the wrong shape
+        measured, status = {}, "protocol-error"
+        reason = f"malformed answer from the runner: {type(exc).__name__}: {exc}"
+        tail = runner.log_tail() if runner else None
     finally:
         if runner:
             runner.close()

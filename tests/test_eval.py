@@ -149,3 +149,12 @@ def test_backends_command_lists_every_backend():
     proc = run_cli("backends")
     assert proc.returncode == 0 and "pytorch_eager" in proc.stdout and "null" in proc.stdout
     assert "BROKEN" not in proc.stderr
+
+
+def test_a_malformed_answer_fails_its_cell_not_the_run(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--variants", "malformed_score", "--scenarios", "quality",
+                   "--limit", "5", "--ppl-tokens", "600", "--reports", str(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    results = {c["backend"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
+    assert results["null"]["status"] == "protocol-error" and "malformed answer" in results["null"]["reason"]
+    assert results["pytorch_eager"]["status"] == "ok"  # the reference joined the run and completed

@@ -23,6 +23,7 @@ FAULTS = {
     "garbage_on_generate": "answer generate with a line that is not JSON",
     "wrong_token_count": "return one token fewer than asked",
     "slow_tokens": "sleep 20 ms per generated token",
+    "malformed_score": "answer score with log-probabilities that are not a list",
 }
 OPTIONS = {"fault", "vocab_size", "device", "threads", "dtype"}
 
@@ -76,6 +77,8 @@ class NullEngine(Engine):
 
     def score(self, sequences, start, top_k):
         import math
+        if self.fault == "malformed_score":
+            return [{"logprobs": None, "top": None} for _ in sequences]
         lp = -math.log(self.vocab_size)
         return [{"logprobs": [lp] * (len(s) - start),
                  "top": [[[i, lp] for i in range(top_k)] for _ in range(len(s) - start)]} for s in sequences]
