@@ -48,7 +48,9 @@ def parser() -> argparse.ArgumentParser:
         "Run every (backend variant x target x scenario) cell for MODEL and write reports/<run-id>/ "
         "with one JSON file per cell and index.html. Each cell first checks greedy output from BOS "
         "(against the published reference where the model has one), then times."))
-    e.add_argument("model", help="catalog name (see `just models`), a hub id org/name, or a label with --model-path")
+    e.add_argument("model", nargs="?", help="catalog name (see `just models`), a hub id org/name, or a label with --model-path")
+    e.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run: re-runs only the cells that did not end ok or "
+                   "unsupported, or whose inputs changed (model, backend, options); takes no other arguments")
     e.add_argument("--model-path", help="local Hugging Face folder (config.json, *.safetensors, tokenizer.json)")
     e.add_argument("--targets", type=_csv, default=["local"], help="comma-separated targets (default: local; see `just targets`)")
     e.add_argument("--backends", type=_csv, help="comma-separated backends (default: every default backend; see `just backends`)")
@@ -84,6 +86,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resumed(args) -> argparse.Namespace:
+    """The arguments of the run being resumed, read back from its run.json."""
+    import json
+
+    run_json = args.reports / args.resume / "run.json"
+    if not run_json.is_file():
+        from evaluator.errors import unknown
+        raise unknown("run", args.resume, sorted(p.parent.name for p in args.reports.glob("*/run.json")))
+    argv = json.loads(run_json.read_text()).get("argv")
+    if argv is None:
+        raise UserError(f"run {args.resume} was not started by `eval` with its arguments recorded; it cannot be resumed")
+    old = parser().parse_args(["eval", *argv])
+    old.reports, old.resume, old.argv = args.reports, args.resume, argv
+    return old
+
+
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
@@ -92,6 +110,12 @@ def cmd_eval(args) -> int:
     from evaluator.report import html
     from evaluator.score.quality import Quality
 
+    if args.resume:
+        if args.model is not None:
+            raise UserError("--resume RUN_ID takes no model or other options: the run's own are reused")
+        args = _resumed(args)
+    elif args.model is None:
+        raise UserError("eval needs a MODEL (see `just models`), or --resume RUN_ID")
     unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
     if unknown:
         from evaluator.errors import unknown as unknown_name
@@ -116,7 +140,7 @@ def cmd_eval(args) -> int:
     scenario_list = [chosen[s] for s in args.scenarios]
     model, model_info, tok, cells, run_id, path, run_info = run.start_run(
         args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
-        args.reference)
+        args.reference, argv=args.argv, resume_id=args.resume)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []
@@ -127,6 +151,10 @@ def cmd_eval(args) -> int:
 
     for cell in bar:
         bar.set_description(cell.id)
+        kept = run.finished(path, cell, model_info, check) if args.resume else None
+        if kept:
+            say(f"{kept['status']:>14}  {cell.id}  (kept from before the resume)")
+            continue
         result = run.run_cell(cell, model, model_info, tok, path, run_id, check, deadlines,
                               log=say, progress=lambda n: bar.set_postfix_str(f"{n}"))
         store.write_json(path / "cells" / f"{cell.id}.json", result)
@@ -208,7 +236,9 @@ def cmd_report(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    args.argv = argv[1:] if args.command == "eval" else None  # what --resume replays
     try:
         return {"eval": cmd_eval, "backends": cmd_backends, "models": cmd_models,
                 "targets": cmd_targets, "report": cmd_report}[args.command](args)

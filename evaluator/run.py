@@ -15,6 +15,8 @@ A failed cell carries its reason and the tail of the runner's log, never metrics
 stops its siblings.
 """
 import fnmatch
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -138,6 +140,28 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     return result
 
 
+def backend_fingerprint(backend: Backend) -> str:
+    """Everything of a backend that can change its answers: manifest, requirements, runner code."""
+    h = hashlib.sha256()
+    for path in (backend.folder / "backend.toml", backend.requirements, backend.runner):
+        if path:
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def cell_key(cell: Cell, model_info: dict, check) -> str:
+    """The hash of everything that determines a cell's result: a resumed run reuses a finished
+    cell only while its key is unchanged (a changed model or backend never reuses a stale one)."""
+    from evaluator.runner.protocol import PROTOCOL_VERSION
+
+    what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
+            "backend": cell.backend.name, "backend_sha256": backend_fingerprint(cell.backend),
+            "variant": cell.variant.options, "target": vars(cell.target),
+            "scenario": [cell.scenario.name, scenarios.options(cell.scenario)],
+            "check_tokens": getattr(check, "new_tokens", None)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokenizer, run_path, run_id: str,
              check: scenarios.Check, deadlines: Deadlines, log=print, progress=None) -> dict:
     base = {
@@ -145,7 +169,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         "model": model_info, "backend": cell.backend.name, "variant": cell.variant.name,
         "variant_options": cell.variant.options, "target": vars(cell.target),
         "scenario": {"name": cell.scenario.name, "options": scenarios.options(cell.scenario)},
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "key": cell_key(cell, model_info, check), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     t0 = time.monotonic()
     if cell.unsupported:
@@ -183,11 +207,20 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     return out
 
 
+def finished(run_path, cell: Cell, model_info: dict, check) -> dict | None:
+    """A stored result this run can keep on resume: it ended ok or unsupported, under the same key."""
+    path = run_path / "cells" / f"{cell.id}.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("status") in ("ok", "unsupported") and result.get("key") == cell_key(cell, model_info, check):
+        return result
+    return None
+
+
 def finish_quality(run_path, reference: tuple[str, str], min_acc_norm_ratio: float, max_perplexity_ratio: float) -> list[dict]:
     """Fidelity and the gate, per target, against that target's reference quality cell.
     Rewrites each quality cell (atomically) with its `fidelity` and `quality_gate`."""
-    import json
-
     _, cells = store.load_run(run_path)
     updated = []
     for ref in cells:
@@ -218,7 +251,7 @@ def parse_reference(text: str) -> tuple[Backend, Variant]:
 
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
               variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
-              reference: str = "pytorch_eager:fp32-sdpa-kv"):
+              reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None):
     """Preflight: every name and option checked before any runner starts."""
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
@@ -231,7 +264,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         elif sc.ppl_window and tok.context_length and sc.ppl_window > tok.context_length:
             raise UserError(f"--ppl-window {sc.ppl_window} exceeds the model's context of {tok.context_length} tokens")
     cells = plan(model, backends, variant_patterns, target_list, scenario_list, ref)
-    run_id = store.new_run_id(model.name)
+    run_id = resume_id or store.new_run_id(model.name)
     path = store.run_dir(run_id, reports_root)
     model_info = {"name": model.name, "source": model.source, "path": str(model.hf_path),
                   "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
@@ -240,8 +273,12 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
-        "reference": f"{ref[0].name}:{ref[1].name}",
+        "reference": f"{ref[0].name}:{ref[1].name}", "argv": argv,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if resume_id:  # the run keeps its identity and history; only what did not finish runs again
+        previous = json.loads((path / "run.json").read_text())
+        run_info["started_at"] = previous["started_at"]
+        run_info["resumed_at"] = previous.get("resumed_at", []) + [time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     store.write_json(path / "run.json", run_info)
     return model, model_info, tok, cells, run_id, path, run_info

@@ -158,3 +158,43 @@ def test_a_malformed_answer_fails_its_cell_not_the_run(tmp_path):
     results = {c["backend"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
     assert results["null"]["status"] == "protocol-error" and "malformed answer" in results["null"]["reason"]
     assert results["pytorch_eager"]["status"] == "ok"  # the reference joined the run and completed
+
+
+def test_a_killed_run_resumes_where_it_stopped_and_keeps_finished_cells(tmp_path):
+    """kill -9 of the evaluator itself mid-run, then --resume: finished cells survive untouched,
+    the rest run, and nothing half-written is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "evaluator", "eval", "stories260k", "--backends", "null", "--scenarios", "latency",
+            "--variants", "none,slow_tokens", "--min-iterations", "60", "--min-duration", "0", "--warmup", "0",
+            "--new-tokens", "8", "--reports", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*/cells/*none*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # slow_tokens is mid-measurement: 60 x 8 x 20 ms
+    proc.wait()
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    first = cells(folder)
+    assert list(first) == ["stories260k__null.none__local__latency"]
+    before = (folder / "cells" / "stories260k__null.none__local__latency.json").read_text()
+
+    resumed = run_cli("eval", "--resume", folder.name, "--reports", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "kept from before the resume" in resumed.stderr
+    after = cells(folder)
+    assert sorted(after) == sorted(json.loads((folder / "run.json").read_text())["planned_cells"])
+    assert all(c["status"] == "ok" for c in after.values())
+    assert (folder / "cells" / "stories260k__null.none__local__latency.json").read_text() == before
+    assert json.loads((folder / "run.json").read_text())["resumed_at"]
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_resume_refuses_other_arguments_and_unknown_runs(tmp_path):
+    assert "takes no model" in run_cli("eval", "stories260k", "--resume", "x", "--reports", str(tmp_path)).stderr
+    proc = run_cli("eval", "--resume", "nope", "--reports", str(tmp_path))
+    assert proc.returncode == 2 and "unknown run 'nope'" in proc.stderr
