@@ -124,7 +124,7 @@ def test_a_dying_runner_fails_its_cell_and_the_run_goes_on(tmp_path):
     (["eval", "stories260k", "--prompt-tokens", "500"], "exceeds the model's context of 512"),
     (["eval", "stories260k", "--model-path", "/no/such/dir"], "no such file or folder"),
     (["eval", "stories260k", "--request-timeout", "0"], "must be > 0"),
-    (["eval"], "required"),
+    (["eval"], "eval needs a MODEL"),
     (["report", "no-such-run"], "unknown run 'no-such-run'"),
     (["fly"], "invalid choice"),
 ])
