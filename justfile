@@ -16,16 +16,16 @@ eval *args: _host
     {{host}} -m evaluator eval "$@"
 
 # List backends (from backends/*/backend.toml) and report broken manifests
-backends: _host
-    {{host}} -m evaluator backends
+backends *args: _host
+    {{host}} -m evaluator backends "$@"
 
 # List the model catalog
-models: _host
-    {{host}} -m evaluator models
+models *args: _host
+    {{host}} -m evaluator models "$@"
 
 # List targets
-targets: _host
-    {{host}} -m evaluator targets
+targets *args: _host
+    {{host}} -m evaluator targets "$@"
 
 # Rebuild a run's HTML report from its stored results: just report RUN_ID
 report *args: _host

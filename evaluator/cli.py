@@ -77,9 +77,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
 
-    sub.add_parser("backends", help="list backends and say which manifests are broken")
-    sub.add_parser("models", help="list the model catalog")
-    sub.add_parser("targets", help="list targets (built-in and ~/.config/deploy-eval/targets.toml)")
+    sub.add_parser("backends", help="list backends and say which manifests are broken", description=(
+        "List every folder under backends/ from its backend.toml (never importing backend code): formats, devices, "
+        "architectures, variants. A broken manifest is printed as BROKEN with why, and the exit code is 1."))
+    sub.add_parser("models", help="list the model catalog", description=(
+        "List evaluator/catalog/models.toml: built-in models and the Hugging Face hub ids the others resolve to "
+        "(through the local hub cache first). Any org/name hub id or --model-path folder also works."))
+    sub.add_parser("targets", help="list targets (built-in and ~/.config/deploy-eval/targets.toml)", description=(
+        "List targets: transport, CPU architecture, device, memory and memory bandwidth. Add your own in "
+        "~/.config/deploy-eval/targets.toml or the file named by DEPLOY_EVAL_TARGETS (see README)."))
     r = sub.add_parser("report", help="rebuild a run's index.html from its stored results")
     r.add_argument("run_id", help="a folder name under reports/ (or a path to one)")
     r.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
