@@ -30,6 +30,8 @@ def _graphs() -> int:
 
 
 class CompiledEngine(eager.TorchEngine):
+    graphs_after_compile = 0  # until a load compiles
+
     def describe(self):
         info = super().describe()
         info.update(engine="pytorch_compile", modes=list(MODES))
