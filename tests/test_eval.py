@@ -198,3 +198,22 @@ def test_resume_refuses_other_arguments_and_unknown_runs(tmp_path):
     assert "takes no model" in run_cli("eval", "stories260k", "--resume", "x", "--reports", str(tmp_path)).stderr
     proc = run_cli("eval", "--resume", "nope", "--reports", str(tmp_path))
     assert proc.returncode == 2 and "unknown run 'nope'" in proc.stderr
+
+
+def test_truncated_safetensors_and_corrupt_gguf_fail_their_cells_with_the_reason(tmp_path):
+    import shutil
+
+    model = tmp_path / "broken"
+    shutil.copytree(REPO / "data" / "stories260k" / "hf", model)
+    weights = (REPO / "data" / "stories260k" / "hf" / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (model / "model.gguf").write_bytes((REPO / "data" / "stories260k" / "stories260K.gguf").read_bytes()[:4000])
+    env = {"DEPLOY_EVAL_CACHE": str(tmp_path / "cache")}
+    proc = run_cli("eval", "broken", "--model-path", str(model), "--variants", "fp32-sdpa-kv,q8_0", "--scenarios", "latency",
+                   "--reports", str(tmp_path / "reports"), *FAST, env=env)
+    assert proc.returncode == 1, proc.stderr
+    results = {c["backend"]: c for c in cells(run_folder(proc.stderr, tmp_path / "reports")).values()}
+    assert results["pytorch_eager"]["status"] == "failed-load" and "SafetensorError" in results["pytorch_eager"]["reason"]
+    assert results["llamacpp"]["status"] == "failed-load" and "complete GGUF" in results["llamacpp"]["reason"]
+    assert not list((tmp_path / "cache").glob("*"))
+    assert "2 of 2 cells failed" in proc.stderr

@@ -82,7 +82,10 @@ class LlamaCppEngine(Engine):
         t0 = time.perf_counter()
         rc = llama_cpp.llama_model_quantize(source.encode(), tmp.encode(), ctypes.byref(params))
         if rc != 0 or not os.path.exists(tmp):
-            raise RunnerError("internal", f"llama_model_quantize to {quant} failed with code {rc}")
+            if os.path.exists(tmp):
+                os.unlink(tmp)  # nothing half-written stays in the cache
+            raise RunnerError("internal", f"llama_model_quantize to {quant} failed with code {rc}: "
+                              f"is {source} a complete GGUF file? (llama.cpp's log says more)")
         os.replace(tmp, path)  # atomic: a half-written artifact is never reused
         return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=os.path.getsize(path))
 
