@@ -29,6 +29,22 @@ def _checked(results: list, lengths: list[int], what: str) -> list:
     return results
 
 
+def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows: int, what: str, progress):
+    """(total NLL, tokens scored, the answers of the first `top_k_windows` windows, with top-k)."""
+    nll, count, kept = 0.0, 0, []
+    for i, w in enumerate(windows):
+        k = top_k if i < top_k_windows else 0
+        (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=k)["results"],
+                          [len(w.tokens) - w.start], what)
+        nll -= sum(res["logprobs"])
+        count += len(res["logprobs"])
+        if k:
+            kept.append(res)
+        if progress and i % 100 == 0:
+            progress(f"{what} {i}/{len(windows)}")
+    return nll, count, kept
+
+
 def run(runner, tok, sc: Quality, timeout_s: float, progress=None) -> tuple[dict, dict]:
     """(metrics, raw) for one loaded runner."""
     items = hellaswag.select(hellaswag.load(), sc.hellaswag_limit, sc.seed)
@@ -48,29 +64,12 @@ def run(runner, tok, sc: Quality, timeout_s: float, progress=None) -> tuple[dict
     tokens = tokens if complete else tokens[: sc.ppl_max_tokens]
     window = sc.ppl_window or min(tok.context_length or 1024, 1024)
     stride = sc.ppl_stride or window // 2
-    fidelity, nll, count = [], 0.0, 0
     rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
-    for i, w in enumerate(rolling):
-        top_k = sc.top_k if i < sc.fidelity_windows else 0
-        (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=top_k)["results"],
-                          [len(w.tokens) - w.start], "perplexity")
-        nll -= sum(res["logprobs"])
-        count += len(res["logprobs"])
-        if top_k:
-            fidelity.append(res)
-        if progress and i % 100 == 0:
-            progress(f"perplexity {i}/{len(rolling)}")
+    nll, count, fidelity = _score_windows(runner, rolling, timeout_s, sc.top_k, sc.fidelity_windows, "perplexity", progress)
     ppl = {"rolling": perplexity.summarize_rolling(nll, count, source, window, stride, complete)}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
         chunks = perplexity.llamacpp_windows(tokens, tok.bos)
-        nll, count = 0.0, 0
-        for i, w in enumerate(chunks):
-            (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=0)["results"],
-                              [len(w.tokens) - w.start], "perplexity")
-            nll -= sum(res["logprobs"])
-            count += len(res["logprobs"])
-            if progress and i % 100 == 0:
-                progress(f"llama.cpp perplexity {i}/{len(chunks)}")
+        nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
         ppl["llamacpp"] = perplexity.summarize_llamacpp(nll, count, len(chunks))
     metrics["perplexity"] = ppl
     raw = {"hellaswag": {"items": [it.index for it in items], "ending_logprob_sums": sums},
