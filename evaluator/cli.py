@@ -166,9 +166,9 @@ def cmd_eval(args) -> int:
         store.write_json(path / "cells" / f"{cell.id}.json", result)
         line = f"{result['status']:>14}  {cell.id}"
         artifact = (result.get("load") or {}).get("artifact")
-        if artifact:
-            line += (f"  [artifact {artifact['kind']}: reused from cache]" if artifact["reused"]
-                     else f"  [artifact {artifact['kind']}: built in {artifact['build_s']:.1f} s, cached]")
+        for a in [*(artifact or {}).get("built_from", []), *([artifact] if artifact else [])]:
+            line += (f"  [artifact {a['kind']}: reused from cache]" if a["reused"]
+                     else f"  [artifact {a['kind']}: built in {a['build_s']:.1f} s, cached]")
         if result["status"] in run.FAILED:
             failed.append(result)
             line += f"  ({result['reason']})"

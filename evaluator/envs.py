@@ -30,8 +30,9 @@ def python_for(backend: Backend, log=print) -> Path:
     python = venv / "bin" / "python"
     stamp = venv / ".requirements.sha256"
     build_env = {k: str(v) for k, v in backend.build_env.get(platform.machine(), {}).items()}
-    # The stamp covers the build flags too: changing them rebuilds the environment.
-    want = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(build_env.items())).encode()).hexdigest()
+    # The stamp covers the build flags and the post_install script too: changing either rebuilds.
+    post = backend.post_install.read_bytes() if backend.post_install else b""
+    want = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(build_env.items())).encode() + post).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == want:
         return python
     shutil.rmtree(venv, ignore_errors=True)
@@ -47,7 +48,10 @@ def python_for(backend: Backend, log=print) -> Path:
     else:
         out_env = None
     with open(logfile, "w") as out:
-        for step in ([sys.executable, "-m", "venv", str(venv)], pip):
+        steps = [[sys.executable, "-m", "venv", str(venv)], pip]
+        if backend.post_install:  # e.g. fetch a converter, remove what pip dragged in
+            steps.append([str(python), str(backend.post_install)])
+        for step in steps:
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=out_env).returncode != 0:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)

@@ -12,6 +12,7 @@ it before each continuation.
 import ctypes
 import hashlib
 import os
+import subprocess
 import sys
 import time
 
@@ -21,6 +22,9 @@ import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+CONVERTER_DIR = os.path.join(sys.prefix, "share", "llama.cpp-convert")
+CONVERTER = os.path.join(CONVERTER_DIR, "convert_hf_to_gguf.py")
 
 QUANT_TYPES = {
     "f32": llama_cpp.LLAMA_FTYPE_ALL_F32,
@@ -64,13 +68,40 @@ class LlamaCppEngine(Engine):
             "supports": {"score": True, "batch": False}, "build": _system_flags(),
         }
 
-    def _quantized(self, model: dict, quant: str, threads: int) -> dict:
-        """The GGUF for this quantization: the cached artifact, or built now and cached."""
-        source = model["path"]
-        source_sha = model.get("sha256") or hashlib.sha256(open(source, "rb").read()).hexdigest()
-        key = hashlib.sha256(f"{source_sha}|llama-cpp-python {llama_cpp.__version__}|{quant}".encode()).hexdigest()[:24]
-        cache = model.get("artifact_cache") or os.path.join(os.path.dirname(source), ".deploy-eval-artifacts")
+    @staticmethod
+    def _cache(model: dict) -> str:
+        cache = model.get("artifact_cache") or os.path.join(os.path.dirname(model["path"]), ".deploy-eval-artifacts")
         os.makedirs(cache, exist_ok=True)
+        return cache
+
+    def _converted(self, model: dict) -> dict:
+        """A Hugging Face folder as an f32 GGUF, by llama.cpp's own convert_hf_to_gguf.py (from the
+        sdist of this engine's version, fetched into the environment by post_install.py)."""
+        if not os.path.isfile(CONVERTER):
+            raise RunnerError("unsupported", f"llama.cpp's converter is missing from this environment ({CONVERTER}); "
+                              "rebuild it: rm -r .venvs/llamacpp")
+        tool = open(os.path.join(CONVERTER_DIR, "VERSION")).read().strip()
+        key = hashlib.sha256(f"{model.get('sha256')}|{tool} convert_hf_to_gguf|f32".encode()).hexdigest()[:24]
+        path = os.path.join(self._cache(model), f"llamacpp-converted-f32-{key}.gguf")
+        info = {"path": path, "key": key, "kind": "gguf f32 (converted)", "tool": f"convert_hf_to_gguf.py ({tool})"}
+        if os.path.exists(path):
+            return dict(info, reused=True, build_s=None, size_bytes=os.path.getsize(path))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        env = dict(os.environ, PYTHONPATH=os.path.join(CONVERTER_DIR, "gguf-py"))
+        t0 = time.perf_counter()
+        done = subprocess.run([sys.executable, CONVERTER, model["path"], "--outfile", tmp, "--outtype", "f32"],
+                              stdout=sys.stderr, stderr=subprocess.PIPE, text=True, env=env)
+        if done.returncode != 0 or not os.path.exists(tmp):
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RunnerError("unsupported", f"convert_hf_to_gguf.py cannot convert {model['path']}: {last}"[:500])
+        os.replace(tmp, path)
+        return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=os.path.getsize(path))
+
+    def _quantized(self, source: str, source_sha: str, cache: str, quant: str, threads: int) -> dict:
+        """The GGUF for this quantization: the cached artifact, or built now and cached."""
+        key = hashlib.sha256(f"{source_sha}|llama-cpp-python {llama_cpp.__version__}|{quant}".encode()).hexdigest()[:24]
         path = os.path.join(cache, f"llamacpp-{quant}-{key}.gguf")
         info = {"path": path, "key": key, "kind": f"gguf {quant}", "tool": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
         if os.path.exists(path):
@@ -93,17 +124,27 @@ class LlamaCppEngine(Engine):
         unknown = set(options) - OPTIONS
         if unknown:
             raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
-        if model.get("format") != "gguf":
-            raise RunnerError("unsupported", f"llamacpp reads GGUF files, not {model.get('format')!r}")
+        if model.get("format") not in ("gguf", "hf"):
+            raise RunnerError("unsupported", f"llamacpp reads GGUF files and converts Hugging Face folders, not {model.get('format')!r}")
         if options.get("device", "cpu") != "cpu":
             raise RunnerError("unsupported", "this llama-cpp-python build runs on the CPU only")
         quant = options.get("quant", "f32")
         if quant not in QUANT_TYPES:
             raise RunnerError("bad_request", f"quant {quant!r}; valid: {', '.join(QUANT_TYPES)}")
-        if not os.path.isfile(model["path"]):
-            raise RunnerError("bad_request", f"GGUF file {model['path']} does not exist")
+        if not os.path.exists(model["path"]):
+            raise RunnerError("bad_request", f"model {model['path']} does not exist")
         threads = int(options.get("threads") or os.cpu_count() or 1)
-        self.artifact = self._quantized(model, quant, threads)
+        cache = self._cache(model)
+        if model["format"] == "hf":  # convert once to f32; every quantization starts from that file
+            converted = self._converted(model)
+            if quant == "f32":
+                self.artifact = converted
+            else:
+                self.artifact = dict(self._quantized(converted["path"], converted["key"], cache, quant, threads),
+                                     built_from=[converted])
+        else:
+            sha = model.get("sha256") or hashlib.sha256(open(model["path"], "rb").read()).hexdigest()
+            self.artifact = self._quantized(model["path"], sha, cache, quant, threads)
         self.llm = None
         # llama.cpp keeps K and V in f16 and its CPU flash attention rounds to f16; the f32 variant
         # turns both off so that it is f32 end to end (with either, log-probabilities move by

@@ -44,6 +44,7 @@ class Backend:
     fake: bool                 # reads no weights (the null backend): exempt from reference checks
     requirements: Path | None
     build_env: dict            # {arch: {VAR: value}} set while its environment is built
+    post_install: Path | None  # a script run by the environment's python after pip
     dockerfile: Path | None
     reference_variant: str
     variants: tuple = field(default_factory=tuple)
@@ -108,7 +109,7 @@ def load_manifest(folder: Path) -> Backend:
     if not runner.is_file():
         raise UserError(f"{where}: runner {data['runner']!r} does not exist")
     env = data["environment"]
-    check_keys(f"{where} [environment]", env, {"requirements", "build_env"})
+    check_keys(f"{where} [environment]", env, {"requirements", "build_env", "post_install"})
     build_env = env.get("build_env", {})
     for arch, table in build_env.items():
         if arch not in ("x86_64", "aarch64") or not isinstance(table, dict):
@@ -116,6 +117,9 @@ def load_manifest(folder: Path) -> Backend:
     requirements = folder / env["requirements"] if env.get("requirements") else None
     if requirements and not requirements.is_file():
         raise UserError(f"{where}: requirements file {env['requirements']!r} does not exist")
+    post_install = folder / env["post_install"] if env.get("post_install") else None
+    if post_install and not (post_install.is_file() and requirements):
+        raise UserError(f"{where}: post_install {env['post_install']!r} must be a file, beside a requirements file")
     image = data.get("image", {})
     check_keys(f"{where} [image]", image, {"dockerfile"})
     dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
@@ -125,7 +129,8 @@ def load_manifest(folder: Path) -> Backend:
     return Backend(
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
-        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env, dockerfile=dockerfile,
+        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env,
+        post_install=post_install, dockerfile=dockerfile,
         reference_variant=reference, variants=variants, default_variants=defaults,
     )
 

