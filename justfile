@@ -39,6 +39,10 @@ test *args: _host
 bench *args: _host
     {{host}} benchmarks/harness_overhead.py "$@"
 
+# Each backend through the harness next to a bare loop of the same engine, on a >= 1 B synthetic model
+bench-backends *args: _host
+    {{host}} benchmarks/backend_overhead.py "$@"
+
 # Build (or reuse) the evaluator's environment; rebuilt when pyproject.toml changes
 _host:
     #!/usr/bin/env bash

@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--targets", type=_csv, default=["local"], help="comma-separated targets (default: local; see `just targets`)")
     e.add_argument("--backends", type=_csv, help="comma-separated backends (default: every default backend; see `just backends`)")
     e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; '*' for all (default: each backend's defaults)")
-    e.add_argument("--scenarios", type=_csv, default=list(SCENARIOS), help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)")
+    e.add_argument("--scenarios", type=_csv, default=None,
+                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality)")
     e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens, help="prompt length in tokens, BOS included (default: %(default)s)")
     e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens, help="tokens generated per request (default: %(default)s)")
     e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
@@ -73,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", help="BACKEND:VARIANT every variant is compared with (default: %(default)s)")
     q.add_argument("--min-acc-norm-ratio", type=float, default=0.99, help="gate: HellaSwag acc_norm at least this share of the reference's (default: %(default)s)")
     q.add_argument("--max-ppl-ratio", type=float, default=1.01, help="gate: perplexity at most this multiple of the reference's (default: %(default)s)")
+    e.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
@@ -122,6 +125,13 @@ def cmd_eval(args) -> int:
         args = _resumed(args)
     elif args.model is None:
         raise UserError("eval needs a MODEL (see `just models`), or --resume RUN_ID")
+    if args.scenarios is None:  # random weights have no quality worth a quarter of an hour
+        from evaluator.catalog import models
+        synthetic = models.is_synthetic(args.model, args.model_path)
+        args.scenarios = [s for s in scenarios.SCENARIOS if not (synthetic and s == "quality")]
+        if synthetic:
+            print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",
+                  file=sys.stderr)
     unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
     if unknown:
         from evaluator.errors import unknown as unknown_name
@@ -146,7 +156,7 @@ def cmd_eval(args) -> int:
     scenario_list = [chosen[s] for s in args.scenarios]
     model, model_info, tok, cells, run_id, path, run_info = run.start_run(
         args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
-        args.reference, argv=args.argv, resume_id=args.resume)
+        args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []

@@ -52,6 +52,11 @@ class Cell:
     target: Target
     scenario: object
     unsupported: str | None  # known before anything runs
+    engine_options: tuple = ()  # (key, value) pairs every runner gets on top of the variant's (--threads)
+
+    @property
+    def options(self) -> dict:
+        return dict(self.variant.options, **dict(self.engine_options))
 
 
 def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
@@ -74,7 +79,8 @@ def _unsupported(model: models.Model, backend: Backend, variant: Variant, target
 
 
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
-         target_list: list[Target], scenario_list: list, reference: tuple[Backend, Variant] | None = None) -> list[Cell]:
+         target_list: list[Target], scenario_list: list, reference: tuple[Backend, Variant] | None = None,
+         engine_options: tuple = ()) -> list[Cell]:
     """Every cell, in run order. With a quality scenario, the reference variant's quality cell
     is added on each target when the selection left it out: fidelity needs it in the same run."""
     cells = []
@@ -88,7 +94,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
             for variant in _variants(backend, variant_patterns):
                 for sc in scenario_list:
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
-                    cells.append(Cell(cid, backend, variant, target, sc, _unsupported(model, backend, variant, target)))
+                    cells.append(Cell(cid, backend, variant, target, sc, _unsupported(model, backend, variant, target),
+                                      engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference:
             backend, variant = reference
@@ -96,7 +103,7 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
             if cid not in {c.id for c in cells}:
                 first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0
                 cells.insert(first, Cell(cid, backend, variant, target, quality_sc,
-                                         _unsupported(model, backend, variant, target)))
+                                         _unsupported(model, backend, variant, target), engine_options))
     return cells
 
 
@@ -106,7 +113,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
     fmt = next(f for f in cell.backend.formats if model.artifact(f))
-    options = dict(cell.variant.options, device=cell.target.device)
+    options = dict(cell.options, device=cell.target.device)
     spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
             "artifact_cache": str(store.ARTIFACTS)}
     try:
@@ -132,7 +139,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
         result["prompt_tokens"] = prompt
     elif isinstance(sc, quality.Quality):
-        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, progress)
+        vocab = result["load"].get("vocab_size") or model.config().get("vocab_size") or 1
+        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, progress)
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
         result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
@@ -156,7 +164,7 @@ def cell_key(cell: Cell, model_info: dict, check) -> str:
 
     what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
             "backend": cell.backend.name, "backend_sha256": backend_fingerprint(cell.backend),
-            "variant": cell.variant.options, "target": vars(cell.target),
+            "variant": cell.options, "target": vars(cell.target),
             "scenario": [cell.scenario.name, scenarios.options(cell.scenario)],
             "check_tokens": getattr(check, "new_tokens", None)}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
@@ -251,7 +259,8 @@ def parse_reference(text: str) -> tuple[Backend, Variant]:
 
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
               variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
-              reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None):
+              reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None,
+              threads: int | None = None):
     """Preflight: every name and option checked before any runner starts."""
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
@@ -263,10 +272,11 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
             scenarios.check_fits(sc, tok.context_length)
         elif sc.ppl_window and tok.context_length and sc.ppl_window > tok.context_length:
             raise UserError(f"--ppl-window {sc.ppl_window} exceeds the model's context of {tok.context_length} tokens")
-    cells = plan(model, backends, variant_patterns, target_list, scenario_list, ref)
+    cells = plan(model, backends, variant_patterns, target_list, scenario_list, ref,
+                 (("threads", threads),) if threads else ())
     run_id = resume_id or store.new_run_id(model.name)
     path = store.run_dir(run_id, reports_root)
-    model_info = {"name": model.name, "source": model.source, "path": str(model.hf_path),
+    model_info = {"name": model.name, "source": model.source, "synthetic": model.synthetic, "path": str(model.hf_path),
                   "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
     run_info = {
         "schema": store.SCHEMA_VERSION, "run_id": run_id, "model": model_info,

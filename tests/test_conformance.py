@@ -1,6 +1,8 @@
 """Every folder in backends/ is held to the runner contract. Dropping in a new backend folder
 adds it here: it speaks the protocol, refuses bad requests with typed errors, and reproduces
-the published stories260K greedy text when it runs here, or says why it cannot."""
+the published stories260K greedy text when it runs here, or says why it cannot. An engine that
+runs here but refuses stories260K itself (vLLM: its CPU kernels need wider heads) says why,
+and is held to the rest of the contract on synthetic-tiny."""
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,13 @@ def test_backend_honours_the_contract(name, tmp_path):
             assert exc.value.status == "failed" and "bad_request" in exc.value.reason
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("load", 120, model=spec, options={"no_such_option": 1})
-        runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+        try:
+            runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+        except RunnerFailure as exc:
+            assert exc.status == "unsupported" and len(exc.reason) > 30, exc.reason
+            model = models.resolve("synthetic-tiny")  # the contract still holds, on a model it can run
+            spec = {"path": str(model.hf_path), "format": "hf"}
+            runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("generate", 30, prompts=[[1, 10**6]], max_new_tokens=1)
         tok = HostTokenizer(model.hf_path)
@@ -56,7 +64,8 @@ def test_backend_honours_the_contract(name, tmp_path):
         assert len(tokens) == 256
         if backend.fake:
             return  # reads no weights: nothing to reproduce
-        assert tok.decode(tokens) == EXPECTED_GREEDY, f"{name} {reference.name} does not reproduce the reference text"
+        if not model.synthetic:
+            assert tok.decode(tokens) == EXPECTED_GREEDY, f"{name} {reference.name} does not reproduce the reference text"
         scored = runner.request("score", 60, sequences=[[tok.bos] + tokens[:16]], start=1, top_k=1)["results"][0]
         # Greedy tokens are the argmax, so each is its position's top-1.
         assert [t[0][0] for t in scored["top"]] == tokens[:16]

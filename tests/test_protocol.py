@@ -105,3 +105,17 @@ def test_stray_prints_from_the_engine_never_reach_the_protocol_channel():
                           text=True, cwd=REPO, timeout=30)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[1]["result"]["engine"] == "loud" and "chatty engine" in proc.stderr
+
+
+def test_grouped_score_answers_each_group_as_the_shared_prefix_form_does(tmp_path):
+    groups = [{"prefix": [1, 5, 9], "sequences": [[3, 4], [7]]}, {"prefix": [1], "sequences": [[2, 2, 2]]}]
+    with start_runner("null", tmp_path) as runner:
+        runner.request("load", 30, model=MODEL, options={})
+        grouped = runner.request("score", 30, groups=groups, top_k=2)["results"]
+        single = [runner.request("score", 30, prefix=g["prefix"], sequences=g["sequences"], top_k=2)["results"]
+                  for g in groups]
+        with pytest.raises(RunnerFailure, match="groups must be"):
+            runner.request("score", 30, groups=[], top_k=0)
+        with pytest.raises(RunnerFailure, match="only groups and top_k"):
+            runner.request("score", 30, groups=groups, start=1, top_k=0)
+    assert grouped == single and [len(r["logprobs"]) for r in grouped[0]] == [2, 1]

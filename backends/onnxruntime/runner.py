@@ -77,8 +77,12 @@ class OrtEngine(Engine):
         so.intra_op_num_threads = int(options.get("threads") or os.cpu_count() or 1)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = None
+        provider = PROVIDERS[self.provider]
+        if self.provider == "tensorrt":  # TensorRT builds an engine per shape profile: cache it beside the export
+            provider = (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": art["path"] + "-trt-engines",
+                                   "trt_fp16_enable": precision == "fp16"})
         self.session = ort.InferenceSession(os.path.join(art["path"], "model.onnx"), so,
-                                            providers=[PROVIDERS[self.provider], "CPUExecutionProvider"])
+                                            providers=[provider, "CPUExecutionProvider"])
         if self.session.get_providers()[0] != PROVIDERS[self.provider]:
             raise RunnerError("unsupported", f"{PROVIDERS[self.provider]} did not start (onnxruntime fell back to "
                               f"{self.session.get_providers()[0]}; its log on stderr says why)")
@@ -126,11 +130,14 @@ class OrtEngine(Engine):
             entry["top"] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.astype(float).tolist())]
         return entry
 
-    def score(self, sequences, start, top_k):
+    def _score_rows(self, sequences, starts, top_k):
         width = max(len(s) for s in sequences)
         batch = np.array([s + [0] * (width - len(s)) for s in sequences], dtype=np.int64)
         logits = self._run(batch, None)[0].numpy()
-        return [self._entry(logits[i, start - 1: len(s) - 1], s[start:], top_k) for i, s in enumerate(sequences)]
+        return [self._entry(logits[i, st - 1: len(s) - 1], s[st:], top_k) for i, (s, st) in enumerate(zip(sequences, starts))]
+
+    def score(self, sequences, start, top_k):
+        return self._score_rows(sequences, [start] * len(sequences), top_k)
 
     def score_continuations(self, prefix, continuations, top_k):
         # The prefix once, its cache repeated for each continuation, the continuations as a batch.

@@ -25,7 +25,7 @@ import vllm  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, score_groups_as_rows, serve  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads"}
@@ -119,6 +119,13 @@ class VllmEngine(Engine):
         return [tokens[rid] for rid in ids]
 
     def score(self, sequences, start, top_k):
+        return self._score_rows(sequences, [start] * len(sequences), top_k)
+
+    def score_groups(self, groups, top_k):
+        # All of them to the engine at once: vLLM batches them itself.
+        return score_groups_as_rows(groups, top_k, self._score_rows)
+
+    def _score_rows(self, sequences, starts, top_k):
         for s in sequences:
             self._check_fits(len(s) + 1)
         params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=top_k, detokenize=False,
@@ -131,7 +138,7 @@ class VllmEngine(Engine):
                 if out.finished:
                     done[out.request_id] = out.prompt_logprobs
         results = []
-        for rid, s in zip(ids, sequences):
+        for rid, s, start in zip(ids, sequences, starts):
             per_position = done[rid]  # [None, {token: Logprob}, ...]: position i holds log P(s[i] | s[:i])
             entry = {"logprobs": [], "top": []}
             for i in range(start, len(s)):

@@ -100,6 +100,12 @@ def _from_hub(name: str, repo_id: str, revision: str | None) -> Path:
     )
 
 
+def is_synthetic(name: str, model_path: str | None = None) -> bool:
+    if model_path:
+        return False
+    return name.startswith("synthetic:") or "synthetic" in catalog().get(name, {})
+
+
 def _synthetic(name: str, shape: dict) -> Model:
     """Build (once, cached by its config) and return a synthetic model."""
     from tqdm import tqdm

@@ -128,6 +128,9 @@ def render(run: dict, cells: list[dict]) -> str:
         f'<h3>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}</h3>'
         f'<pre>{escape(c["check"]["text"])}</pre>'
         for c in cells if c.get("status") == "ok" and c.get("check"))
+    synthetic_html = ('<p class="bad">Synthetic model: a real architecture with seeded random weights, for speed and '
+                      'memory only. Its greedy text is gibberish and its quality numbers mean nothing.</p>'
+                      if model.get("synthetic") else "")
     missing = [cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}]
     missing_html = (f'<p class="bad">{len(missing)} planned cells have no result (the run was interrupted): '
                     f'{escape(", ".join(missing))}</p>') if missing else ""
@@ -142,7 +145,7 @@ def render(run: dict, cells: list[dict]) -> str:
 <dt>git</dt><dd>{escape(host["git_revision"])}</dd>
 <dt>targets</dt><dd>{escape(", ".join(targets))}</dd>
 </dl>
-{missing_html}
+{synthetic_html}{missing_html}
 <h2>Cells</h2>
 <table><tr><th class="l">cell</th><th class="l">status</th><th class="l">greedy check vs reference</th><th class="l">reason</th></tr>{status_rows}</table>
 <h2>Metrics</h2>

@@ -79,6 +79,13 @@ score {"prefix": [int, ...], "sequences": [[int, ...], ...], "top_k": int}
     the prefix's KV cache computes the prefix once; any other gets that for free from
     Engine.score_continuations, which falls back to the plain form. `start` is refused here.
 
+score {"groups": [{"prefix": [int, ...], "sequences": [[int, ...], ...]}, ...], "top_k": int}
+    Many shared-context requests in one: {"results": [[...one entry per sequence...] per
+    group]}, each group answered exactly as the shared-context form answers it. It exists so
+    an engine can put many HellaSwag items in one batch (one forward pass instead of
+    thousands); Engine.score_groups answers it group by group for an engine that cannot.
+    The evaluator bounds a request's size (sequences x longest x vocabulary).
+
 memory {}
     -> {"rss_bytes": int, "peak_rss_bytes": int, "device_bytes": int|null,
         "peak_device_bytes": int|null, "engine_stats": {...}}
@@ -97,6 +104,14 @@ What is NOT guaranteed
 PROTOCOL_VERSION = 1
 
 ERROR_TYPES = ("bad_request", "unsupported", "out_of_memory", "internal")
+
+
+def score_groups_as_rows(groups, top_k: int, score_rows) -> list[list[dict]]:
+    """Answer a grouped score with one batched `score_rows(sequences, starts, top_k)` call:
+    each group's prefix + continuation becomes one row that is scored from len(prefix)."""
+    flat = [(prefix + c, len(prefix)) for prefix, conts in groups for c in conts]
+    rows = iter(score_rows([f for f, _ in flat], [start for _, start in flat], top_k))
+    return [[next(rows) for _ in conts] for _, conts in groups]
 
 
 class RunnerError(Exception):
@@ -134,6 +149,10 @@ class Engine:
     def score_continuations(self, prefix: list[int], continuations: list[list[int]], top_k: int) -> list[dict]:
         """The shared-prefix form. Override where the engine can compute the prefix once."""
         return self.score([prefix + c for c in continuations], len(prefix), top_k)
+
+    def score_groups(self, groups: list[tuple[list[int], list[list[int]]]], top_k: int) -> list[list[dict]]:
+        """Many (prefix, continuations) at once. Override where one batch can hold them all."""
+        return [self.score_continuations(prefix, seqs, top_k) for prefix, seqs in groups]
 
     def device_memory(self) -> tuple[int | None, int | None]:
         """(current, peak) device bytes, or (None, None) where there is no device."""

@@ -103,8 +103,17 @@ class _Server:
 
     def score(self, req):
         self._loaded("score")
-        sequences = _ids(req.get("sequences"), "sequences", self.vocab_size)
         top_k = _int(req, "top_k", 0, default=0)
+        if "groups" in req:
+            groups = req["groups"]
+            if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) for g in groups):
+                raise RunnerError("bad_request", "groups must be a non-empty list of {prefix, sequences} objects")
+            if set(req) - {"op", "id", "groups", "top_k"}:
+                raise RunnerError("bad_request", "score with groups takes only groups and top_k")
+            parsed = [(_ids([g.get("prefix")], "prefix", self.vocab_size)[0], _ids(g.get("sequences"), "sequences", self.vocab_size))
+                      for g in groups]
+            return {"results": self.engine.score_groups(parsed, top_k)}
+        sequences = _ids(req.get("sequences"), "sequences", self.vocab_size)
         if "prefix" in req:
             if "start" in req:
                 raise RunnerError("bad_request", "score with a prefix scores every continuation token: drop start")

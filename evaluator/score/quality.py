@@ -9,6 +9,11 @@ from evaluator.launch.process import RunnerFailure
 from evaluator.score import hellaswag, perplexity
 
 
+# The most logits one grouped score request may make an engine hold: 2^25 floats (128 MiB in
+# float32). At a 512-token vocabulary that is ~150 HellaSwag items a request; at 128k, one.
+LOGITS_BUDGET = 2**25
+
+
 @dataclass(frozen=True)
 class Quality:
     hellaswag_limit: int | None = None   # None: all 10,042 items
@@ -45,15 +50,35 @@ def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows:
     return nll, count, kept
 
 
-def run(runner, tok, sc: Quality, timeout_s: float, progress=None) -> tuple[dict, dict]:
+def _batches(reqs: list[dict], vocab_size: int):
+    """HellaSwag items packed into grouped score requests, each holding at most LOGITS_BUDGET
+    logits (rows x longest row x vocabulary) and at least one item."""
+    batch, rows, width = [], 0, 0
+    for req in reqs:
+        r = rows + len(req["sequences"])
+        w = max(width, len(req["prefix"]) + max(len(s) for s in req["sequences"]))
+        if batch and r * w * vocab_size > LOGITS_BUDGET:
+            yield batch
+            batch, r, w = [], len(req["sequences"]), len(req["prefix"]) + max(len(s) for s in req["sequences"])
+        batch.append(req)
+        rows, width = r, w
+    if batch:
+        yield batch
+
+
+def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, progress=None) -> tuple[dict, dict]:
     """(metrics, raw) for one loaded runner."""
     items = hellaswag.select(hellaswag.load(), sc.hellaswag_limit, sc.seed)
     sums = []
-    for i, req in enumerate(hellaswag.requests(items, tok)):
-        res = runner.request("score", timeout_s, prefix=req["prefix"], sequences=req["sequences"], top_k=0)["results"]
-        sums.append([sum(r["logprobs"]) for r in _checked(res, [len(s) for s in req["sequences"]], "hellaswag")])
-        if progress and i % 250 == 0:
-            progress(f"hellaswag {i}/{len(items)}")
+    for batch in _batches(hellaswag.requests(items, tok), vocab_size):
+        res = runner.request("score", timeout_s, groups=batch, top_k=0)["results"]
+        if len(res) != len(batch):
+            raise RunnerFailure("invalid", f"hellaswag: {len(batch)} groups asked, {len(res)} answered")
+        for req, answers in zip(batch, res):
+            lengths = [len(s) for s in req["sequences"]]
+            sums.append([sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")])
+        if progress:
+            progress(f"hellaswag {len(sums)}/{len(items)}")
     metrics = {"hellaswag": hellaswag.summarize(items, sums)}
     metrics["hellaswag"]["subset"] = (None if sc.hellaswag_limit is None or sc.hellaswag_limit >= hellaswag.ITEMS
                                       else {"limit": sc.hellaswag_limit, "seed": sc.seed})
