@@ -125,13 +125,11 @@ def cmd_eval(args) -> int:
         args = _resumed(args)
     elif args.model is None:
         raise UserError("eval needs a MODEL (see `just models`), or --resume RUN_ID")
+    quality_left_out = False
     if args.scenarios is None:  # random weights have no quality worth a quarter of an hour
         from evaluator.catalog import models
-        synthetic = models.is_synthetic(args.model, args.model_path)
-        args.scenarios = [s for s in scenarios.SCENARIOS if not (synthetic and s == "quality")]
-        if synthetic:
-            print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",
-                  file=sys.stderr)
+        quality_left_out = models.is_synthetic(args.model, args.model_path)
+        args.scenarios = [s for s in scenarios.SCENARIOS if not (quality_left_out and s == "quality")]
     unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
     if unknown:
         from evaluator.errors import unknown as unknown_name
@@ -158,6 +156,9 @@ def cmd_eval(args) -> int:
         args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
         args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
+    if quality_left_out:
+        print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",
+              file=sys.stderr)
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []
     bar = tqdm(cells, unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal

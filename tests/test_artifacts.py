@@ -29,7 +29,7 @@ def assert_built_then_reused(first, second, a, b, kinds):
     assert [x["kind"] for x in a] == kinds
     for kind in kinds:
         assert f"[artifact {kind}: built in" in first.stderr
-        assert f"[artifact {kind}: reused from cache]" in second.stderr
+    assert f"[artifact {kinds[-1]}: reused from cache]" in second.stderr  # what it was built from is not even needed
     last_a, last_b = a[-1], b[-1]
     assert (last_a["reused"], last_b["reused"]) == (False, True) and last_a["key"] == last_b["key"]
     assert last_a["path"] == last_b["path"] and last_a["build_s"] > 0 and last_b["build_s"] is None

@@ -9,7 +9,6 @@ moment it exists. Scoring reads every position's logits (logits_all) and takes t
 in float64 here; the shared-prefix form evaluates the prefix once and rewinds the KV cache to
 it before each continuation.
 """
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -20,7 +19,6 @@ import time
 sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import llama_cpp  # noqa: E402
-from llama_cpp import _internals as llama_internals  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
@@ -36,8 +34,7 @@ QUANT_TYPES = {
     "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
     "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
 }
-OPTIONS = {"quant", "threads", "device", "n_ctx"}
-SEQUENCES = 8  # sequences one context holds: a prefix and up to 7 continuations decoded together
+OPTIONS = {"quant", "threads", "device", "n_ctx", "kv_type"}
 
 
 def _system_flags() -> dict:
@@ -152,7 +149,13 @@ class LlamaCppEngine(Engine):
         # llama.cpp keeps K and V in f16 and its CPU flash attention rounds to f16; the f32 variant
         # turns both off so that it is f32 end to end (with either, log-probabilities move by
         # ~1e-2 nats on stories260K). Quantized variants run as llama.cpp runs by default.
-        exact = quant == "f32"
+        # kv_type f32 also makes a quantized variant's attention exact: then, and only then, its
+        # log-probabilities do not depend on how tokens are grouped into decode calls (with f16
+        # K/V and flash attention they move by up to ~0.2 nats on stories260K).
+        kv = options.get("kv_type") or ("f32" if quant == "f32" else "f16")
+        if kv not in ("f16", "f32"):
+            raise RunnerError("bad_request", f"kv_type {kv!r}; valid: f16, f32")
+        exact = kv == "f32"
         kv_type = llama_cpp.GGML_TYPE_F32 if exact else llama_cpp.GGML_TYPE_F16
         try:
             self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=int(options.get("n_ctx") or 0),
@@ -161,28 +164,11 @@ class LlamaCppEngine(Engine):
                                        logits_all=True, verbose=False)
         except ValueError as exc:  # llama-cpp-python's word for "llama.cpp could not load it"
             raise RunnerError("unsupported", f"llama.cpp cannot load {self.artifact['path']}: {exc}") from None
-        self._allow_parallel_sequences()
         return {
             "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
             "vocab_size": self.llm.n_vocab(), "device": "cpu", "threads": threads,
             "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": "f32" if exact else "f16", "flash_attn": not exact,
         }
-
-    def _allow_parallel_sequences(self):
-        """Re-create the context with room for SEQUENCES sequences in one unified KV cache, so a
-        HellaSwag item's endings are decoded as one batch over one shared copy of the context.
-
-        llama-cpp-python's Llama() has no n_seq_max argument; its context is swapped here for one
-        made from the same parameters plus these two (pinned version: see requirements.txt).
-        The new context joins the object's exit stack, so it is freed before the model."""
-        params = self.llm.context_params
-        params.n_seq_max = SEQUENCES
-        params.kv_unified = True  # one cell pool: the shared prefix is stored once, not per sequence
-        old = self.llm._ctx
-        self.llm._ctx = self.llm._stack.enter_context(contextlib.closing(
-            llama_internals.LlamaContext(model=self.llm._model, params=params, verbose=False)))
-        old.close()
-        self.batch = llama_internals.LlamaBatch(n_tokens=self.llm.n_batch, embd=0, n_seq_max=1, verbose=False)
 
     def _check_fits(self, n: int):
         if n > self.llm.n_ctx():
@@ -225,45 +211,12 @@ class LlamaCppEngine(Engine):
         self._check_fits(len(prefix) + max(len(c) for c in continuations))
         self.llm.reset()
         self.llm.eval(prefix)
-        together = sum(len(c) for c in continuations)
-        if len(continuations) < SEQUENCES and len(prefix) + together <= self.llm.n_ctx() and together <= self.llm.n_batch:
-            return self._continuations_in_one_batch(prefix, continuations, top_k)
         results = []
         for cont in continuations:
             self.llm.n_tokens = len(prefix)  # rewind: eval() drops the KV cache past n_tokens
             self.llm.eval(cont)
             rows = self.llm.scores[len(prefix) - 1: len(prefix) + len(cont) - 1]
             results.append(self._entries(rows, cont, top_k))
-        return results
-
-    def _continuations_in_one_batch(self, prefix, continuations, top_k):
-        """Continuation k as sequence k+1, each sharing sequence 0's cells for the prefix
-        (llama_memory_seq_cp copies no data in a unified cache): one llama_decode for all."""
-        ctx, n = self.llm.ctx, len(prefix)
-        memory = llama_cpp.llama_get_memory(ctx)
-        b = self.batch.batch
-        b.n_tokens = 0
-        for k, cont in enumerate(continuations, start=1):
-            llama_cpp.llama_memory_seq_cp(memory, 0, k, 0, n)
-            for i, token in enumerate(cont):
-                j = b.n_tokens
-                b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = token, n + i, 1, True
-                b.seq_id[j][0] = k
-                b.n_tokens += 1
-        try:
-            if llama_cpp.llama_decode(ctx, b) != 0:
-                raise RunnerError("internal", "llama_decode of the continuation batch failed")
-            vocab = self.llm.n_vocab()
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=(b.n_tokens, vocab)).copy()
-        finally:
-            for k in range(1, len(continuations) + 1):
-                llama_cpp.llama_memory_seq_rm(memory, k, -1, -1)
-        first = self.llm.scores[n - 1: n]  # the prefix's last position predicts every continuation's first token
-        results, offset = [], 0
-        for cont in continuations:
-            rows = np.concatenate([first, logits[offset: offset + len(cont) - 1]])
-            results.append(self._entries(rows, cont, top_k))
-            offset += len(cont)
         return results
 
 if __name__ == "__main__":
