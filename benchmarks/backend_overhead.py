@@ -1,5 +1,5 @@
 """Does deploy-eval slow the engines it measures? Each backend's decode speed through the
-harness, next to the same engine driven by a bare loop (benchmarks/bare/<backend>.py, which
+harness, next to the same engine driven by a bare loop (benchmarks/bare/bare_<backend>.py, which
 imports nothing of deploy-eval), in the same run, on a synthetic model of at least 1 B
 parameters.
 
@@ -47,7 +47,7 @@ def harness(model: str, backend: str, variant: str, reports: Path, repeats: int)
 
 def bare(backend: str, model_path: Path, artifact: str | None, prompt: list[int], repeats: int) -> dict:
     python = envs.python_for(backends.select([backend])[0])
-    args = [str(python), str(REPO / "benchmarks" / "bare" / f"{backend}.py"), "--model", str(model_path),
+    args = [str(python), str(REPO / "benchmarks" / "bare" / f"bare_{backend}.py"), "--model", str(model_path),
             "--prompt", json.dumps(prompt), "--new-tokens", str(NEW_TOKENS), "--repeats", str(repeats)]
     if artifact:
         args += ["--artifact", artifact]

@@ -4,6 +4,7 @@ Bad input ends in one line on stderr that says what is wrong and what is valid, 
 `eval` exits 1 when any requested cell failed (unsupported cells are not failures).
 """
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -166,15 +167,21 @@ def cmd_eval(args) -> int:
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
+    refused = {}  # (backend, variant, target) -> why its runner refused the model: the same for every scenario
     for cell in bar:
         bar.set_description(cell.id)
         kept = run.finished(path, cell, model_info, check) if args.resume else None
         if kept:
             say(f"{kept['status']:>14}  {cell.id}  (kept from before the resume)")
             continue
+        same = (cell.backend.name, cell.variant.name, cell.target.name)
+        if same in refused and not cell.unsupported:
+            cell = dataclasses.replace(cell, unsupported=refused[same])
         result = run.run_cell(cell, model, model_info, tok, path, run_id, check, deadlines,
                               log=say, progress=lambda n: bar.set_postfix_str(f"{n}"))
         store.write_json(path / "cells" / f"{cell.id}.json", result)
+        if result["status"] == "unsupported" and not cell.unsupported:
+            refused[same] = f"{result['reason']} (found loading {cell.id})"
         line = f"{result['status']:>14}  {cell.id}"
         artifact = (result.get("load") or {}).get("artifact")
         for a in [*(artifact or {}).get("built_from", []), *([artifact] if artifact else [])]:
@@ -183,6 +190,8 @@ def cmd_eval(args) -> int:
         if result["status"] in run.FAILED:
             failed.append(result)
             line += f"  ({result['reason']})"
+        elif result["status"] == "unsupported":
+            line += f"  ({result['reason'][:160]})"
         elif result["status"] == "ok" and "check" in result and "matches_reference" in result["check"]:
             line += "  greedy check: " + ("matches reference" if result["check"]["matches_reference"]
                                           else f"differs from reference at char {result['check']['first_divergence_char']}")

@@ -21,7 +21,7 @@ sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
 
 CONVERTER_DIR = os.path.join(sys.prefix, "share", "llama.cpp-convert")
 CONVERTER = os.path.join(CONVERTER_DIR, "convert_hf_to_gguf.py")
@@ -121,16 +121,10 @@ class LlamaCppEngine(Engine):
         return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=os.path.getsize(path))
 
     def load(self, model, options):
-        unknown = set(options) - OPTIONS
-        if unknown:
-            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
-        if model.get("format") not in ("gguf", "hf"):
-            raise RunnerError("unsupported", f"llamacpp reads GGUF files and converts Hugging Face folders, not {model.get('format')!r}")
+        check_options(options, OPTIONS, model, ("gguf", "hf"), "llamacpp")
         if options.get("device", "cpu") != "cpu":
             raise RunnerError("unsupported", "this llama-cpp-python build runs on the CPU only")
-        quant = options.get("quant", "f32")
-        if quant not in QUANT_TYPES:
-            raise RunnerError("bad_request", f"quant {quant!r}; valid: {', '.join(QUANT_TYPES)}")
+        quant = choice(options, "quant", QUANT_TYPES, "f32")
         if not os.path.exists(model["path"]):
             raise RunnerError("bad_request", f"model {model['path']} does not exist")
         threads = int(options.get("threads") or os.cpu_count() or 1)
@@ -152,9 +146,7 @@ class LlamaCppEngine(Engine):
         # kv_type f32 also makes a quantized variant's attention exact: then, and only then, its
         # log-probabilities do not depend on how tokens are grouped into decode calls (with f16
         # K/V and flash attention they move by up to ~0.2 nats on stories260K).
-        kv = options.get("kv_type") or ("f32" if quant == "f32" else "f16")
-        if kv not in ("f16", "f32"):
-            raise RunnerError("bad_request", f"kv_type {kv!r}; valid: f16, f32")
+        kv = choice(options, "kv_type", ("f16", "f32"), "f32" if quant == "f32" else "f16")
         exact = kv == "f32"
         kv_type = llama_cpp.GGML_TYPE_F32 if exact else llama_cpp.GGML_TYPE_F16
         try:

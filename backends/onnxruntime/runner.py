@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import export  # noqa: E402
-from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -57,14 +57,8 @@ class OrtEngine(Engine):
                               f"onnxruntime-gpu, i.e. backends/onnxruntime_gpu")
 
     def load(self, model, options):
-        unknown = set(options) - OPTIONS
-        if unknown:
-            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
-        if model.get("format", "hf") != "hf":
-            raise RunnerError("unsupported", f"{self.name} exports Hugging Face folders, not {model.get('format')!r}")
-        precision = options.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise RunnerError("bad_request", f"precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_options(options, OPTIONS, model, ("hf",), self.name)
+        precision = choice(options, "precision", PRECISIONS, "fp32")
         self.provider = options.get("provider", "cpu")
         self._check_provider(self.provider)
         if precision == "int8" and self.provider != "cpu":

@@ -12,7 +12,7 @@ sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code", "weight_noise"}
@@ -40,17 +40,9 @@ class TorchEngine(Engine):
         }
 
     def load(self, model, options):
-        unknown = set(options) - OPTIONS
-        if unknown:
-            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
-        if model.get("format", "hf") != "hf":
-            raise RunnerError("unsupported", f"pytorch_eager reads Hugging Face folders, not {model.get('format')!r}")
-        dtype = options.get("dtype", "fp32")
-        if dtype not in DTYPES:
-            raise RunnerError("bad_request", f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-        attn = options.get("attn", "sdpa")
-        if attn not in ("sdpa", "eager"):
-            raise RunnerError("bad_request", f"attn {attn!r}; valid: sdpa, eager")
+        check_options(options, OPTIONS, model, ("hf",), "pytorch_eager")
+        dtype = choice(options, "dtype", DTYPES, "fp32")
+        attn = choice(options, "attn", ("sdpa", "eager"), "sdpa")
         self.device = options.get("device", "cpu")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RunnerError("unsupported", "device cuda requested but torch sees no CUDA device here")

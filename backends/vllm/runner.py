@@ -25,7 +25,7 @@ import vllm  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, score_groups_as_rows, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, check_options, choice, score_groups_as_rows, serve  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads"}
@@ -57,14 +57,8 @@ class VllmEngine(Engine):
         }
 
     def load(self, model, options):
-        unknown = set(options) - OPTIONS
-        if unknown:
-            raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(OPTIONS)}")
-        if model.get("format", "hf") != "hf":
-            raise RunnerError("unsupported", f"vllm reads Hugging Face folders here, not {model.get('format')!r}")
-        dtype = options.get("dtype", "fp32")
-        if dtype not in DTYPES:
-            raise RunnerError("bad_request", f"dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        check_options(options, OPTIONS, model, ("hf",), "vllm")
+        dtype = choice(options, "dtype", DTYPES, "fp32")
         device = options.get("device", "cpu")
         if device != _device():
             raise RunnerError("unsupported", f"this vLLM build runs on {_device()}, not {device}")

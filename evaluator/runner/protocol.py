@@ -106,6 +106,23 @@ PROTOCOL_VERSION = 1
 ERROR_TYPES = ("bad_request", "unsupported", "out_of_memory", "internal")
 
 
+def check_options(options: dict, allowed: set, model: dict, formats: tuple, engine: str) -> None:
+    """The load checks every engine makes: no unknown option, a model format it reads."""
+    unknown = set(options) - allowed
+    if unknown:
+        raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(allowed)}")
+    if model.get("format", "hf") not in formats:
+        raise RunnerError("unsupported", f"{engine} reads {' and '.join(formats)} models, not {model.get('format')!r}")
+
+
+def choice(options: dict, key: str, valid, default: str) -> str:
+    """options[key] (or the default), refused with the valid values if it is not one of them."""
+    value = options.get(key, default)
+    if value not in valid:
+        raise RunnerError("bad_request", f"{key} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
 def score_groups_as_rows(groups, top_k: int, score_rows) -> list[list[dict]]:
     """Answer a grouped score with one batched `score_rows(sequences, starts, top_k)` call:
     each group's prefix + continuation becomes one row that is scored from len(prefix)."""
