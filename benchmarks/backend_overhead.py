@@ -28,7 +28,7 @@ from evaluator.catalog import backends, models  # noqa: E402
 from evaluator.tokens import HostTokenizer  # noqa: E402
 
 # backend -> (its variant compared, does the bare loop need the harness's artifact)
-COMPARED = {"pytorch_eager": ("fp32-sdpa-kv", False), "onnxruntime": ("fp32", True),
+COMPARED = {"pytorch_eager": ("fp32-sdpa-kv", False), "pytorch_compile": ("fp32-default", False), "onnxruntime": ("fp32", True),
             "llamacpp": ("f32", True), "vllm": ("fp32", False)}
 NEW_TOKENS, PROMPT_TOKENS = 64, 32
 
