@@ -77,13 +77,16 @@ class VllmEngine(Engine):
         max_len = int(options.get("max_model_len") or min(config.get("max_position_embeddings", 2048), 4096))
         self.llm = None
         try:
+            # Eager on CPUs (vLLM's CPU torch.compile costs minutes per load); CUDA graphs on GPUs,
+            # as vLLM is deployed there.
+            eager = bool(options.get("enforce_eager", device == "cpu"))
             self.llm = vllm.LLM(model=path, dtype=DTYPES[dtype], max_model_len=max_len, seed=0,
-                                skip_tokenizer_init=True, enforce_eager=bool(options.get("enforce_eager", True)))
+                                skip_tokenizer_init=True, enforce_eager=eager)
         except torch.OutOfMemoryError as exc:
             raise RunnerError("out_of_memory", str(exc)[:300]) from None
         self.max_len = max_len
         return {"parameters": None, "vocab_size": config["vocab_size"], "device": device, "dtype": dtype,
-                "max_model_len": max_len, "kv_cache_gib": options.get("kv_cache_gib", 2) if device == "cpu" else None}
+                "max_model_len": max_len, "enforce_eager": eager, "kv_cache_gib": options.get("kv_cache_gib", 2) if device == "cpu" else None}
 
     def _check_fits(self, n: int):
         if n > self.max_len:
