@@ -124,14 +124,11 @@ class OrtEngine(Engine):
             entry["top"] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.astype(float).tolist())]
         return entry
 
-    def _score_rows(self, sequences, starts, top_k):
+    def score(self, sequences, start, top_k):
         width = max(len(s) for s in sequences)
         batch = np.array([s + [0] * (width - len(s)) for s in sequences], dtype=np.int64)
         logits = self._run(batch, None)[0].numpy()
-        return [self._entry(logits[i, st - 1: len(s) - 1], s[st:], top_k) for i, (s, st) in enumerate(zip(sequences, starts))]
-
-    def score(self, sequences, start, top_k):
-        return self._score_rows(sequences, [start] * len(sequences), top_k)
+        return [self._entry(logits[i, start - 1: len(s) - 1], s[start:], top_k) for i, s in enumerate(sequences)]
 
     def score_continuations(self, prefix, continuations, top_k):
         # The prefix once, its cache repeated for each continuation, the continuations as a batch.

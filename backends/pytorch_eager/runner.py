@@ -108,17 +108,14 @@ class TorchEngine(Engine):
         return entry
 
     @torch.inference_mode()
-    def _score_rows(self, sequences, starts, top_k):
+    def score(self, sequences, start, top_k):
         # One forward for the whole batch. Right padding is invisible to a causal model: real
         # positions never attend to later ones, and padded positions are never read.
         width = max(len(s) for s in sequences)
         batch = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=self.device)
         logits = self.model(input_ids=batch, use_cache=False).logits
         return [self._entry(logits[i, start - 1 : len(s) - 1], batch[i, start : len(s)], top_k)
-                for i, (s, start) in enumerate(zip(sequences, starts))]
-
-    def score(self, sequences, start, top_k):
-        return self._score_rows(sequences, [start] * len(sequences), top_k)
+                for i, s in enumerate(sequences)]
 
     @torch.inference_mode()
     def score_continuations(self, prefix, continuations, top_k):
