@@ -31,6 +31,10 @@ targets *args: _host
 report *args: _host
     {{host}} -m evaluator report "$@"
 
+# What changed between two runs, beyond their own noise: just compare RUN_A RUN_B [--changed-only]
+compare *args: _host
+    {{host}} -m evaluator compare "$@"
+
 # Run the test suite (sets up the backend environments it needs); extra args go to pytest
 test *args: _host
     {{host}} -m pytest "$@"

@@ -33,6 +33,25 @@ def _batch_sizes(text: str) -> tuple:
     return tuple(_positive_int(t) for t in _csv(text))
 
 
+def _guide_options(p: argparse.ArgumentParser) -> None:
+    from evaluator.report.guide import OBJECTIVES
+
+    g = p.add_argument_group("decision guide (which configuration to deploy on each target)")
+    g.add_argument("--memory-budget", type=float, metavar="GB", help="memory a configuration may use (default: each target's memory)")
+    g.add_argument("--max-quality-loss", type=float, default=1.0, metavar="PCT",
+                   help="largest HellaSwag acc_norm drop or perplexity rise against the reference, in percent (default: %(default)s)")
+    g.add_argument("--max-latency-ms", type=float, metavar="MS", help="p95 end-to-end latency objective at batch 1 (default: none)")
+    g.add_argument("--objective", default="decode", help=f"what the best configuration maximizes or minimizes: "
+                   f"{', '.join(OBJECTIVES)} (default: %(default)s)")
+
+
+def _constraints(args):
+    from evaluator.report.guide import Constraints
+
+    return Constraints(memory_budget_gb=args.memory_budget, max_quality_loss_pct=args.max_quality_loss,
+                       max_latency_ms=args.max_latency_ms, objective=args.objective)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, like every other bad input
         self.exit(2, f"error: {message} (see --help)\n")
@@ -63,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
     e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations, help="latency: at least this many timed requests (default: %(default)s)")
     e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
+    e.add_argument("--max-cv", type=float, default=100 * Latency.max_cv, metavar="PCT",
+                   help="latency: a cell whose end-to-end latency varies more than this (std/mean, %%) in each of "
+                        f"{Latency.max_attempts} timed loops is invalid (default: %(default)s)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
     e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
     q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")
@@ -78,8 +100,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
+    e.add_argument("--cell-timeout", type=float, default=Deadlines.cell_s, help="seconds for a whole cell, load and every request; then its runner is killed (default: %(default)s)")
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
+    _guide_options(e)
 
     sub.add_parser("backends", help="list backends and say which manifests are broken", description=(
         "List every folder under backends/ from its backend.toml (never importing backend code): formats, devices, "
@@ -90,9 +114,19 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("targets", help="list targets (built-in and ~/.config/deploy-eval/targets.toml)", description=(
         "List targets: transport, CPU architecture, device, memory and memory bandwidth. Add your own in "
         "~/.config/deploy-eval/targets.toml or the file named by DEPLOY_EVAL_TARGETS (see README)."))
-    r = sub.add_parser("report", help="rebuild a run's index.html from its stored results")
+    r = sub.add_parser("report", help="rebuild a run's index.html from its stored results", description=(
+        "Rebuild reports/RUN_ID/index.html from run.json and cells/*.json alone (nothing is re-run). "
+        "Decision-guide options given here replace the ones the run was started with."))
     r.add_argument("run_id", help="a folder name under reports/ (or a path to one)")
     r.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
+    _guide_options(r)
+    c = sub.add_parser("compare", help="what changed between two runs, beyond their own noise", description=(
+        "Match the cells of two runs by backend, variant, target and scenario, and mark each metric that changed "
+        "by more than the runs' own noise (see evaluator/report/compare.py for the rules)."))
+    c.add_argument("run_a", help="the earlier run (a folder name under reports/ or a path)")
+    c.add_argument("run_b", help="the later run")
+    c.add_argument("--changed-only", action="store_true", help="print only the metrics that changed")
+    c.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
     return p
 
 
@@ -135,14 +169,17 @@ def cmd_eval(args) -> int:
     if unknown:
         from evaluator.errors import unknown as unknown_name
         raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS)
+    if args.max_cv <= 0:
+        raise UserError(f"--max-cv must be > 0 percent, got {args.max_cv:g}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
-    if min(args.request_timeout, args.load_timeout) <= 0:
-        raise UserError("--request-timeout and --load-timeout must be > 0 seconds")
-    deadlines = run.Deadlines(startup_s=args.load_timeout, load_s=args.load_timeout, request_s=args.request_timeout)
+    if min(args.request_timeout, args.load_timeout, args.cell_timeout) <= 0:
+        raise UserError("--request-timeout, --load-timeout and --cell-timeout must be > 0 seconds")
+    deadlines = run.Deadlines(startup_s=args.load_timeout, load_s=args.load_timeout, request_s=args.request_timeout,
+                              cell_s=args.cell_timeout)
     common = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
     chosen = {
-        "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations,
+        "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations, max_cv=args.max_cv / 100,
                                      min_duration_s=args.min_duration, **common),
         "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes, **common),
         "quality": Quality(hellaswag_limit=args.limit, seed=args.seed, ppl_window=args.ppl_window,
@@ -153,6 +190,7 @@ def cmd_eval(args) -> int:
     if args.ppl_window and args.ppl_window < 2:
         raise UserError("--ppl-window must be at least 2 tokens")
     scenario_list = [chosen[s] for s in args.scenarios]
+    constraints = _constraints(args)  # refused here, before anything runs
     model, model_info, tok, cells, run_id, path, run_info = run.start_run(
         args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
         args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
@@ -207,6 +245,7 @@ def cmd_eval(args) -> int:
         verdict = "passes the quality gate" if g["passed"] else "GATED: " + "; ".join(g["reasons"])
         print(f"fidelity {c['backend']}.{c['variant']}@{c['target']['name']}: KL mean {f['kl_mean']:.2e} p99 {f['kl_p99']:.2e}, "
               f"top-1 agreement {f['top1_agreement']:.4f}; {verdict}", file=sys.stderr)
+    run.store_guide(path, constraints.as_dict())
     report = html.build(path)
     print(f"report: {report}", file=sys.stderr)
     if failed:
@@ -248,16 +287,30 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def _run_path(run_id: str, reports: Path) -> Path:
+    path = Path(run_id)
+    if not (path / "run.json").is_file():
+        path = reports / run_id
+    if not (path / "run.json").is_file():
+        from evaluator.errors import unknown
+        raise unknown("run", run_id, sorted(p.parent.name for p in reports.glob("*/run.json")))
+    return path
+
+
 def cmd_report(args) -> int:
     from evaluator.report import html
 
-    path = Path(args.run_id)
-    if not (path / "run.json").is_file():
-        path = args.reports / args.run_id
-    if not (path / "run.json").is_file():
-        from evaluator.errors import unknown
-        raise unknown("run", args.run_id, sorted(p.parent.name for p in args.reports.glob("*/run.json")))
-    print(html.build(path))
+    print(html.build(_run_path(args.run_id, args.reports), _constraints(args)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from evaluator.report import compare
+
+    _, cells_a = store.load_run(_run_path(args.run_a, args.reports))
+    _, cells_b = store.load_run(_run_path(args.run_b, args.reports))
+    rows, notes = compare.compare(cells_a, cells_b)
+    print(compare.format_rows(rows, notes, args.changed_only))
     return 0
 
 
@@ -267,7 +320,7 @@ def main(argv=None) -> int:
     args.argv = argv[1:] if args.command == "eval" else None  # what --resume replays
     try:
         return {"eval": cmd_eval, "backends": cmd_backends, "models": cmd_models,
-                "targets": cmd_targets, "report": cmd_report}[args.command](args)
+                "targets": cmd_targets, "report": cmd_report, "compare": cmd_compare}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from evaluator.catalog.targets import Target
 from evaluator.errors import UserError
 from evaluator.launch import local
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import scenarios
+from evaluator.measure import bandwidth, fit, scenarios
 from evaluator.score import fidelity, quality
 from evaluator.tokens import HostTokenizer
 
@@ -41,7 +41,8 @@ FAILED = set(STATUSES) - {"ok", "unsupported"}
 class Deadlines:
     startup_s: float = 180.0   # imports (torch takes seconds; vLLM much more)
     load_s: float = 600.0
-    request_s: float = 300.0   # any single request after load
+    request_s: float = 300.0   # any single request after load: the longest silence allowed
+    cell_s: float = 7200.0     # the whole cell, from the runner's start to its last answer
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,15 @@ def _unsupported(model: models.Model, backend: Backend, variant: Variant, target
     return variant.unsupported_reason(target.device)
 
 
+def _fits(model: models.Model, variant: Variant, target: Target, scenario) -> str | None:
+    """Preflight: weights + KV cache against the target's memory, before any runner starts."""
+    tokens = getattr(scenario, "prompt_tokens", 0) + getattr(scenario, "new_tokens", 0)
+    if isinstance(scenario, quality.Quality):
+        tokens = scenario.ppl_window or min(model.config().get("max_position_embeddings", 1024), 1024)
+    batch = max(getattr(scenario, "batch_sizes", (1,)))
+    return fit.does_not_fit(model.config(), variant.options, tokens, batch, target.memory_gb, target.name)
+
+
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
          target_list: list[Target], scenario_list: list, reference: tuple[Backend, Variant] | None = None,
          engine_options: tuple = ()) -> list[Cell]:
@@ -94,8 +104,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
             for variant in _variants(backend, variant_patterns):
                 for sc in scenario_list:
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
-                    cells.append(Cell(cid, backend, variant, target, sc, _unsupported(model, backend, variant, target),
-                                      engine_options))
+                    why = _unsupported(model, backend, variant, target) or _fits(model, variant, target, sc)
+                    cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference:
             backend, variant = reference
@@ -136,7 +146,12 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
             result["check"].update(reference=str(model.reference_greedy.relative_to(backend_catalog.REPO)),
                                    matches_reference=diverge is None, first_divergence_char=diverge)
         prompt = tok.prompts(sc.prompt_tokens, 1)[0]
+        probe = bandwidth.probe if cell.target.transport in ("local", "docker") else lambda: None
+        before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
         result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
+        result["bandwidth"] = {"before": before, "after": probe()}
+        if result["engine"].get("supports", {}).get("score", True):
+            result["consistency"] = scenarios.check_consistency(runner, prompt, result["output_tokens"], deadlines.request_s)
         result["prompt_tokens"] = prompt
     elif isinstance(sc, quality.Quality):
         vocab = result["load"].get("vocab_size") or model.config().get("vocab_size") or 1
@@ -191,6 +206,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     runner = None
     try:
         runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
+        runner.cell_deadline = t0 + deadlines.cell_s
         measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
@@ -246,6 +262,14 @@ def finish_quality(run_path, reference: tuple[str, str], min_acc_norm_ratio: flo
             store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
             updated.append(c)
     return updated
+
+
+def store_guide(run_path, constraints: dict) -> None:
+    """The decision guide's constraints, kept in run.json so a rebuilt report uses them."""
+    run_json = run_path / "run.json"
+    run_info = json.loads(run_json.read_text())
+    run_info["guide"] = constraints
+    store.write_json(run_json, run_info)
 
 
 def parse_reference(text: str) -> tuple[Backend, Variant]:

@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 
-FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2"]
+FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
+        "--max-cv", "1e9"]  # plumbing, not stability: a few tiny requests scatter
 
 
 def run_folder(stderr: str, reports):
@@ -87,8 +88,8 @@ def test_html_is_well_formed_and_carries_the_numbers(eager_run):
     checker.feed(page)
     assert not checker.errors and not checker.stack
     c = cells(folder)["stories260k__pytorch_eager.fp32-sdpa-kv__local__latency"]
-    from evaluator.report.html import _fmt
-    assert _fmt(c["metrics"]["e2e_ms"]["p50"]) in page and "fp16-sdpa-kv" in page and "✔ matches" in page
+    from evaluator.report.tables import fmt
+    assert fmt(c["metrics"]["e2e_ms"]["p50"]) in page and "fp16-sdpa-kv" in page and "✔ greedy text matches" in page
 
 
 def test_report_rebuilds_the_page_from_stored_results(eager_run):
@@ -126,6 +127,18 @@ def test_a_dying_runner_fails_its_cell_and_the_run_goes_on(tmp_path):
     (["eval", "stories260k", "--request-timeout", "0"], "must be > 0"),
     (["eval"], "eval needs a MODEL"),
     (["report", "no-such-run"], "unknown run 'no-such-run'"),
+    (["compare", "no-such-run", "other"], "unknown run 'no-such-run'"),
+    (["eval", "stories260k", "--objective", "fastest"], "unknown objective 'fastest'; valid: decode, latency"),
+    (["eval", "stories260k", "--memory-budget", "-8"], "--memory-budget must be > 0"),
+    (["eval", "stories260k", "--max-quality-loss", "-1"], "--max-quality-loss must be >= 0"),
+    (["eval", "stories260k", "--max-latency-ms", "0"], "must be > 0"),
+    (["eval", "stories260k", "--max-cv", "0"], "--max-cv must be > 0 percent"),
+    (["eval", "stories260k", "--cell-timeout", "-1"], "--cell-timeout must be > 0"),
+    (["eval", "stories260k", "--reference", "pytorch_eager"], "must be BACKEND:VARIANT"),
+    (["eval", "stories260k", "--reference", "pytorch_eager:fp64"], "fp64"),
+    (["eval", "stories260k", "--ppl-window", "4096"], "exceeds the model's context of 512"),
+    (["eval", "stories260k", "--ppl-window", "64", "--ppl-stride", "64"], "must be smaller than --ppl-window"),
+    (["eval", "synthetic:hidden_size=7"], "synthetic"),
     (["fly"], "invalid choice"),
 ])
 def test_bad_input_gives_one_line_and_exit_2_and_writes_nothing(tmp_path, args, words):
@@ -170,7 +183,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_keeps_finished_cells(tmp_path
     import time
 
     args = [sys.executable, "-m", "evaluator", "eval", "stories260k", "--backends", "null", "--scenarios", "latency",
-            "--variants", "none,slow_tokens", "--min-iterations", "60", "--min-duration", "0", "--warmup", "0",
+            "--variants", "none,slow_tokens", "--min-iterations", "60", "--min-duration", "0", "--warmup", "0", "--max-cv", "1e9",
             "--new-tokens", "8", "--reports", str(tmp_path)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -24,6 +24,10 @@ FAULTS = {
     "wrong_token_count": "return one token fewer than asked",
     "slow_tokens": "sleep 20 ms per generated token",
     "malformed_score": "answer score with log-probabilities that are not a list",
+    "truncated_on_generate": "write half an answer to generate, then exit",
+    "noisy_latency": "sleep a random 0-20 ms per generate request: latency too scattered to trust",
+    "alloc_beyond_limit": "really allocate 1 GiB under a 256 MiB address-space limit while loading",
+    "inconsistent_tokens": "generate tokens that its own scoring ranks last",
 }
 OPTIONS = {"fault", "vocab_size", "device", "threads", "dtype"}
 
@@ -53,6 +57,14 @@ class NullEngine(Engine):
             os._exit(3)
         if self.fault == "oom_on_load":
             raise MemoryError("null backend: simulated out of memory while loading")
+        if self.fault == "alloc_beyond_limit":
+            import resource
+            used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (used + 256 * 2**20, resource.RLIM_INFINITY))
+            try:
+                self.ballast = bytearray(2**30)
+            except MemoryError:  # the kernel refused the mapping: a real allocation failure
+                raise MemoryError("null backend: 1 GiB refused under a 256 MiB address-space limit") from None
         return {"parameters": 0, "vocab_size": self.vocab_size, "device": "cpu"}
 
     def generate(self, prompts, max_new_tokens, on_token):
@@ -63,6 +75,13 @@ class NullEngine(Engine):
                 time.sleep(3600)
         if self.fault == "garbage_on_generate":
             self.protocol_stream.write("{this is not json\n")
+        if self.fault == "truncated_on_generate":
+            self.protocol_stream.write('{"id": 99, "ok": tr')
+            self.protocol_stream.flush()
+            os._exit(4)
+        if self.fault == "noisy_latency":
+            import random
+            time.sleep(random.uniform(0, 0.02))
         steps = max_new_tokens - 1 if self.fault == "wrong_token_count" else max_new_tokens
         last = [p[-1] for p in prompts]
         out = [[] for _ in prompts]
@@ -70,6 +89,8 @@ class NullEngine(Engine):
             if self.fault == "slow_tokens":
                 time.sleep(0.02)
             last = [(t * 31 + 7) % self.vocab_size for t in last]
+            if self.fault == "inconsistent_tokens":
+                last = [self.vocab_size - 1 for _ in last]
             for row, t in zip(out, last):
                 row.append(t)
             on_token()
@@ -79,6 +100,9 @@ class NullEngine(Engine):
         import math
         if self.fault == "malformed_score":
             return [{"logprobs": None, "top": None} for _ in sequences]
+        if self.fault == "inconsistent_tokens":  # token 0 is certain; everything else is impossible
+            return [{"logprobs": [0.0 if t == 0 else -30.0 for t in s[start:]],
+                     "top": [[[0, 0.0]][:top_k] for _ in range(len(s) - start)]} for s in sequences]
         lp = -math.log(self.vocab_size)
         return [{"logprobs": [lp] * (len(s) - start),
                  "top": [[[i, lp] for i in range(top_k)] for _ in range(len(s) - start)]} for s in sequences]

@@ -11,6 +11,7 @@ import queue
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from evaluator.runner.protocol import PROTOCOL_VERSION
@@ -41,6 +42,7 @@ class RunnerProcess:
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._next_id = 0
+        self.cell_deadline: float | None = None  # time.monotonic() by which the whole cell must end
         hello = self._parse(self._next_line(startup_timeout_s, "startup"), "startup")
         if hello.get("event") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
             self.kill()
@@ -74,7 +76,16 @@ class RunnerProcess:
         raise RunnerFailure("protocol-error", f"runner answered {what} with a line that is not a JSON object: {line[:120]!r}")
 
     def request(self, op: str, timeout_s: float, **args) -> dict:
-        """Send one request and return its result, or raise RunnerFailure."""
+        """Send one request and return its result, or raise RunnerFailure. The wait is the
+        request's own deadline or what is left of the cell's, whichever ends first."""
+        what = op
+        if self.cell_deadline is not None and op != "shutdown":
+            left = self.cell_deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise RunnerFailure("timeout", f"the cell's deadline passed before {op}; runner killed")
+            if left < timeout_s:
+                timeout_s, what = left, f"{op} (the rest of the cell's deadline)"
         self._next_id += 1
         try:
             self.proc.stdin.write(json.dumps({"id": self._next_id, "op": op, **args}) + "\n")
@@ -82,7 +93,7 @@ class RunnerProcess:
         except (BrokenPipeError, OSError):
             code = self.proc.wait()
             raise RunnerFailure("crashed", f"runner exited with code {code} before {op}") from None
-        msg = self._parse(self._next_line(timeout_s, op), op)
+        msg = self._parse(self._next_line(timeout_s, what), op)
         if msg.get("id") != self._next_id:
             self.kill()
             raise RunnerFailure("protocol-error", f"answer to {op} carries id {msg.get('id')!r}, expected {self._next_id}")

@@ -1,13 +1,20 @@
-"""The run's HTML page: self-contained, no network, every text escaped.
+"""The run's HTML page: one self-contained file (plotly.js inlined, no network), every text
+escaped where it becomes HTML, and every plot's data embedded as JSON that cannot close its
+<script> element.
 
 A pure function of reports/<run-id>/run.json and cells/*.json, so `just report RUN_ID`
-rebuilds it at any time.
+rebuilds it at any time, with other decision-guide constraints if asked.
 """
+import json
+from functools import cache
 from html import escape
 from pathlib import Path
 
 from evaluator import store
+from evaluator.report import configs as configs_mod
+from evaluator.report import guide, plots, tables
 
+# Every metric of every cell, for the reader who wants more than the comparison table:
 # (title, scenario, how to read the number from a cell, unit, better)
 METRICS = [
     ("End-to-end latency, p50", "latency", lambda c: c["metrics"]["e2e_ms"]["p50"], "ms", "lower"),
@@ -37,46 +44,70 @@ METRICS = [
      lambda c: (c["load"].get("artifact") or {}).get("size_bytes", c["model"]["size_bytes"]) / 2**20, "MiB", "lower"),
 ]
 
+DEFINITIONS = [
+    ("End-to-end latency", "end_ns − start_ns of one request, prompt in and every new token out, on the runner's own "
+     "monotonic clock around the engine call (the pipe, JSON and the evaluator never enter it). Mean, p50, p95, p99 "
+     "over the timed requests at batch 1; raw samples are kept in the cell file."),
+    ("Time to first token (TTFT)", "token_ns[0] − start_ns: the prefill of the whole prompt and the first step."),
+    ("Inter-token latency", "every gap token_ns[i] − token_ns[i−1] of every timed request."),
+    ("Decode speed", "(new_tokens − 1) / (token_ns[−1] − token_ns[0]): the first token belongs to the prefill."),
+    ("Throughput", "batch × new_tokens / end-to-end time, for each batch size of the sweep; the best is shown."),
+    ("Peak memory", "peak device memory on a GPU (the engine's peak allocation), peak resident set (ru_maxrss) of "
+     "the runner process on a CPU: what must fit on the device."),
+    ("Energy per token", "energy counters (RAPL on CPUs, NVML on NVIDIA GPUs) read by the runner around the timed "
+     "requests, divided by the tokens they generated; shown only where the target exposes a counter."),
+    ("HellaSwag acc_norm", "per item, each ending's summed token log-probability after the context, divided by the "
+     "ending's length in characters; correct when the gold ending scores highest (lm-evaluation-harness's definition). "
+     "acc is the same without the division."),
+    ("Perplexity", "WikiText-2 test as one token stream, rolling windows of min(context, 1024) tokens advancing by half "
+     "a window; every token scored once with at least half a window of context; exp(mean negative log-likelihood)."),
+    ("KL divergence, top-1 agreement", "against the reference variant on the same target, over the first rolling "
+     "windows: KL over the tokens in both top-10 lists plus one bucket for the rest (a lower bound of the full KL); "
+     "top-1 agreement is the share of positions where both put the same token first."),
+    ("Quality gate", "GATED when HellaSwag acc_norm falls under 99% of the reference's or perplexity rises over 101% "
+     "of it (MLPerf's style of accuracy target)."),
+    ("Bandwidth ceiling", "each decoded token reads every weight once, so decode tokens/s ≤ memory bandwidth / model "
+     "bytes; the bandwidth is probed on this machine right before and after the cell, or the target's spec."),
+]
+
 CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#1a1a1a;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.ok{color:#17692b}.unsupported{color:#777}
-.bad{color:#b00020;font-weight:600}.best{font-weight:700;background:#eef7ee}
+body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1280px;color:#1a1a1a;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.05em}
+nav a{margin-right:1em}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}th{background:#f4f4f4}
+td.l,th.l{text-align:left}.ok{color:#17692b}.unsupported{color:#777}.bad{color:#b00020}.gated{color:#a15c00;font-weight:600}
+.good{color:#17692b}.worse{color:#b00020}.best{font-weight:700;background:#eef7ee}
+.why{font-size:12px;max-width:28em;white-space:normal;color:#444}
 pre{background:#f7f7f7;padding:.5em;white-space:pre-wrap;max-height:12em;overflow:auto;font-size:12px}
 dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{font-weight:600}
+.verdict{background:#f3f8ff;border-left:4px solid #2a6fdb;padding:.5em 1em;margin:.5em 0}
+.plot{min-height:320px}.banner{background:#fff3f3;border:1px solid #b00020;padding:.5em 1em}
 """
 
 
-def _fmt(x) -> str:
-    if x is None:
-        return "–"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
+@cache
+def plotly_js() -> str:
+    """plotly.js from the plotly package, inlined so the page opens from disk with no network."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
 
 
-def _value(cell, read):
-    if cell.get("status") != "ok":
-        return None
-    try:
-        return read(cell)
-    except (KeyError, TypeError):
-        return None
-
-
-def _status_class(status: str) -> str:
-    return {"ok": "ok", "unsupported": "unsupported"}.get(status, "bad")
+def script_json(obj) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' survive, so nothing can close the element."""
+    return (json.dumps(obj, allow_nan=False, default=str)
+            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def _metric_table(title, scenario, read, unit, better, cells, targets) -> str:
     rows = {}
     for c in cells:
-        if scenario and c["scenario"]["name"] != scenario:
-            continue
-        if not scenario and c["scenario"]["name"] != "latency":  # one row per configuration
-            continue
-        v = _value(c, read)
+        if c["scenario"]["name"] != (scenario or "latency") or c.get("status") != "ok":
+            continue  # memory and load: one row per configuration, from its latency cell
+        try:
+            v = read(c)
+        except (KeyError, TypeError):
+            v = None
         rows.setdefault(f'{c["backend"]} · {c["variant"]}', {})[c["target"]["name"]] = v
     values = [v for r in rows.values() for v in r.values() if v is not None]
     if not values:
@@ -85,33 +116,95 @@ def _metric_table(title, scenario, read, unit, better, cells, targets) -> str:
     head = "".join(f"<th>{escape(t)}</th>" for t in targets)
     body = ""
     for name, by_target in rows.items():
-        tds = ""
-        for t in targets:
-            v = by_target.get(t)
-            tds += f'<td class="{"best" if v is not None and v == best else ""}">{_fmt(v)}</td>'
+        tds = "".join(f'<td class="{"best" if by_target.get(t) == best else ""}">{tables.fmt(by_target.get(t))}</td>'
+                      for t in targets)
         body += f'<tr><td class="l">{escape(name)}</td>{tds}</tr>'
     return (f"<h3>{escape(title)} <small>({escape(unit)}, {better} is better)</small></h3>"
             f'<table><tr><th class="l">backend · variant</th>{head}</tr>{body}</table>')
 
 
-def render(run: dict, cells: list[dict]) -> str:
-    targets = [t["name"] for t in run["targets"]]
-    model = run["model"]
+def _guide_html(decisions: list[dict]) -> str:
+    out = ""
+    for d in decisions:
+        c = d["constraints"]
+        asked = (f'budget {d["budget_gb"]:g} GB' if d["budget_gb"] else "no memory budget") + \
+            f', quality loss ≤ {c["max_quality_loss_pct"]:g}%' + \
+            (f', p95 latency ≤ {c["max_latency_ms"]:g} ms' if c["max_latency_ms"] else "") + f', objective: {c["objective"]}'
+        winner = (f'<b>Deploy {escape(d["winner"])}</b>: {escape(d["why"])}.' if d["winner"]
+                  else f'<b>Nothing qualifies</b>: {escape(d["why"])}.')
+        notes = "".join(f"<br><small>{escape(n)}</small>" for n in d["notes"])
+        rows = "".join(f'<tr><td class="l">{escape(r["label"])}</td><td class="l">{escape(r["verdict"])}</td>'
+                       f'<td class="l">{escape(r["reason"])}</td></tr>' for r in d["rows"])
+        out += (f'<h3>On {escape(d["target"])} <small>({escape(asked)})</small></h3><div class="verdict">{winner}{notes}</div>'
+                + (f'<table><tr><th class="l">configuration</th><th class="l">verdict</th><th class="l">why it loses</th></tr>'
+                   f"{rows}</table>" if rows else ""))
+    return out
+
+
+def _provenance(run: dict, configs: list) -> str:
     host = run["host"]
-    status_rows = ""
-    for c in cells:
-        reason = escape(c.get("reason") or "")
-        tail = f"<pre>{escape(c['log_tail'])}</pre>" if c.get("log_tail") else ""
-        check = c.get("check") or {}
-        match = {True: "✔ matches", False: f"✘ differs at char {check.get('first_divergence_char')}"}.get(
-            check.get("matches_reference"), "")
-        gate = c.get("quality_gate")
-        if gate and not gate["passed"]:
-            reason = escape("GATED for quality: " + "; ".join(gate["reasons"])) + (" " + reason if reason else "")
-        status_rows += (f'<tr><td class="l">{escape(c["cell_id"])}</td>'
-                        f'<td class="l {_status_class(c["status"])}">{escape(c["status"])}</td>'
-                        f'<td class="l">{escape(match)}</td><td class="l">{reason}{tail}</td></tr>')
-    tables = "".join(_metric_table(*m, cells, targets) for m in METRICS)
+    engines = ""
+    seen = set()
+    for c in configs:
+        e = c.engine
+        if not e or (c.backend, c.target_name) in seen:
+            continue
+        seen.add((c.backend, c.target_name))
+        env = next((x.get("environment") for x in c.cells.values() if x.get("environment")), None)
+        image = next((x.get("image") for x in c.cells.values() if x.get("image")), None)
+        versions = ", ".join(f"{k} {v}" for k, v in sorted((e.get("versions") or {}).items()))
+        build = ", ".join(f"{k}={v}" for k, v in sorted((e.get("build") or {}).items()))
+        where = f'image {image.get("tag")} ({image.get("digest")})' if image else (env or "")
+        engines += (f'<tr><td class="l">{escape(c.backend)}</td><td class="l">{escape(c.target_name)}</td>'
+                    f'<td class="l">{escape(str(e.get("engine", "")))} {escape(str(e.get("engine_version", "")))}</td>'
+                    f'<td class="l">{escape(str(e.get("device", "")))} {escape(str(e.get("gpu") or ""))}'
+                    f'{escape(" driver " + str(e["driver"])) if e.get("driver") else ""}</td>'
+                    f'<td class="l"><small>{escape(versions)}</small></td><td class="l"><small>{escape(build)}</small></td>'
+                    f'<td class="l"><small>{escape(where)}</small></td></tr>')
+    targets = "".join(
+        f'<tr><td class="l">{escape(t["name"])}</td><td class="l">{escape(str(t.get("transport")))}</td>'
+        f'<td class="l">{escape(str(t.get("arch")))}</td><td class="l">{escape(str(t.get("accelerator")))} {escape(str(t.get("gpu") or ""))}</td>'
+        f'<td>{tables.fmt(t.get("memory_gb"))} GB</td><td>{tables.fmt(t.get("memory_bandwidth_gbs"))} GB/s</td></tr>'
+        for t in run["targets"])
+    return f"""<dl>
+<dt>host</dt><dd>{escape(host["cpu"])}, {host["cpus"]} CPUs, {host["memory_gb"]} GB, {escape(host["os"])}, {escape(host["arch"])}, Python {escape(host["python"])}</dd>
+<dt>git revision</dt><dd>{escape(host["git_revision"])}</dd>
+<dt>command</dt><dd><code>just eval {escape(" ".join(run.get("argv") or []))}</code></dd>
+<dt>host packages</dt><dd>{escape(", ".join(f"{k} {v}" for k, v in host.get("packages", {}).items()))}</dd>
+</dl>
+<h3>Targets</h3><table><tr><th class="l">target</th><th class="l">transport</th><th class="l">arch</th><th class="l">device</th><th>memory</th><th>bandwidth (spec)</th></tr>{targets}</table>
+<h3>Engines</h3><table><tr><th class="l">backend</th><th class="l">target</th><th class="l">engine</th><th class="l">device</th><th class="l">versions</th><th class="l">build flags</th><th class="l">environment / image</th></tr>{engines}</table>"""
+
+
+def render(run: dict, cells: list[dict], constraints: guide.Constraints | None = None, inline_js: bool = True) -> str:
+    constraints = constraints or guide.Constraints(**run.get("guide", {}))
+    configs = configs_mod.group(cells)
+    targets = [t["name"] for t in run["targets"]]
+    scenario_names = [s["name"] for s in run.get("scenarios", [])] or sorted({c["scenario"]["name"] for c in cells})
+    model = run["model"]
+    reference = run.get("reference")
+
+    decisions = [guide.decide(configs, t, reference, constraints) for t in run["targets"]]
+    comparisons = "".join(f"<h3>On {escape(t)}</h3>{tables.comparison(configs, t, reference)}" for t in targets)
+
+    from evaluator.catalog.targets import all_targets
+    sizes = {}
+    for name, t in all_targets().items():  # the devices users ask "does it fit?" about
+        if isinstance(t.get("memory_gb"), (int, float)):
+            sizes.setdefault(t["memory_gb"], name)
+    for t in run["targets"]:
+        sizes[t["memory_gb"]] = t["name"]
+    figures = [("Quality against speed", plots.quality_vs_speed(configs, t)) for t in targets]
+    figures += [("What fits where", plots.memory_fit(configs, {v: k for k, v in sizes.items()})),
+                ("Latency distribution", plots.latency_distribution(configs)),
+                ("Throughput against batch size", plots.throughput_vs_batch(configs)),
+                ("Against the hardware's limit", plots.bandwidth_ceiling(configs))]
+    figures = [(title, fig) for title, fig in figures if fig]
+    plot_divs = "".join(f'<div class="plot" id="plot-{i}"></div>'
+                        f'<script type="application/json" id="plot-{i}-data">{script_json(fig)}</script>'
+                        for i, (_, fig) in enumerate(figures))
+
+    tables_html = "".join(_metric_table(*m, cells, targets) for m in METRICS)
     scopes = ""
     for c in cells:
         if c["scenario"]["name"] != "quality" or c.get("status") != "ok":
@@ -119,51 +212,68 @@ def render(run: dict, cells: list[dict]) -> str:
         hs, ppl = c["metrics"]["hellaswag"], c["metrics"]["perplexity"]
         subset = (f'seeded subset: limit {hs["subset"]["limit"]}, seed {hs["subset"]["seed"]}' if hs.get("subset")
                   else "the whole validation set")
-        defs = "; ".join(f'{escape(k)}: {escape(v["definition"])}' for k, v in ppl.items())
+        defs = "; ".join(f'{k}: {v["definition"]}' for k, v in ppl.items())
         scopes += (f'<li>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}: HellaSwag '
-                   f'{hs["items"]:,} of {hs["of"]:,} items ({escape(subset)}); perplexity {defs}</li>')
-    if scopes:
-        tables += f"<h3>What the quality numbers cover</h3><ul>{scopes}</ul>"
+                   f'{hs["items"]:,} of {hs["of"]:,} items ({escape(subset)}); perplexity {escape(defs)}</li>')
     texts = "".join(
         f'<h3>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}</h3>'
         f'<pre>{escape(c["check"]["text"])}</pre>'
         for c in cells if c.get("status") == "ok" and c.get("check"))
-    synthetic_html = ('<p class="bad">Synthetic model: a real architecture with seeded random weights, for speed and '
-                      'memory only. Its greedy text is gibberish and its quality numbers mean nothing.</p>'
-                      if model.get("synthetic") else "")
+    banners = ""
+    if model.get("synthetic"):
+        banners += ('<p class="banner">Synthetic model: a real architecture with seeded random weights, for speed and '
+                    'memory only. Its greedy text is gibberish and its quality numbers mean nothing.</p>')
     missing = [cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}]
-    missing_html = (f'<p class="bad">{len(missing)} planned cells have no result (the run was interrupted): '
-                    f'{escape(", ".join(missing))}</p>') if missing else ""
+    if missing:
+        banners += (f'<p class="banner">{len(missing)} planned cells have no result (the run was interrupted; '
+                    f'<code>just eval --resume {escape(run["run_id"])}</code> finishes it): {escape(", ".join(missing))}</p>')
+    failed = [c for c in cells if c["status"] not in ("ok", "unsupported")]
+    if failed:
+        banners += f'<p class="banner">{len(failed)} cells failed; each says why in the matrix below.</p>'
+    definitions = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in DEFINITIONS)
+    js = (f"<script>{plotly_js()}</script>" if inline_js else "")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>deploy-eval · {escape(model["name"])} · {escape(run["run_id"])}</title>
-<style>{CSS}</style></head><body>
+<style>{CSS}</style>{js}</head><body>
 <h1>deploy-eval: {escape(model["name"])}</h1>
-<dl>
-<dt>run</dt><dd>{escape(run["run_id"])} (started {escape(run["started_at"])})</dd>
-<dt>model</dt><dd>{escape(model["source"])}, {model["size_bytes"] / 2**20:.2f} MiB of weights, sha256 {escape(model["sha256"][:16])}…</dd>
-<dt>host</dt><dd>{escape(host["cpu"])}, {host["cpus"]} CPUs, {host["memory_gb"]} GB, {escape(host["os"])}, Python {escape(host["python"])}</dd>
-<dt>git</dt><dd>{escape(host["git_revision"])}</dd>
-<dt>targets</dt><dd>{escape(", ".join(targets))}</dd>
-</dl>
-{synthetic_html}{missing_html}
-<h2>Cells</h2>
-<table><tr><th class="l">cell</th><th class="l">status</th><th class="l">greedy check vs reference</th><th class="l">reason</th></tr>{status_rows}</table>
-<h2>Metrics</h2>
-<p>All durations come from the runner's own clock around the engine call. TTFT: request start to first token
-(includes prefill). Inter-token latency: gap between consecutive tokens. Decode speed excludes the first token.
-HellaSwag acc_norm: the ending with the highest log-probability per character. Rolling perplexity: every WikiText-2
-token scored once with at least half a window of context; word perplexity and bits per byte normalize the same
-log-likelihood by words and bytes. KL: over the tokens in both top-k lists plus one bucket for the rest (a lower
-bound of the full KL). Definitions in full: README.md.</p>
-{tables}
-<h2>Greedy output from BOS (the check run before timing)</h2>
+<p>run {escape(run["run_id"])}, started {escape(run["started_at"])} · {escape(model["source"])},
+{model["size_bytes"] / 2**20:,.2f} MiB of weights, sha256 {escape(model["sha256"][:16])}… · targets {escape(", ".join(targets))}</p>
+<nav><a href="#guide">Decision guide</a><a href="#compare">Comparison</a><a href="#plots">Plots</a><a href="#matrix">Every cell</a>
+<a href="#metrics">All metrics</a><a href="#definitions">Definitions</a><a href="#provenance">Provenance</a></nav>
+{banners}
+<h2 id="guide">Decision guide</h2>
+<p>The configurations measured in this run, held to the constraints below (set them with <code>just eval</code> or
+<code>just report RUN_ID --memory-budget GB --max-quality-loss PCT --max-latency-ms MS --objective
+{escape("|".join(guide.OBJECTIVES))}</code>).</p>
+{_guide_html(decisions)}
+<h2 id="compare">Comparison</h2>
+<p>Per configuration, against the baseline row (the reference variant, {escape(reference or "none")}).</p>
+{comparisons}
+<h2 id="plots">Plots</h2>
+{plot_divs}
+<h2 id="matrix">Every cell</h2>
+{tables.status_matrix(configs, targets, scenario_names)}
+<h2 id="metrics">All metrics</h2>
+<details><summary>Every metric per configuration and target (best in bold)</summary>{tables_html}</details>
+{f"<h3>What the quality numbers cover</h3><ul>{scopes}</ul>" if scopes else ""}
+<h3>Greedy output from BOS (the check run before timing)</h3>
 {texts}
+<h2 id="definitions">Definitions</h2>
+<dl>{definitions}</dl>
+<h2 id="provenance">Provenance</h2>
+{_provenance(run, configs)}
+<script>
+document.querySelectorAll("div.plot").forEach(function (div) {{
+  var fig = JSON.parse(document.getElementById(div.id + "-data").textContent);
+  Plotly.newPlot(div, fig.data, fig.layout, {{responsive: true, displaylogo: false}});
+}});
+</script>
 </body></html>
 """
 
 
-def build(path: Path) -> Path:
+def build(path: Path, constraints: guide.Constraints | None = None) -> Path:
     run, cells = store.load_run(path)
     out = path / "index.html"
-    store.write_atomic(out, render(run, cells))
+    store.write_atomic(out, render(run, cells, constraints))
     return out

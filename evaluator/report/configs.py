@@ -1,0 +1,189 @@
+"""Configurations: one row per (backend variant, target), its scenario cells merged.
+
+A run stores one result per cell (configuration x scenario). The report, the decision guide
+and `compare` all reason about configurations (what a person deploys), so this is the one
+place that reads cell JSON into flat, named numbers. Anything not measured is None.
+"""
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    backend: str
+    variant: str
+    target: dict
+    cells: dict = field(default_factory=dict)  # scenario -> cell result
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} · {self.variant}"
+
+    @property
+    def target_name(self) -> str:
+        return self.target["name"]
+
+    @property
+    def key(self) -> tuple:
+        return self.backend, self.variant, self.target_name
+
+    def cell(self, scenario: str) -> dict | None:
+        c = self.cells.get(scenario)
+        return c if c and c.get("status") == "ok" else None
+
+    # -- status -------------------------------------------------------------------------
+    @property
+    def statuses(self) -> dict:
+        return {s: c["status"] for s, c in self.cells.items()}
+
+    @property
+    def measured(self) -> bool:
+        return any(c.get("status") == "ok" for c in self.cells.values())
+
+    @property
+    def why_not(self) -> str | None:
+        """The first reason a cell of this configuration did not measure, if none did."""
+        if self.measured:
+            return None
+        for c in self.cells.values():
+            if c.get("reason"):
+                return f'{c["status"]}: {c["reason"]}'
+        return "no result"
+
+    @property
+    def gated(self) -> list[str] | None:
+        q = self.cells.get("quality") or {}
+        gate = q.get("quality_gate")
+        return None if not gate or gate["passed"] else gate["reasons"]
+
+    # -- speed --------------------------------------------------------------------------
+    def _lat(self, metric: str, stat: str):
+        c = self.cell("latency")
+        try:
+            return c["metrics"][metric][stat] if c else None
+        except KeyError:
+            return None
+
+    @property
+    def e2e_ms(self) -> dict:
+        return {s: self._lat("e2e_ms", s) for s in ("mean", "p50", "p95", "p99", "cv")}
+
+    @property
+    def ttft_ms(self):
+        return self._lat("ttft_ms", "p50")
+
+    @property
+    def itl_ms(self):
+        return self._lat("itl_ms", "p50")
+
+    @property
+    def decode_tokens_per_s(self):
+        return self._lat("decode_tokens_per_s", "mean")
+
+    @property
+    def latency_samples(self) -> list[float]:
+        return self._lat("e2e_ms", "samples") or []
+
+    @property
+    def throughput_tokens_per_s(self):
+        c = self.cell("throughput")
+        return c["metrics"]["best_tokens_per_s"] if c else None
+
+    @property
+    def per_batch(self) -> list[dict]:
+        c = self.cell("throughput")
+        return [b for b in c["metrics"]["per_batch"] if "tokens_per_s" in b] if c else []
+
+    @property
+    def energy_j_per_token(self):
+        c = self.cell("latency")
+        e = (c or {}).get("energy") or {}
+        return e.get("joules_per_token")
+
+    @property
+    def bandwidth_gbs(self):
+        """The decode ceiling's bandwidth: the probe beside the latency cell (the faster of
+        before and after), else the target's spec."""
+        probes = ((self.cell("latency") or {}).get("bandwidth") or {}).values()
+        probed = [p["gbs"] for p in probes if p]
+        return max(probed) if probed else self.target.get("memory_bandwidth_gbs")
+
+    @property
+    def bandwidth_source(self) -> str:
+        probes = ((self.cell("latency") or {}).get("bandwidth") or {})
+        if any(probes.values()):
+            return "bandwidth probed beside the cell: " + ", ".join(
+                f'{k} {p["gbs"]:.1f} GB/s' for k, p in probes.items() if p)
+        return f'bandwidth from the target spec: {self.target.get("memory_bandwidth_gbs")} GB/s'
+
+    # -- memory -------------------------------------------------------------------------
+    @property
+    def peak_memory_bytes(self):
+        """What must fit on the target: device memory on a GPU, resident memory on a CPU."""
+        key = "peak_device_bytes" if self.target.get("accelerator") == "cuda" else "peak_rss_bytes"
+        values = [(c.get("memory") or {}).get(key) for c in self.cells.values() if c.get("status") == "ok"]
+        values = [v for v in values if v]
+        return max(values) if values else None
+
+    @property
+    def model_bytes(self):
+        """Bytes of the file the engine loads (the quantized artifact, where there is one)."""
+        for c in self.cells.values():
+            if c.get("status") == "ok":
+                artifact = (c.get("load") or {}).get("artifact") or {}
+                return artifact.get("size_bytes") or c["model"]["size_bytes"]
+        return None
+
+    # -- quality ------------------------------------------------------------------------
+    def _q(self, *path):
+        c = self.cell("quality")
+        try:
+            for p in path:
+                c = c[p]
+            return c
+        except (KeyError, TypeError):
+            return None
+
+    @property
+    def acc_norm(self):
+        return self._q("metrics", "hellaswag", "acc_norm", "value")
+
+    @property
+    def acc_norm_stderr(self):
+        return self._q("metrics", "hellaswag", "acc_norm", "stderr")
+
+    @property
+    def perplexity(self):
+        return self._q("metrics", "perplexity", "rolling", "token_perplexity")
+
+    @property
+    def kl_mean(self):
+        return self._q("fidelity", "kl_mean")
+
+    @property
+    def top1_agreement(self):
+        return self._q("fidelity", "top1_agreement")
+
+    @property
+    def engine(self) -> dict:
+        for c in self.cells.values():
+            if c.get("engine"):
+                return c["engine"]
+        return {}
+
+
+def group(cells: list[dict]) -> list[Config]:
+    """Configurations in the order their first cell was planned."""
+    by_key: dict[tuple, Config] = {}
+    for c in cells:
+        key = (c["backend"], c["variant"], c["target"]["name"])
+        cfg = by_key.setdefault(key, Config(c["backend"], c["variant"], c["target"]))
+        cfg.cells[c["scenario"]["name"]] = c
+    return list(by_key.values())
+
+
+def reference_for(configs: list[Config], reference: str | None, target: str) -> Config | None:
+    """The baseline row on a target: the run's reference variant (BACKEND:VARIANT)."""
+    if not reference:
+        return None
+    backend, _, variant = reference.partition(":")
+    return next((c for c in configs if (c.backend, c.variant, c.target_name) == (backend, variant, target)), None)

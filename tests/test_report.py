@@ -1,0 +1,177 @@
+"""The report: a real run's page opened in a real headless browser (Debian's chromium, driven by
+Playwright; nothing downloads a browser), the decision guide, `just compare`, and escaping."""
+import copy
+import json
+import shutil
+
+import pytest
+
+from evaluator import store
+from evaluator.report import compare, configs, guide, html, tables
+from tests.conftest import run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_browser = pytest.mark.skipif(not CHROMIUM, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+FAST = ["--min-iterations", "5", "--min-duration", "0", "--warmup", "1", "--new-tokens", "16", "--batch-sizes", "1,4",
+        "--limit", "20", "--ppl-tokens", "2000", "--max-cv", "1e9"]
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>"\'&amp;'
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    proc = run_cli("eval", "stories260k", "--backends", "pytorch_eager,llamacpp",
+                   "--variants", "fp32-sdpa-kv,bf16-sdpa-kv,q8_0", "--reports", str(reports), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = [p.parent for p in reports.glob("*/run.json")]
+    return folder
+
+
+def open_page(path, tmp_path):
+    """(page text, console errors, requests made, number of rendered plots, plot divs, dialogs)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors, requests, dialogs = [], [], []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(path.as_uri())
+        page.wait_for_function("document.querySelectorAll('div.plot').length === "
+                               "document.querySelectorAll('div.plot .main-svg').length", timeout=30000)
+        result = {
+            "text": page.inner_text("body"), "errors": errors, "requests": requests, "dialogs": dialogs,
+            "plots": page.locator("div.plot").count(),
+            "rendered": page.evaluate("document.querySelectorAll('div.plot .main-svg').length > 0 && "
+                                      "[...document.querySelectorAll('div.plot')].every(d => d.querySelector('.main-svg .plot'))"),
+            "pwned": page.evaluate("window.pwned === undefined ? null : window.pwned"),
+            "injected": page.locator("img[src=x]").count(),
+            "plot_text": page.evaluate("[...document.querySelectorAll('div.plot text')].map(t => t.textContent).join('\\n')"),
+            "compare_cells": page.evaluate("[...document.querySelectorAll('table.compare td[data-metric]')]"
+                                           ".map(td => [td.dataset.metric, td.textContent])"),
+        }
+        browser.close()
+    return result
+
+
+@needs_browser
+def test_real_report_renders_every_plot_without_errors_or_network(real_run, tmp_path):
+    seen = open_page(real_run / "index.html", tmp_path)
+    assert seen["errors"] == []
+    assert seen["plots"] >= 5 and seen["rendered"], "every plot div holds a rendered plotly figure"
+    assert all(url.startswith(("file:", "data:", "about:")) for url in seen["requests"]), seen["requests"]
+
+
+@needs_browser
+def test_tables_carry_the_numbers_of_the_result_files(real_run, tmp_path):
+    seen = open_page(real_run / "index.html", tmp_path)
+    cells = {p.stem: json.loads(p.read_text()) for p in (real_run / "cells").glob("*.json")}
+    lat = cells["stories260k__pytorch_eager.fp32-sdpa-kv__local__latency"]
+    q = cells["stories260k__llamacpp.q8_0__local__quality"]
+    shown = {(m, v) for m, v in seen["compare_cells"]}
+    assert ("latency p50", tables.fmt(lat["metrics"]["e2e_ms"]["p50"])) in shown
+    assert ("p99", tables.fmt(lat["metrics"]["e2e_ms"]["p99"])) in shown
+    assert ("TTFT p50", tables.fmt(lat["metrics"]["ttft_ms"]["p50"])) in shown
+    assert ("perplexity", tables.fmt(q["metrics"]["perplexity"]["rolling"]["token_perplexity"])) in shown
+    assert ("KL vs ref", tables.fmt(q["fidelity"]["kl_mean"])) in shown
+    assert "Deploy " in seen["text"] and "baseline" in seen["text"]
+    for name in ("TTFT", "Perplexity", "HellaSwag acc_norm", "git revision", "llama-cpp-python"):
+        assert name in seen["text"], name
+
+
+def test_page_is_one_file_rebuilt_from_results_alone(real_run):
+    before = (real_run / "index.html").read_text()
+    assert "<script src" not in before and "<link" not in before and "cdn" not in before.lower().split("<script>")[0]
+    (real_run / "index.html").unlink()
+    proc = run_cli("report", str(real_run))
+    assert proc.returncode == 0, proc.stderr
+    assert (real_run / "index.html").read_text() == before
+
+
+@needs_browser
+def test_hostile_model_name_and_generated_text_show_as_text(real_run, tmp_path):
+    folder = tmp_path / "hostile"
+    shutil.copytree(real_run, folder)
+    run = json.loads((folder / "run.json").read_text())
+    run["model"]["name"] = HOSTILE
+    store.write_json(folder / "run.json", run)
+    for path in (folder / "cells").glob("*.json"):
+        cell = json.loads(path.read_text())
+        cell["model"]["name"] = HOSTILE
+        cell["variant"] = cell["variant"] + HOSTILE
+        if cell.get("check"):
+            cell["check"]["text"] = "</script></pre>" + HOSTILE
+        store.write_json(path, cell)
+    html.build(folder)
+    seen = open_page(folder / "index.html", tmp_path)
+    assert seen["pwned"] is None and seen["injected"] == 0 and seen["dialogs"] == []
+    assert seen["errors"] == []
+    assert HOSTILE in seen["text"] and "</script></pre>" in seen["text"]
+    assert 'onerror="window.pwned=1"' in seen["plot_text"], "plot labels show the name as text too"
+
+
+def _configs(folder):
+    run, cells = store.load_run(folder)
+    return run, configs.group(cells)
+
+
+def test_decision_guide_picks_the_best_that_meets_every_constraint(real_run):
+    run, cfgs = _configs(real_run)
+    target = run["targets"][0]
+    free = guide.decide(cfgs, target, run["reference"], guide.Constraints(max_quality_loss_pct=100))
+    fastest = max((c for c in cfgs if c.decode_tokens_per_s), key=lambda c: c.decode_tokens_per_s)
+    assert free["winner"] == fastest.label
+    # A budget below every configuration's peak memory leaves nothing, and says why for each.
+    tiny = guide.decide(cfgs, target, run["reference"], guide.Constraints(memory_budget_gb=0.001))
+    assert tiny["winner"] is None and all("over the 0.001 GB budget" in r["reason"] for r in tiny["rows"])
+    # A quality limit of 0% keeps only configurations no worse than the reference.
+    strict = guide.decide(cfgs, target, run["reference"], guide.Constraints(max_quality_loss_pct=0))
+    ref = configs.reference_for(cfgs, run["reference"], target["name"])
+    for r in strict["rows"]:
+        cfg = next(c for c in cfgs if c.label == r["label"])
+        if guide.quality_loss_pct(cfg, ref) > 0:
+            assert r["verdict"] == "excluded" and "quality" in r["reason"]
+    by_latency = guide.decide(cfgs, target, run["reference"], guide.Constraints(objective="latency", max_quality_loss_pct=100))
+    quickest = min((c for c in cfgs if c.e2e_ms["p50"]), key=lambda c: c.e2e_ms["p50"])
+    assert by_latency["winner"] == quickest.label
+
+
+def test_report_takes_constraints_and_refuses_bad_ones(real_run):
+    proc = run_cli("report", str(real_run), "--memory-budget", "0.001")
+    assert proc.returncode == 0 and "Nothing qualifies" in (real_run / "index.html").read_text()
+    proc = run_cli("report", str(real_run), "--objective", "speed")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "valid: decode, latency" in proc.stderr
+    run_cli("report", str(real_run))
+
+
+def test_compare_marks_only_changes_beyond_the_runs_noise(real_run, tmp_path):
+    _, cells = store.load_run(real_run)
+    rows, notes = compare.compare(cells, copy.deepcopy(cells))
+    assert rows and not any(r.changed for r in rows) and not notes
+
+    def scaled(factor):
+        out = copy.deepcopy(cells)
+        for c in out:
+            if c["scenario"]["name"] == "latency" and c["status"] == "ok":
+                s = [x * factor for x in c["metrics"]["e2e_ms"]["samples"]]
+                c["metrics"]["e2e_ms"].update(samples=s, mean=sum(s) / len(s),
+                                              std=c["metrics"]["e2e_ms"]["std"] * factor)
+        return out
+
+    slower = [r for r in compare.compare(cells, scaled(3.0))[0] if r.metric.startswith("e2e")]
+    assert slower and all(r.changed for r in slower)
+    nudged = [r for r in compare.compare(cells, scaled(1.0001))[0] if r.metric.startswith("e2e")]
+    assert nudged and not any(r.changed for r in nudged)
+
+
+def test_compare_command_on_two_real_runs(real_run, tmp_path):
+    proc = run_cli("compare", str(real_run), str(real_run))
+    assert proc.returncode == 0, proc.stderr
+    assert "0 of" in proc.stdout.splitlines()[-1] and "within noise" in proc.stdout
+    proc = run_cli("compare", str(real_run), "no-such-run")
+    assert proc.returncode == 2 and "unknown run 'no-such-run'" in proc.stderr
