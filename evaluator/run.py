@@ -26,7 +26,7 @@ from evaluator.catalog import models, targets
 from evaluator.catalog.backends import Backend, Variant
 from evaluator.catalog.targets import Target
 from evaluator.errors import UserError
-from evaluator.launch import local
+from evaluator.launch import docker, local
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import bandwidth, fit, scenarios
 from evaluator.score import fidelity, quality
@@ -68,8 +68,11 @@ def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
 
 
 def _unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:
-    if target.transport != "local":
-        return f"transport {target.transport!r} is not available in this version of deploy-eval; only 'local' runs"
+    if target.transport in ("docker", "ssh-docker") and not backend.dockerfile:
+        return f"{backend.name} has no image recipe ([image] dockerfile in its backend.toml), so it cannot run in Docker"
+    if target.transport == "ssh-docker" and not target.host:
+        return (f"target {target.name} has no host: set host = \"user@machine\" for [{target.name}] in "
+                f"~/.config/deploy-eval/targets.toml (see README, Targets)")
     if target.arch not in backend.archs:
         return f"{backend.name} runs on {', '.join(backend.archs)}, target {target.name} is {target.arch}"
     if target.device not in backend.devices:
@@ -124,8 +127,9 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
     fmt = next(f for f in cell.backend.formats if model.artifact(f))
     options = dict(cell.options, device=cell.target.device)
-    spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
-            "artifact_cache": str(store.ARTIFACTS)}
+    where = getattr(runner, "container_path", str)  # a container sees the host's files through its mounts
+    spec = {"path": where(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
+            "artifact_cache": where(store.ARTIFACTS)}
     try:
         result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:
@@ -166,7 +170,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
 def backend_fingerprint(backend: Backend) -> str:
     """Everything of a backend that can change its answers: manifest, requirements, runner code."""
     h = hashlib.sha256()
-    for path in (backend.folder / "backend.toml", backend.requirements, backend.runner):
+    for path in (backend.folder / "backend.toml", backend.requirements, backend.runner, backend.dockerfile):
         if path:
             h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
@@ -197,15 +201,29 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     t0 = time.monotonic()
     if cell.unsupported:
         return dict(base, status="unsupported", reason=cell.unsupported, log_tail=None)
+    in_docker = cell.target.transport in ("docker", "ssh-docker")
     try:
-        python = envs.python_for(cell.backend, log=log)
-    except envs.EnvironmentFailed as exc:
+        if in_docker:
+            image = docker.ensure_image(cell.backend, docker.base_image(cell.target), docker.ARCH[cell.target.arch],
+                                        docker.engine_host(cell.target), log=log)
+            base["image"] = image
+            python = None
+        else:
+            python = envs.python_for(cell.backend, log=log)
+    except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
         return dict(base, status="failed-preflight", reason=str(exc), log_tail=None)
     log_path = run_path / "logs" / f"{cell.id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     runner = None
     try:
-        runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
+        if in_docker:
+            fmt = next(f for f in cell.backend.formats if model.artifact(f))
+            mounts = {model.artifact(fmt) if model.artifact(fmt).is_dir() else model.artifact(fmt).parent: "/model",
+                      store.ARTIFACTS: "/artifacts"}
+            store.ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            runner = docker.start(cell.backend, image, cell.target, mounts, log_path, cell.id, deadlines.startup_s)
+        else:
+            runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
         measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress)
         status, reason, tail = "ok", None, None
@@ -219,7 +237,8 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     finally:
         if runner:
             runner.close()
-    out = dict(base, status=status, reason=reason, log_tail=tail, environment=envs.describe(python),
+    out = dict(base, status=status, reason=reason, log_tail=tail,
+               environment=f"image {image['tag']} ({image['id']})" if in_docker else envs.describe(python),
                wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "ok":
         raw = measured.pop("raw", None)

@@ -150,12 +150,12 @@ def test_bad_input_gives_one_line_and_exit_2_and_writes_nothing(tmp_path, args, 
     assert not list(tmp_path.iterdir()), "a refused run writes nothing"
 
 
-def test_remote_targets_are_planned_as_unsupported_with_the_reason(tmp_path):
+def test_a_remote_target_without_a_host_is_unsupported_with_how_to_set_it(tmp_path):
     proc = run_cli("eval", "stories260k", "--backends", "null", "--variants", "none", "--targets", "rpi5",
                    "--scenarios", "latency", "--reports", str(tmp_path), *FAST)
     assert proc.returncode == 0, proc.stderr
     (c,) = cells(run_folder(proc.stderr, tmp_path)).values()
-    assert c["status"] == "unsupported" and "ssh-docker" in c["reason"]
+    assert c["status"] == "unsupported" and "has no host" in c["reason"] and "targets.toml" in c["reason"]
 
 
 def test_backends_command_lists_every_backend():

@@ -10,6 +10,7 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
 - prefill tokens/s: batch * prompt_tokens / TTFT.  decode tokens/s: batch * (new_tokens - 1) /
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
 """
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -116,7 +117,9 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
         _generate(runner, [prompt], sc.new_tokens, timeout_s)
     attempts, outputs = [], set()
     for _ in range(sc.max_attempts):
+        before = runner.request("energy", timeout_s)
         runs, first_tokens, duration = _timed_loop(runner, prompt, sc, timeout_s, progress)
+        energy = _energy(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, duration)
         outputs.add(tuple(first_tokens))
         e2e = summarize([r["e2e_ms"] for r in runs], "ms")
         attempts.append({"iterations": len(runs), "duration_s": duration, "cv": e2e["cv"]})
@@ -142,7 +145,24 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
     validity = {"valid": True, "attempts": attempts, "max_cv": sc.max_cv, "min_iterations": sc.min_iterations,
                 "min_duration_s": sc.min_duration_s}
     return {"metrics": metrics, "iterations": len(runs), "duration_s": duration, "output_tokens": first_tokens,
-            "validity": validity}
+            "validity": validity, "energy": energy}
+
+
+def _energy(before: dict, after: dict, tokens: int, duration_s: float) -> dict:
+    """Joules spent during the timed loop, from the runner's counters (whole machine or GPU,
+    idle draw included: what the deployment pays)."""
+    common = sorted(set(before.get("joules") or {}) & set(after.get("joules") or {}))
+    if not common:
+        return {"unavailable": after.get("unavailable") or "no energy counter"}
+    # RAPL counters wrap around; a negative difference is a wrap, and that reading is dropped.
+    spent = {k: after["joules"][k] - before["joules"][k] for k in common if after["joules"][k] >= before["joules"][k]}
+    # CPU packages plus their DRAM domains, and every GPU: core/uncore sub-domains are inside
+    # the package's count already.
+    counted = {k: v for k, v in spent.items()
+               if k.startswith("nvml:") or k.endswith(":dram") or re.fullmatch(r"rapl:intel-rapl:\d+:package-\d+", k)}
+    joules = sum(counted.values())
+    return {"joules": joules, "tokens": tokens, "joules_per_token": joules / tokens if tokens else None,
+            "watts": joules / duration_s if duration_s else None, "counters": spent}
 
 
 # Teacher forcing: scoring prompt + output must put each generated token first, up to ties

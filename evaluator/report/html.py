@@ -186,6 +186,11 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
 
     decisions = [guide.decide(configs, t, reference, constraints) for t in run["targets"]]
     comparisons = "".join(f"<h3>On {escape(t)}</h3>{tables.comparison(configs, t, reference)}" for t in targets)
+    no_energy = sorted({f'{c.target_name}: {(c.cell("latency").get("energy") or {}).get("unavailable")}'
+                        for c in configs if c.cell("latency") and (c.cell("latency").get("energy") or {}).get("unavailable")})
+    if no_energy:
+        comparisons += f'<p><small>Energy not measured on {escape("; ".join(no_energy))}.</small></p>'
+
 
     from evaluator.catalog.targets import all_targets
     sizes = {}

@@ -91,6 +91,12 @@ memory {}
         "peak_device_bytes": int|null, "engine_stats": {...}}
     Peaks since the process started (device peaks since load where the engine can reset them).
 
+energy {}
+    -> {"joules": {counter: cumulative joules}, "unavailable": str|null}
+    Every energy counter of the machine the runner is on (RAPL domains, NVML per GPU; see
+    energy.py), read now. Only differences between two readings mean anything. No counter at
+    all is not an error: `unavailable` says why.
+
 shutdown {}
     -> {} and the process exits 0.
 

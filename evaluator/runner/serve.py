@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 
+from evaluator.runner import energy
 from evaluator.runner.protocol import PROTOCOL_VERSION, Engine, RunnerError
 
 
@@ -130,11 +131,14 @@ class _Server:
         return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "device_bytes": dev, "peak_device_bytes": peak_dev,
                 "engine_stats": self.engine.stats()}
 
+    def energy(self, req):
+        return energy.read()
+
     def shutdown(self, req):
         return {}
 
 
-OPS = ("describe", "load", "generate", "score", "memory", "shutdown")
+OPS = ("describe", "load", "generate", "score", "memory", "energy", "shutdown")
 
 
 def _error(exc: BaseException, engine: Engine) -> dict:

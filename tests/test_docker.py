@@ -1,0 +1,84 @@
+"""Containers, for real: deploy-eval's own Docker engine (docker/dockerd.sh), an offline Debian
+base image (docker/base.sh), each backend in its own image, runners as `docker run -i`.
+.ci/run installs Debian's docker.io and debootstrap; without them these tests say why and skip."""
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.test_eval import cells, run_folder
+
+pytestmark = pytest.mark.skipif(not (shutil.which("dockerd") and shutil.which("debootstrap")),
+                                reason="needs Debian's docker.io and debootstrap (.ci/run installs them)")
+FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
+        "--max-cv", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    for script in ("dockerd.sh", "base.sh"):
+        proc = subprocess.run(["bash", str(REPO / "docker" / script)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    from evaluator.launch import docker
+    return docker.docker_cmd()
+
+
+@pytest.fixture(scope="module")
+def docker_and_local(engine, tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    proc = run_cli("eval", "stories260k", "--targets", "docker-local,local", "--backends", "pytorch_eager",
+                   "--variants", "fp32-sdpa-kv", "--reports", str(reports), *FAST, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {(c["target"]["name"], c["scenario"]["name"]): c for c in cells(run_folder(proc.stderr, reports)).values()}
+
+
+def test_a_backend_in_its_image_gives_the_same_tokens_and_quality_as_a_local_process(docker_and_local):
+    d, local = docker_and_local[("docker-local", "latency")], docker_and_local[("local", "latency")]
+    assert d["status"] == "ok" and d["check"]["matches_reference"] is True
+    assert d["check"]["tokens"] == local["check"]["tokens"] and d["output_tokens"] == local["output_tokens"]
+    dq, lq = docker_and_local[("docker-local", "quality")], docker_and_local[("local", "quality")]
+    assert dq["metrics"]["hellaswag"] == lq["metrics"]["hellaswag"]
+    assert dq["metrics"]["perplexity"] == lq["metrics"]["perplexity"]
+
+
+def test_the_image_is_tagged_by_content_and_its_id_is_in_every_result(docker_and_local, engine):
+    d = docker_and_local[("docker-local", "latency")]
+    assert d["image"]["tag"].startswith("deploy-eval/pytorch_eager:") and d["image"]["id"].startswith("sha256:")
+    assert d["image"]["id"] in d["environment"]
+    found = subprocess.run([*engine, "image", "inspect", "-f", "{{.Id}}", d["image"]["tag"]], capture_output=True, text=True)
+    assert found.stdout.strip() == d["image"]["id"]
+
+
+def test_a_hanging_runner_in_a_container_is_killed_by_name_and_the_run_goes_on(engine, tmp_path):
+    proc = run_cli("eval", "stories260k", "--targets", "docker-local", "--backends", "null", "--scenarios", "latency",
+                   "--variants", "hang_on_generate,none", "--request-timeout", "5", "--check-tokens", "8",
+                   "--reports", str(tmp_path), *FAST[:-4])
+    results = {c["variant"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
+    assert results["hang_on_generate"]["status"] == "timeout" and results["none"]["status"] == "ok"
+    time.sleep(1)
+    left = subprocess.run([*engine, "ps", "-a", "--filter", "name=deploy-eval-", "--format", "{{.Names}}"],
+                          capture_output=True, text=True).stdout.split()
+    assert not [n for n in left if "hang_on_generate" in n], f"containers left behind: {left}"
+
+
+def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root_user(engine, tmp_path):
+    from evaluator.catalog import backends, targets
+    from evaluator.launch import docker
+
+    backend = backends.discover()[0]["null"]
+    target = targets.resolve(["docker-local"])[0]
+    image = docker.ensure_image(backend, docker.base_image(target), docker.ARCH[target.arch])
+    model = REPO / "data" / "stories260k" / "hf"
+    runner = docker.start(backend, image, target, {model: "/model"}, tmp_path / "log", "probe", 60)
+    try:
+        inspect = json.loads(subprocess.run([*engine, "inspect", runner.name], capture_output=True, text=True).stdout)[0]
+        assert inspect["HostConfig"]["NetworkMode"] == "none"
+        assert inspect["Config"]["User"] == "1000:1000"
+        (mount,) = [m for m in inspect["Mounts"] if m["Destination"] == "/model"]
+        assert mount["RW"] is False
+        assert runner.container_path(model / "config.json") == "/model/config.json"
+    finally:
+        runner.close()
