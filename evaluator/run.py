@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from evaluator import envs, provenance, store
+from evaluator import envs, preflight, provenance, store
 from evaluator.catalog import backends as backend_catalog
 from evaluator.catalog import models, targets
 from evaluator.catalog.backends import Backend, Variant
@@ -309,6 +309,9 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
     target_list = targets.resolve(target_names)
     backends = backend_catalog.select(backend_names)
     ref = parse_reference(reference)
+    for target in target_list:
+        preflight.reachable(target)
+    preflight.disk_space([reports_root, store.ARTIFACTS], model.size_bytes())
     tok = HostTokenizer(model.hf_path)
     for sc in scenario_list:
         if not isinstance(sc, quality.Quality):

@@ -78,6 +78,7 @@ def test_a_backend_for_another_machine_says_why_it_cannot_run_here(tmp_path):
     (folder / "backend.toml").write_text(manifest.replace('"pytorch_eager"', '"gpu_only"').replace('["cpu", "cuda"]', '["cuda"]'))
     (folder / "runner.py").write_text("")
     (folder / "requirements.txt").write_text("")
+    (folder / "Dockerfile").write_text("")
     backend = backends.load_manifest(folder)
     reason = _unsupported(models.resolve("stories260k"), backend, backend.variants[0], targets.resolve(["local"])[0])
     if Path("/dev/nvidia0").exists():

@@ -87,8 +87,9 @@ def test_lower_precision_variants_move_away_from_the_reference(name, tmp):
     ref = answers(model_name, "pytorch_eager", "fp32-sdpa-kv", tmp)[1]
     distances = [distance(answers(model_name, name, v, tmp)[1], ref) for v in [fp32, *lower]]
     assert distances[0] < TOLERANCE_NATS
-    # On random weights (vLLM's model) every distribution is nearly flat and moves less.
-    floor = TOLERANCE_NATS if models.resolve(model_name).synthetic else 10 * TOLERANCE_NATS
+    # On random weights (vLLM's model) every distribution is nearly flat and moves less: there,
+    # "further" means a hundred times further than fp32's own distance (seen: 2.7e-7 vs 2.0e-3).
+    floor = 100 * max(distances[0], 1e-7) if models.resolve(model_name).synthetic else 10 * TOLERANCE_NATS
     assert all(d > floor for d in distances[1:]), distances
     assert distances == sorted(distances), f"more compression should not be closer: {distances}"
 

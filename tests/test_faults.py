@@ -127,3 +127,14 @@ def test_results_survive_kill_9_of_the_evaluator_mid_fault_matrix(tmp_path):
     assert (folder / "cells" / "stories260k__null.none__local__latency.json").read_text() == kept
     assert resumed.returncode == 1 and not list(folder.rglob("*.tmp"))
     assert json.loads((folder / "run.json").read_text())["resumed_at"]
+
+
+def test_an_unreachable_remote_host_is_refused_before_anything_runs(tmp_path):
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[far]\ntransport = "ssh-docker"\nhost = "nobody@127.0.0.1"\narch = "x86_64"\n'
+                       'accelerator = "none"\nmemory_gb = 8\n')  # no SSH server listens on this machine's port 22
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--targets", "far", "--reports", str(tmp_path / "r"),
+                   env={"DEPLOY_EVAL_TARGETS": str(targets)})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "target far: nobody@127.0.0.1 is unreachable over SSH" in proc.stderr
+    assert not (tmp_path / "r").exists()

@@ -42,13 +42,13 @@ def open_page(path, tmp_path):
         page.on("request", lambda r: requests.append(r.url))
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(path.as_uri())
-        page.wait_for_function("document.querySelectorAll('div.plot').length === "
-                               "document.querySelectorAll('div.plot .main-svg').length", timeout=30000)
+        page.wait_for_function("[...document.querySelectorAll('div.plot')].every(d => d.querySelector('.main-svg'))",
+                               timeout=30000)
         result = {
             "text": page.inner_text("body"), "errors": errors, "requests": requests, "dialogs": dialogs,
             "plots": page.locator("div.plot").count(),
             "rendered": page.evaluate("document.querySelectorAll('div.plot .main-svg').length > 0 && "
-                                      "[...document.querySelectorAll('div.plot')].every(d => d.querySelector('.main-svg .plot'))"),
+                                      "[...document.querySelectorAll('div.plot')].every(d => d.querySelector('.main-svg g.trace'))"),
             "pwned": page.evaluate("window.pwned === undefined ? null : window.pwned"),
             "injected": page.locator("img[src=x]").count(),
             "plot_text": page.evaluate("[...document.querySelectorAll('div.plot text')].map(t => t.textContent).join('\\n')"),

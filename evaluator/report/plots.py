@@ -6,11 +6,17 @@ that came from a result (model, backend, variant, target names) is passed throug
 `html.escape`: it shows as the text it is.
 """
 import math
-from html import escape
+from html import escape as _html_escape
 
 from evaluator.report.configs import Config
 
 GB = 1e9
+
+
+def escape(text: str) -> str:
+    """<, > and & as entities, which plotly decodes back to text; quotes stay as they are
+    (plotly would show &quot; literally, and without a '<' there is no tag to quote in)."""
+    return _html_escape(text, quote=False)
 
 
 def _name(c: Config, several_targets: bool) -> str:
@@ -116,7 +122,7 @@ def bandwidth_ceiling(configs: list[Config]) -> dict | None:
     several = len({c.target_name for c in configs}) > 1
     names = [_name(c, several) for c, _, _ in rows]
     data = [{"type": "bar", "name": "% of the bandwidth ceiling", "x": names, "y": [p for _, _, p in rows],
-             "text": [escape(f"{c.decode_tokens_per_s:,.0f} of {ceil:,.0f} tokens/s, {c.bandwidth_source}")
+             "hovertext": [escape(f"{c.decode_tokens_per_s:,.0f} of {ceil:,.0f} tokens/s, {c.bandwidth_source}")
                       for c, ceil, _ in rows], "hoverinfo": "x+y+text"}]
     layout = _layout("Decode speed against the memory-bandwidth ceiling (bandwidth / model bytes per token)", "",
                      "% of the ceiling", showlegend=False,
