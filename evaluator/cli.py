@@ -6,6 +6,7 @@ Bad input ends in one line on stderr that says what is wrong and what is valid, 
 import argparse
 import dataclasses
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from evaluator import store
@@ -200,18 +201,20 @@ def cmd_eval(args) -> int:
               file=sys.stderr)
     print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
     failed = []
-    bar = tqdm(cells, unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
+    bar = tqdm(total=len(cells), unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
 
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
     refused = {}  # (backend, variant, target) -> why its runner refused the model: the same for every scenario
-    for cell in bar:
+
+    def run_one(cell):
         bar.set_description(cell.id)
         kept = run.finished(path, cell, model_info, check) if args.resume else None
         if kept:
             say(f"{kept['status']:>14}  {cell.id}  (kept from before the resume)")
-            continue
+            bar.update()
+            return
         same = (cell.backend.name, cell.variant.name, cell.target.name)
         if same in refused and not cell.unsupported:
             cell = dataclasses.replace(cell, unsupported=refused[same])
@@ -238,6 +241,17 @@ def cmd_eval(args) -> int:
             line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']} items), "
                      f"perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
         say(line)
+        bar.update()
+
+    # Machines run at the same time; on one machine (this one hosts both `local` and `docker`
+    # targets) cells run one after another so nothing disturbs another's measurement.
+    by_machine = {}
+    for cell in cells:
+        machine = cell.target.host if cell.target.transport == "ssh-docker" else "this machine"
+        by_machine.setdefault(machine, []).append(cell)
+    with ThreadPoolExecutor(max_workers=len(by_machine) or 1) as pool:
+        for done in [pool.submit(lambda cs: [run_one(c) for c in cs], cs) for cs in by_machine.values()]:
+            done.result()
     bar.close()
     reference = tuple(run_info["reference"].split(":"))
     for c in run.finish_quality(path, reference, args.min_acc_norm_ratio, args.max_ppl_ratio):

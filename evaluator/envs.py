@@ -16,6 +16,7 @@ from pathlib import Path
 from evaluator.catalog.backends import REPO, Backend
 
 VENVS = REPO / ".venvs"
+WHEELS = REPO / ".cache" / "wheels"
 
 
 class EnvironmentFailed(Exception):
@@ -41,23 +42,64 @@ def python_for(backend: Backend, log=print) -> Path:
         f"{backend.requirements.relative_to(REPO)} (once; pip's log: {logfile.relative_to(REPO)})")
     VENVS.mkdir(exist_ok=True)
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(backend.requirements)]
-    if build_env:  # pip's wheel cache ignores build flags: a cached wheel would carry the old ones
-        pip.insert(4, "--no-cache-dir")
-        out_env = dict(os.environ, **build_env)
-        log(f"  build flags: {' '.join(f'{k}={v}' for k, v in build_env.items())}")
-    else:
-        out_env = None
+    house = wheelhouse(backend, log=log)
+    if house:  # compiled once, shared with the backend's image
+        pip[4:4] = ["--no-index", "--find-links", str(house)]
     with open(logfile, "w") as out:
         steps = [[sys.executable, "-m", "venv", str(venv)], pip]
         if backend.post_install:  # e.g. fetch a converter, remove what pip dragged in
             steps.append([str(python), str(backend.post_install)])
         for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=out_env).returncode != 0:
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)
                 raise EnvironmentFailed(f"building .venvs/{backend.name} failed: {' | '.join(tail)}")
     stamp.write_text(want)  # last: a half-built environment has no stamp and is rebuilt
     return python
+
+
+def build_flags(backend: Backend, arch: str | None = None) -> dict:
+    return {k: str(v) for k, v in backend.build_env.get(arch or platform.machine(), {}).items()}
+
+
+def wheelhouse(backend: Backend, log=print) -> Path | None:
+    """For a backend that compiles from source ([environment.build_env] for this machine):
+    every wheel its requirements need, built once with those flags into .cache/wheels/ and
+    reused by its virtual environment and by its Docker image, so the slow compile happens
+    once per machine, not once per consumer. None for a backend with nothing to compile."""
+    flags = build_flags(backend)
+    if not flags or backend.requirements is None:
+        return None
+    key = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(flags.items())).encode()).hexdigest()[:16]
+    house = WHEELS / f"{backend.name}-{platform.machine()}-{key}"
+    if house.is_dir():
+        return house
+    tmp = house.with_name(house.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    logfile = house.with_name(house.name + ".log")
+    log(f"building {backend.name}'s wheels once into {house.relative_to(REPO)} (compiles from source; log: "
+        f"{logfile.relative_to(REPO)})")
+    log(f"  build flags: {' '.join(f'{k}={v}' for k, v in flags.items())}")
+    # --no-cache-dir: pip's wheel cache ignores build flags, so a cached wheel could carry old ones.
+    step = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-cache-dir",
+            "-r", str(backend.requirements), "-w", str(tmp)]
+    with open(logfile, "w") as out:
+        if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **flags)).returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tail = logfile.read_text().strip().splitlines()[-3:]
+            raise EnvironmentFailed(f"building {backend.name}'s wheels failed: {' | '.join(tail)}")
+        # The sources of what was compiled here (a wheel tagged linux_<arch>, not manylinux):
+        # installers such as llamacpp's post_install read files that only the sdist ships.
+        for wheel in tmp.glob(f"*-linux_{platform.machine()}.whl"):
+            name, version = wheel.name.split("-")[:2]
+            step = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+                    "--no-binary", ":all:", f"{name}=={version}", "-d", str(tmp / "sdists")]
+            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise EnvironmentFailed(f"fetching the sources of {name} {version} failed: see {logfile}")
+    os.replace(tmp, house)  # last: a half-built wheelhouse is never reused
+    return house
 
 
 def describe(python: Path) -> str:

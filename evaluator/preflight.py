@@ -16,7 +16,7 @@ def reachable(target) -> None:
     host = target.host.removeprefix("ssh://")
     try:
         proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=yes",
-                               host, "docker", "version", "--format", "{{.Server.Version}}"],
+                               *target.ssh_options, host, "docker version --format '{{.Server.Version}}'"],
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"target {target.name}: cannot reach {host} over SSH: {exc}") from None

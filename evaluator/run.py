@@ -17,8 +17,10 @@ stops its siblings.
 import fnmatch
 import hashlib
 import json
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from evaluator import envs, preflight, provenance, store
 from evaluator.catalog import backends as backend_catalog
@@ -70,6 +72,10 @@ def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
 def _unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:
     if target.transport in ("docker", "ssh-docker") and not backend.dockerfile:
         return f"{backend.name} has no image recipe ([image] dockerfile in its backend.toml), so it cannot run in Docker"
+    if (target.transport == "docker" and target.arch != platform.machine() and backend.dockerfile
+            and not backend.engine_packages):
+        return (f"{backend.name} has no [image] engine_packages, so no {target.arch} image can be cross-built "
+                f"on this {platform.machine()} machine")
     if target.transport == "ssh-docker" and not target.host:
         return (f"target {target.name} has no host: set host = \"user@machine\" for [{target.name}] in "
                 f"~/.config/deploy-eval/targets.toml (see README, Targets)")
@@ -129,7 +135,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     options = dict(cell.options, device=cell.target.device)
     where = getattr(runner, "container_path", str)  # a container sees the host's files through its mounts
     spec = {"path": where(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
-            "artifact_cache": where(store.ARTIFACTS)}
+            "artifact_cache": where(getattr(runner, "artifact_cache", store.ARTIFACTS))}
     try:
         result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:
@@ -150,7 +156,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
             result["check"].update(reference=str(model.reference_greedy.relative_to(backend_catalog.REPO)),
                                    matches_reference=diverge is None, first_divergence_char=diverge)
         prompt = tok.prompts(sc.prompt_tokens, 1)[0]
-        probe = bandwidth.probe if cell.target.transport in ("local", "docker") else lambda: None
+        here = cell.target.transport in ("local", "docker") and cell.target.arch == platform.machine()
+        probe = bandwidth.probe if here else lambda: None  # another machine's, or an emulated one's, is not ours to probe
         before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
         result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
         result["bandwidth"] = {"before": before, "after": probe()}
@@ -204,9 +211,15 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     in_docker = cell.target.transport in ("docker", "ssh-docker")
     try:
         if in_docker:
+            engine = docker.DockerEngine(cell.target)
             image = docker.ensure_image(cell.backend, docker.base_image(cell.target), docker.ARCH[cell.target.arch],
-                                        docker.engine_host(cell.target), log=log)
+                                        engine, log=log)
             base["image"] = image
+            fmt = next(f for f in cell.backend.formats if model.artifact(f))
+            folder = model.artifact(fmt) if model.artifact(fmt).is_dir() else model.artifact(fmt).parent
+            mounts = [(folder, docker.ship_model(engine, folder, model_info["sha256"], log), "/model", False)]
+            cache = docker.artifact_cache(engine, store.ARTIFACTS, cell.target.arch)
+            mounts.append((Path(cache) if not engine.remote else store.ARTIFACTS / "remote", cache, "/artifacts", True))
             python = None
         else:
             python = envs.python_for(cell.backend, log=log)
@@ -217,11 +230,8 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     runner = None
     try:
         if in_docker:
-            fmt = next(f for f in cell.backend.formats if model.artifact(f))
-            mounts = {model.artifact(fmt) if model.artifact(fmt).is_dir() else model.artifact(fmt).parent: "/model",
-                      store.ARTIFACTS: "/artifacts"}
-            store.ARTIFACTS.mkdir(parents=True, exist_ok=True)
             runner = docker.start(cell.backend, image, cell.target, mounts, log_path, cell.id, deadlines.startup_s)
+            runner.artifact_cache = mounts[1][0]
         else:
             runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s

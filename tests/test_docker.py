@@ -23,7 +23,7 @@ def engine():
         proc = subprocess.run(["bash", str(REPO / "docker" / script)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
     from evaluator.launch import docker
-    return docker.docker_cmd()
+    return docker.DockerEngine()
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,7 @@ def test_the_image_is_tagged_by_content_and_its_id_is_in_every_result(docker_and
     d = docker_and_local[("docker-local", "latency")]
     assert d["image"]["tag"].startswith("deploy-eval/pytorch_eager:") and d["image"]["id"].startswith("sha256:")
     assert d["image"]["id"] in d["environment"]
-    found = subprocess.run([*engine, "image", "inspect", "-f", "{{.Id}}", d["image"]["tag"]], capture_output=True, text=True)
-    assert found.stdout.strip() == d["image"]["id"]
+    assert engine.run("image", "inspect", "-f", "{{.Id}}", d["image"]["tag"]).stdout.strip() == d["image"]["id"]
 
 
 def test_a_hanging_runner_in_a_container_is_killed_by_name_and_the_run_goes_on(engine, tmp_path):
@@ -59,8 +58,7 @@ def test_a_hanging_runner_in_a_container_is_killed_by_name_and_the_run_goes_on(e
     results = {c["variant"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
     assert results["hang_on_generate"]["status"] == "timeout" and results["none"]["status"] == "ok"
     time.sleep(1)
-    left = subprocess.run([*engine, "ps", "-a", "--filter", "name=deploy-eval-", "--format", "{{.Names}}"],
-                          capture_output=True, text=True).stdout.split()
+    left = engine.run("ps", "-a", "--filter", "name=deploy-eval-", "--format", "{{.Names}}").stdout.split()
     assert not [n for n in left if "hang_on_generate" in n], f"containers left behind: {left}"
 
 
@@ -70,11 +68,11 @@ def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root
 
     backend = backends.discover()[0]["null"]
     target = targets.resolve(["docker-local"])[0]
-    image = docker.ensure_image(backend, docker.base_image(target), docker.ARCH[target.arch])
+    image = docker.ensure_image(backend, docker.base_image(target), docker.ARCH[target.arch], engine)
     model = REPO / "data" / "stories260k" / "hf"
-    runner = docker.start(backend, image, target, {model: "/model"}, tmp_path / "log", "probe", 60)
+    runner = docker.start(backend, image, target, [(model, str(model), "/model", False)], tmp_path / "log", "probe", 60)
     try:
-        inspect = json.loads(subprocess.run([*engine, "inspect", runner.name], capture_output=True, text=True).stdout)[0]
+        inspect = json.loads(engine.run("inspect", runner.name).stdout)[0]
         assert inspect["HostConfig"]["NetworkMode"] == "none"
         assert inspect["Config"]["User"] == "1000:1000"
         (mount,) = [m for m in inspect["Mounts"] if m["Destination"] == "/model"]

@@ -17,9 +17,15 @@ dest = os.path.join(sys.prefix, "share", "llama.cpp-convert")
 wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={version}", "-d", tmp], check=True)
-    (sdist,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar.gz")]
+    # An image build brings the sdist along (the wheelhouse keeps the sources of what it
+    # compiled: evaluator/envs.py); elsewhere pip fetches it.
+    shipped = os.path.join(os.environ.get("DEPLOY_EVAL_SDISTS", "/nonexistent"), f"llama_cpp_python-{version}.tar.gz")
+    if os.path.isfile(shipped):
+        sdist = shipped
+    else:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={version}", "-d", tmp], check=True)
+        (sdist,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar.gz")]
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     staging = os.path.join(tmp, "out")
     with tarfile.open(sdist) as tar:
@@ -27,7 +33,10 @@ with tempfile.TemporaryDirectory() as tmp:
                    if m.name.startswith(prefix) and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
         for m in members:
             m.name = m.name[len(prefix):]
-        tar.extractall(staging, members=members, filter="data")
+        # The "data" filter (refuse links and paths out of the folder) exists from Python 3.11.4;
+        # Debian bookworm's 3.11.2 lacks it, and the members are already only plain files and folders.
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(staging, members=members, **safe)
     if not os.path.isfile(os.path.join(staging, "convert_hf_to_gguf.py")):
         sys.exit(f"llama-cpp-python {version}'s sdist has no vendor/llama.cpp/convert_hf_to_gguf.py")
     with open(os.path.join(staging, "VERSION"), "w") as f:

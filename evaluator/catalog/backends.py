@@ -47,6 +47,7 @@ class Backend:
     post_install: Path | None  # a script run by the environment's python after pip
     dockerfile: Path | None
     reference_variant: str
+    engine_packages: tuple = ()   # [image] engine_packages: an image for another architecture
     variants: tuple = field(default_factory=tuple)
     default_variants: tuple = ()  # what a run without --variants measures
 
@@ -121,7 +122,7 @@ def load_manifest(folder: Path) -> Backend:
     if post_install and not (post_install.is_file() and requirements):
         raise UserError(f"{where}: post_install {env['post_install']!r} must be a file, beside a requirements file")
     image = data.get("image", {})
-    check_keys(f"{where} [image]", image, {"dockerfile"})
+    check_keys(f"{where} [image]", image, {"dockerfile", "engine_packages"})
     dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
     if dockerfile and not dockerfile.is_file():
         raise UserError(f"{where}: dockerfile {image['dockerfile']!r} does not exist")
@@ -130,7 +131,7 @@ def load_manifest(folder: Path) -> Backend:
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
         default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env,
-        post_install=post_install, dockerfile=dockerfile,
+        post_install=post_install, dockerfile=dockerfile, engine_packages=tuple(image.get("engine_packages", ())),
         reference_variant=reference, variants=variants, default_variants=defaults,
     )
 

@@ -12,7 +12,8 @@ from evaluator.errors import UserError, check_keys, unknown
 
 BUILTIN = Path(__file__).with_name("targets.toml")
 USER_FILE = Path(os.environ.get("DEPLOY_EVAL_TARGETS", "~/.config/deploy-eval/targets.toml")).expanduser()
-KEYS = {"description", "transport", "host", "arch", "accelerator", "gpu", "memory_gb", "memory_bandwidth_gbs"}
+KEYS = {"description", "transport", "host", "arch", "accelerator", "gpu", "memory_gb", "memory_bandwidth_gbs",
+        "ssh_options"}
 TRANSPORTS = ("local", "docker", "ssh-docker")
 ARCHS = ("x86_64", "aarch64")
 ACCELERATORS = ("none", "cuda")
@@ -29,6 +30,7 @@ class Target:
     gpu: str
     memory_gb: float
     memory_bandwidth_gbs: float | None
+    ssh_options: tuple = ()  # extra ssh arguments for ssh-docker, e.g. ["-p", "2222", "-i", "~/.ssh/lab"]
 
     @property
     def device(self) -> str:
@@ -76,8 +78,11 @@ def _parse(name: str, entry: dict, where: str) -> Target:
         memory = round(_ram_gb(), 1)  # a local GPU's memory needs its driver; RAM is the CPU case
     if not isinstance(memory, (int, float)) or memory <= 0:
         raise UserError(f"{where} [{name}]: memory_gb must be a positive number, got {memory!r}")
+    ssh_options = entry.get("ssh_options", [])
+    if not isinstance(ssh_options, list) or not all(isinstance(o, str) for o in ssh_options):
+        raise UserError(f"{where} [{name}]: ssh_options must be a list of strings, e.g. [\"-p\", \"2222\"]")
     return Target(name, entry.get("description", ""), transport, entry.get("host", ""), arch, accelerator,
-                  gpu, float(memory), entry.get("memory_bandwidth_gbs"))
+                  gpu, float(memory), entry.get("memory_bandwidth_gbs"), tuple(ssh_options))
 
 
 def _read(path: Path) -> dict:

@@ -1,4 +1,5 @@
-"""The Docker transport: each backend in its own image; a runner is `docker run -i` of it.
+"""The Docker transports: each backend in its own image; a runner is `docker run -i` of it on
+this machine's engine (`docker`), or `ssh host docker run -i` on a remote one (`ssh-docker`).
 
 Images are built from the backend's own Dockerfile (`[image] dockerfile` in its manifest) over
 a build context staged here: the runner library, the backend's folder, this machine's CA
@@ -10,51 +11,72 @@ ID is recorded in every result.
 
 A measurement container runs with no network, the model mounted read-only, a non-root user,
 and a name per cell, so a deadline kills it by name (`docker kill`), not just the client; an
-out-of-memory kill is read back from the container's OOMKilled state.
+out-of-memory kill is read back from the container's OOMKilled state. A remote target gets the
+build context and the model as tar streams over SSH (the model once, by content hash), and the
+results come home over the runner's own stdout.
 """
 import hashlib
 import os
+import platform
 import secrets
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
+from evaluator import envs
+from evaluator.launch import cross
 from evaluator.catalog.backends import REPO, Backend
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 
 SOCKET = os.environ.get("DEPLOY_EVAL_DOCKER_SOCK", "/run/deploy-eval/docker.sock")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 RUNNER_UID = "1000:1000"
-
-
-def docker_cmd(host: str | None = None) -> list[str]:
-    """The docker client aimed at the target's engine: this machine's private socket, or
-    ssh://user@host for a remote one (the client tunnels over SSH in batch mode)."""
-    return ["docker", "-H", host or f"unix://{SOCKET}"]
-
-
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # target arch -> Docker platform
+REMOTE_CACHE = "/var/tmp/deploy-eval"  # on a remote target: models by content hash, artifacts
 
 
 class ImageFailed(Exception):
-    pass
+    """An image could not be built, or a model could not reach the target."""
+
+
+_FAILED_BUILDS: dict[tuple, str] = {}  # (backend, base, arch, host) -> why, for the rest of this run
+
+
+class DockerEngine:
+    """Where `docker` commands go: this machine's private engine (its socket), or a remote
+    machine's through `ssh host docker ...` in batch mode with host keys checked: the same
+    JSON-lines transport, one hop further. On a remote host its own DOCKER_HOST applies."""
+
+    def __init__(self, target=None):
+        self.remote = target is not None and target.transport == "ssh-docker"
+        self.host = target.host.removeprefix("ssh://") if self.remote else None
+        self.ssh_options = list(target.ssh_options) if self.remote else []
+
+    def ssh(self, command: str) -> list[str]:
+        return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", *self.ssh_options, self.host, command]
+
+    def argv(self, *args: str) -> list[str]:
+        if self.remote:
+            return self.ssh("docker " + " ".join(shlex.quote(a) for a in args))
+        return ["docker", "-H", f"unix://{SOCKET}", *args]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True)
+
+    def where(self) -> str:
+        return f"{self.host}'s Docker engine" if self.remote else "this machine's Docker engine"
 
 
 def base_image(target) -> str:
-    """The image every backend image builds on: $DEPLOY_EVAL_BASE_IMAGE, else the offline
-    Debian base docker/base.sh makes for the target's architecture."""
+    """The image every backend image builds on: $DEPLOY_EVAL_BASE_IMAGE (a python or CUDA
+    image from the user's registry), else the offline Debian base docker/base.sh makes."""
     return os.environ.get("DEPLOY_EVAL_BASE_IMAGE") or f"deploy-eval/base:bookworm-{ARCH[target.arch]}"
 
 
-def engine_host(target) -> str | None:
-    """ssh://user@host for a remote engine (DOCKER_HOST syntax), None for this machine's."""
-    if target.transport != "ssh-docker":
-        return None
-    return target.host if target.host.startswith("ssh://") else f"ssh://{target.host}"
-
-
-def _stage_context(backend: Backend, ctx: Path) -> None:
+def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, log=print) -> None:
     (ctx / "evaluator").mkdir(parents=True)
     shutil.copy(REPO / "evaluator" / "__init__.py", ctx / "evaluator" / "__init__.py")
     shutil.copytree(REPO / "evaluator" / "runner", ctx / "evaluator" / "runner",
@@ -64,7 +86,25 @@ def _stage_context(backend: Backend, ctx: Path) -> None:
     (ctx / "wheels").mkdir()
     requirements = backend.requirements.read_text() if backend.requirements else ""
     pinned = next((line.split("==")[1].strip() for line in requirements.splitlines() if line.startswith("torch==")), None)
-    if pinned:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
+    foreign = ARCH.get(platform.machine()) != arch
+    if foreign and not remote:  # an image for another architecture, run here under emulation: the engine alone
+        if not backend.engine_packages:
+            raise ImageFailed(f"{backend.name} cannot be built for {arch} on this {platform.machine()} machine: "
+                              f"its manifest names no [image] engine_packages to cross-build")
+        other = {v: k for k, v in ARCH.items()}[arch]
+        flags = envs.build_flags(backend, other).get("CMAKE_ARGS", "")
+        try:
+            house = cross.wheelhouse(list(backend.engine_packages), arch, flags, log=log)
+        except cross.CrossFailed as exc:
+            raise ImageFailed(str(exc)) from None
+        shutil.copytree(house, ctx / "wheels", dirs_exist_ok=True)
+        (ctx / "wheels" / "ENGINE_ONLY").write_text(" ".join(backend.engine_packages) + "\n")
+        return
+    house = None if foreign else envs.wheelhouse(backend, log=log)  # a remote machine of another kind builds its own
+    if house:  # compiled once on this machine, shared with the backend's local environment
+        shutil.copytree(house, ctx / "wheels", dirs_exist_ok=True)
+        (ctx / "wheels" / "WHEELHOUSE").write_text(house.name + "\n")  # its name carries the build flags' hash
+    elif pinned and not foreign:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
         subprocess.run(["pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d", str(ctx / "wheels")],
                        check=True, capture_output=True)
 
@@ -79,52 +119,94 @@ def _content_hash(ctx: Path, base: str, arch: str) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_image(backend: Backend, base: str, arch: str = "amd64", host: str | None = None, log=print) -> dict:
-    """Build the backend's image unless one with the same content hash exists; return
-    {"tag", "id", "built_s", "reused"}."""
-    import time
-
+def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, log=print) -> dict:
+    """Build the backend's image on the target's engine unless one with the same content hash
+    is there; return {"tag", "id", "built_s", "reused"}. The context goes to the engine as a
+    tar stream (`docker build -`), so a remote engine needs none of this machine's files."""
     if not backend.dockerfile:
         raise ImageFailed(f"{backend.name} has no [image] dockerfile in its manifest")
+    failed_before = _FAILED_BUILDS.get((backend.name, base, arch, engine.host))
+    if failed_before:  # once per run: the next cell of the same backend would only fail the same way
+        raise ImageFailed(failed_before)
     with tempfile.TemporaryDirectory(prefix=f"deploy-eval-{backend.name}-") as tmp:
         ctx = Path(tmp)
-        _stage_context(backend, ctx)
+        _stage_context(backend, ctx, arch, engine.remote, log)
         tag = f"deploy-eval/{backend.name}:{_content_hash(ctx, base, arch)}-{arch}"
-        docker = docker_cmd(host)
-        found = subprocess.run([*docker, "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True)
+        found = engine.run("image", "inspect", "-f", "{{.Id}}", tag)
         if found.returncode == 0:
             return {"tag": tag, "id": found.stdout.strip(), "built_s": 0.0, "reused": True}
-        log(f"building image {tag} from {backend.dockerfile.relative_to(REPO)} on {base} (once)")
+        log(f"building image {tag} from {backend.dockerfile.relative_to(REPO)} on {base} in {engine.where()} (once)")
         t0 = time.monotonic()
-        build = subprocess.run([*docker, "build", "--network", "host", "--platform", f"linux/{arch}",
-                                "--build-arg", f"BASE={base}", "-f", str(backend.dockerfile), "-t", tag, str(ctx)],
-                               capture_output=True, text=True)
+        dockerfile = f"backends/{backend.name}/{backend.dockerfile.name}"
+        tar = subprocess.Popen(["tar", "-C", str(ctx), "-c", "."], stdout=subprocess.PIPE)
+        build = subprocess.run(engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
+                                           "--build-arg", f"BASE={base}", "-f", dockerfile, "-t", tag, "-"),
+                               stdin=tar.stdout, capture_output=True, text=True)
+        tar.stdout.close()
+        tar.wait()
         if build.returncode != 0:
-            tail = " | ".join((build.stdout + build.stderr).strip().splitlines()[-4:])
-            raise ImageFailed(f"building {tag} failed: {tail}")
-        image_id = subprocess.run([*docker, "image", "inspect", "-f", "{{.Id}}", tag],
-                                  capture_output=True, text=True, check=True).stdout.strip()
+            lines = [l for l in (build.stdout + build.stderr).strip().splitlines()
+                     if l.strip() and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
+            _FAILED_BUILDS[(backend.name, base, arch, engine.host)] = why = f"building {tag} failed: {' | '.join(lines[-6:])}"
+            raise ImageFailed(why)
+        image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
 
 
-class ContainerRunner(RunnerProcess):
-    """A RunnerProcess whose process is `docker run -i`: killed by container name, and whose
-    host paths are seen through the container's mounts."""
+def ship_model(engine: DockerEngine, folder: Path, sha256: str, log=print) -> str:
+    """The model's folder as the target's engine sees it: this machine's own path locally; on
+    a remote target a copy under REMOTE_CACHE/models/<hash>, sent once (tar over SSH, renamed
+    into place when complete, so an interrupted copy is never used)."""
+    if not engine.remote:
+        return str(folder)
+    dest = f"{REMOTE_CACHE}/models/{sha256[:24]}"
+    if subprocess.run(engine.ssh(f"test -f {dest}/.complete"), capture_output=True).returncode == 0:
+        return dest
+    log(f"copying {folder.name} to {engine.host}:{dest} (once)")
+    tar = subprocess.Popen(["tar", "-C", str(folder), "-c", "."], stdout=subprocess.PIPE)
+    unpack = subprocess.run(engine.ssh(f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -x -C {dest}.tmp && "
+                                       f"touch {dest}.tmp/.complete && rm -rf {dest} && mv {dest}.tmp {dest}"),
+                            stdin=tar.stdout, capture_output=True, text=True)
+    tar.stdout.close()
+    tar.wait()
+    if unpack.returncode != 0:
+        raise ImageFailed(f"copying the model to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
+    return dest
 
-    def __init__(self, docker: list[str], name: str, mounts: dict[Path, str], *args, **kwargs):
-        self.docker, self.name, self.mounts = docker, name, mounts
+
+def artifact_cache(engine: DockerEngine, local_root: Path, arch: str) -> str:
+    """Where containers keep what they derive from models (as user 1000): per architecture,
+    sticky and world-writable like /tmp; on this machine under the artifact cache."""
+    if not engine.remote:
+        path = local_root / f"containers-{arch}"
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o1777)
+        return str(path)
+    path = f"{REMOTE_CACHE}/artifacts-{arch}"
+    made = subprocess.run(engine.ssh(f"mkdir -p {path} && chmod 1777 {path}"), capture_output=True, text=True)
+    if made.returncode != 0:
+        raise ImageFailed(f"cannot make {path} on {engine.host}: {made.stderr.strip()[-300:]}")
+    return path
+
+
+class ContainerRunner(RunnerProcess):
+    """A RunnerProcess whose process is `docker run -i` (or `ssh host docker run -i`): killed
+    by container name, and whose host paths are translated through the container's mounts."""
+
+    def __init__(self, engine: DockerEngine, name: str, mounts: list[tuple], *args, **kwargs):
+        self.engine, self.name, self.mounts = engine, name, mounts
         super().__init__(*args, **kwargs)
 
     def container_path(self, path: Path) -> str:
-        for host_dir, inside in self.mounts.items():
-            if path == host_dir or host_dir in path.parents:
-                return inside + "/" + str(path.relative_to(host_dir)) if path != host_dir else inside
+        for host_path, _, inside, _ in self.mounts:
+            if path == host_path:
+                return inside
+            if host_path in path.parents:
+                return f"{inside}/{path.relative_to(host_path)}"
         raise ValueError(f"{path} is not mounted into container {self.name}")
 
     def oom_killed(self) -> bool:
-        state = subprocess.run([*self.docker, "inspect", "-f", "{{.State.OOMKilled}}", self.name],
-                               capture_output=True, text=True)
-        return state.stdout.strip() == "true"
+        return self.engine.run("inspect", "-f", "{{.State.OOMKilled}}", self.name).stdout.strip() == "true"
 
     def _next_line(self, timeout_s: float, what: str) -> str:
         try:
@@ -135,23 +217,24 @@ class ContainerRunner(RunnerProcess):
             raise
 
     def kill(self):
-        subprocess.run([*self.docker, "kill", self.name], capture_output=True)
+        self.engine.run("kill", self.name)  # the container, wherever it runs, not just the client
         super().kill()
 
     def close(self):
         super().close()
-        subprocess.run([*self.docker, "rm", "-f", self.name], capture_output=True)
+        self.engine.run("rm", "-f", self.name)
 
 
-def start(backend: Backend, image: dict, target, mounts: dict[Path, str], log_path: Path, cell_id: str,
+def start(backend: Backend, image: dict, target, mounts: list[tuple], log_path: Path, cell_id: str,
           startup_timeout_s: float) -> ContainerRunner:
-    docker = docker_cmd(engine_host(target))
+    """mounts: (host path, path on the engine's machine, path in the container, writable)."""
+    engine = DockerEngine(target)
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
-    argv = [*docker, "run", "-i", "--name", name, "--network", "none", "--user", RUNNER_UID,
+    args = ["run", "-i", "--name", name, "--network", "none", "--user", RUNNER_UID,
             "--tmpfs", "/tmp", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1"]
-    for host_dir, inside in mounts.items():
-        argv += ["-v", f"{host_dir}:{inside}:{'rw' if inside == '/artifacts' else 'ro'}"]
+    for _, on_engine, inside, writable in mounts:
+        args += ["-v", f"{on_engine}:{inside}:{'rw' if writable else 'ro'}"]
     if target.accelerator == "cuda":
-        argv += ["--gpus", "all"]
-    argv.append(image["tag"])
-    return ContainerRunner(docker, name, mounts, argv, log_path, startup_timeout_s=startup_timeout_s)
+        args += ["--gpus", "all"]
+    args.append(image["tag"])
+    return ContainerRunner(engine, name, mounts, engine.argv(*args), log_path, startup_timeout_s=startup_timeout_s)

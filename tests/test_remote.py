@@ -1,0 +1,92 @@
+"""A remote target over real SSH: an OpenSSH server on loopback (key-only, started here), its
+Docker engine reached through it (`ssh host docker run -i`), the model shipped once by content
+hash, results brought home. .ci/run installs openssh-server; without it these tests skip."""
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.test_eval import cells, run_folder
+
+SSHD = Path("/usr/sbin/sshd")
+pytestmark = pytest.mark.skipif(not (SSHD.exists() and shutil.which("dockerd") and shutil.which("debootstrap")),
+                                reason="needs Debian's openssh-server, docker.io and debootstrap (.ci/run installs them)")
+PORT = 2222
+FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
+        "--max-cv", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """sshd on 127.0.0.1:2222 with fresh host and client keys; a targets file naming it."""
+    for script in ("dockerd.sh", "base.sh"):
+        proc = subprocess.run(["bash", str(REPO / "docker" / script)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    d = tmp_path_factory.mktemp("ssh")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{PORT} " + (d / "host_key.pub").read_text())
+    sock = "/run/deploy-eval/docker.sock"
+    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
+Port {PORT}
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {d / 'sshd.pid'}
+SetEnv DOCKER_HOST=unix://{sock}
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
+    options = ["-p", str(PORT), "-i", str(d / "client_key"), "-o", f"UserKnownHostsFile={d / 'known_hosts'}"]
+    for _ in range(50):
+        if subprocess.run(["ssh", "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    targets = d / "targets.toml"
+    quoted = ", ".join(f'"{o}"' for o in options)
+    targets.write_text(f'[lab]\ndescription = "this machine, reached over SSH"\ntransport = "ssh-docker"\n'
+                       f'host = "root@127.0.0.1"\narch = "x86_64"\naccelerator = "none"\nmemory_gb = 16\n'
+                       f'ssh_options = [{quoted}]\n')
+    yield {"targets": targets, "options": options, "dir": d}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_a_run_over_ssh_measures_in_the_remote_engine_and_brings_results_home(lab, tmp_path):
+    subprocess.run(["rm", "-rf", "/var/tmp/deploy-eval/models"], check=True)  # the model must travel
+    proc = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
+                   "--scenarios", "latency,quality", "--reports", str(tmp_path), *FAST,
+                   env={"DEPLOY_EVAL_TARGETS": str(lab["targets"])}, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "copying hf to root@127.0.0.1:/var/tmp/deploy-eval/models/" in proc.stderr
+    results = {c["scenario"]["name"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
+    lat = results["latency"]
+    assert lat["status"] == "ok" and lat["check"]["matches_reference"] is True
+    assert lat["target"]["transport"] == "ssh-docker" and lat["image"]["id"].startswith("sha256:")
+    assert results["quality"]["metrics"]["hellaswag"]["items"] == 20
+    # The second run finds the model already there (by content hash) and does not copy it again.
+    again = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
+                    "--scenarios", "latency", "--reports", str(tmp_path / "again"), *FAST,
+                    env={"DEPLOY_EVAL_TARGETS": str(lab["targets"])})
+    assert again.returncode == 0 and "copying" not in again.stderr
+
+
+def test_an_unknown_host_key_is_refused_in_batch_mode(lab, tmp_path):
+    targets = tmp_path / "targets.toml"
+    options = [o for o in lab["options"] if not o.startswith("UserKnownHostsFile")][:-1]
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    quoted = ", ".join(f'"{o}"' for o in [*options, "-o", f"UserKnownHostsFile={empty}"])
+    targets.write_text(f'[lab]\ntransport = "ssh-docker"\nhost = "root@127.0.0.1"\narch = "x86_64"\n'
+                       f'accelerator = "none"\nmemory_gb = 16\nssh_options = [{quoted}]\n')
+    proc = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "null", "--reports", str(tmp_path / "r"),
+                   env={"DEPLOY_EVAL_TARGETS": str(targets)})
+    assert proc.returncode == 2 and "unreachable over SSH" in proc.stderr and "Host key verification failed" in proc.stderr
