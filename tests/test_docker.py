@@ -29,23 +29,30 @@ def engine():
 @pytest.fixture(scope="module")
 def docker_and_local(engine, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
-    proc = run_cli("eval", "stories260k", "--targets", "docker-local,local", "--backends", "pytorch_eager",
-                   "--variants", "fp32-sdpa-kv", "--reports", str(reports), *FAST, timeout=1500)
+    proc = run_cli("eval", "stories260k", "--targets", "docker-local,local", "--backends", "pytorch_eager,llamacpp",
+                   "--variants", "fp32-sdpa-kv,q8_0", "--reports", str(reports), *FAST, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {(c["target"]["name"], c["scenario"]["name"]): c for c in cells(run_folder(proc.stderr, reports)).values()}
+    return {(c["backend"], c["target"]["name"], c["scenario"]["name"]): c
+            for c in cells(run_folder(proc.stderr, reports)).values()}
 
 
-def test_a_backend_in_its_image_gives_the_same_tokens_and_quality_as_a_local_process(docker_and_local):
-    d, local = docker_and_local[("docker-local", "latency")], docker_and_local[("local", "latency")]
-    assert d["status"] == "ok" and d["check"]["matches_reference"] is True
+@pytest.mark.parametrize("backend", ["pytorch_eager", "llamacpp"])
+def test_a_backend_in_its_image_gives_the_same_tokens_and_quality_as_a_local_process(docker_and_local, backend):
+    d, local = docker_and_local[(backend, "docker-local", "latency")], docker_and_local[(backend, "local", "latency")]
+    assert d["status"] == "ok" and d["target"]["transport"] == "docker"
     assert d["check"]["tokens"] == local["check"]["tokens"] and d["output_tokens"] == local["output_tokens"]
-    dq, lq = docker_and_local[("docker-local", "quality")], docker_and_local[("local", "quality")]
+    dq, lq = docker_and_local[(backend, "docker-local", "quality")], docker_and_local[(backend, "local", "quality")]
     assert dq["metrics"]["hellaswag"] == lq["metrics"]["hellaswag"]
     assert dq["metrics"]["perplexity"] == lq["metrics"]["perplexity"]
+    assert dq["fidelity"]["kl_mean"] == pytest.approx(lq["fidelity"]["kl_mean"], rel=1e-9, abs=1e-15)
+
+
+def test_the_reference_greedy_text_is_reproduced_in_a_container(docker_and_local):
+    assert docker_and_local[("pytorch_eager", "docker-local", "latency")]["check"]["matches_reference"] is True
 
 
 def test_the_image_is_tagged_by_content_and_its_id_is_in_every_result(docker_and_local, engine):
-    d = docker_and_local[("docker-local", "latency")]
+    d = docker_and_local[("pytorch_eager", "docker-local", "latency")]
     assert d["image"]["tag"].startswith("deploy-eval/pytorch_eager:") and d["image"]["id"].startswith("sha256:")
     assert d["image"]["id"] in d["environment"]
     assert engine.run("image", "inspect", "-f", "{{.Id}}", d["image"]["tag"]).stdout.strip() == d["image"]["id"]

@@ -26,17 +26,21 @@ def _protocol_stream():
 
 
 def rss_bytes() -> tuple[int, int]:
-    """(current, peak) resident set size of this process, from the kernel."""
-    current = 0
+    """(current, peak) resident set size of this process, from the kernel. The peak is VmHWM,
+    the high-water mark of this program's own address space: ru_maxrss would also count the
+    parent's resident memory at fork (Linux carries it across execve), so a runner started by
+    a large evaluator would report the evaluator's size as its own."""
+    current = peak = 0
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
                     current = int(line.split()[1]) * 1024
-    except OSError:  # not Linux: fall back to the peak alone
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = peak if platform.system() == "Darwin" else peak * 1024  # Linux reports KiB
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:  # not Linux: the rusage peak is all there is
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak if platform.system() == "Darwin" else peak * 1024
     return current, max(peak, current)
 
 
