@@ -15,9 +15,34 @@ command -v debootstrap >/dev/null || { echo "debootstrap is not installed (Debia
 mirror=${DEBIAN_MIRROR:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
 [ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 root=$(mktemp -d /var/tmp/deploy-eval-base.XXXXXX)
-trap 'rm -rf "$root"' EXIT
+trap 'rm -rf "$root" "$root.layer.tar" "$root.image.tar"' EXIT
 debootstrap --variant=minbase --arch="$arch" --include=python3,python3-venv,python3-pip,ca-certificates,libgomp1 \
   bookworm "$root" "${mirror:-http://deb.debian.org/debian}" >&2
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-tar -C "$root" -c . | docker import --platform "linux/$arch" - "$tag" >/dev/null
+# `docker load` of a one-layer image whose config names its architecture: `docker import`
+# labels everything with the engine's own architecture, and builds for linux/arm64 then
+# refuse an arm64 base that says amd64.
+tar -C "$root" --numeric-owner -cf "$root.layer.tar" .
+python3 - "$root.layer.tar" "$arch" "$tag" "$root.image.tar" <<'PY'
+import hashlib, io, json, sys, tarfile, time
+layer, arch, tag, out = sys.argv[1:]
+digest = hashlib.sha256()
+with open(layer, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+diff_id = "sha256:" + digest.hexdigest()
+config = json.dumps({"architecture": arch, "os": "linux", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/bash"]},
+                     "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+config_name = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]).encode()
+with tarfile.open(out, "w") as tar:
+    for name, data in ((config_name, config), ("manifest.json", manifest)):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    tar.add(layer, "layer/layer.tar")
+PY
+docker load -i "$root.image.tar" >/dev/null
+rm -f "$root.layer.tar" "$root.image.tar"
 echo "$tag"

@@ -52,8 +52,8 @@ DEFINITIONS = [
     ("Inter-token latency", "every gap token_ns[i] − token_ns[i−1] of every timed request."),
     ("Decode speed", "(new_tokens − 1) / (token_ns[−1] − token_ns[0]): the first token belongs to the prefill."),
     ("Throughput", "batch × new_tokens / end-to-end time, for each batch size of the sweep; the best is shown."),
-    ("Peak memory", "peak device memory on a GPU (the engine's peak allocation), peak resident set (ru_maxrss) of "
-     "the runner process on a CPU: what must fit on the device."),
+    ("Peak memory", "peak device memory on a GPU (the engine's peak allocation), peak resident set of "
+     "the runner process on a CPU (VmHWM): what must fit on the device."),
     ("Energy per token", "energy counters (RAPL on CPUs, NVML on NVIDIA GPUs) read by the runner around the timed "
      "requests, divided by the tokens they generated; shown only where the target exposes a counter."),
     ("HellaSwag acc_norm", "per item, each ending's summed token log-probability after the context, divided by the "
