@@ -48,6 +48,7 @@ class Backend:
     dockerfile: Path | None
     reference_variant: str
     engine_packages: tuple = ()   # [image] engine_packages: an image for another architecture
+    with_backends: tuple = ()     # [image] with_backends: sibling folders its runner reuses (staged too)
     variants: tuple = field(default_factory=tuple)
     default_variants: tuple = ()  # what a run without --variants measures
 
@@ -122,7 +123,10 @@ def load_manifest(folder: Path) -> Backend:
     if post_install and not (post_install.is_file() and requirements):
         raise UserError(f"{where}: post_install {env['post_install']!r} must be a file, beside a requirements file")
     image = data.get("image", {})
-    check_keys(f"{where} [image]", image, {"dockerfile", "engine_packages"})
+    check_keys(f"{where} [image]", image, {"dockerfile", "engine_packages", "with_backends"})
+    for sibling in image.get("with_backends", []):
+        if not (folder.parent / sibling / "runner.py").is_file():
+            raise UserError(f"{where} [image]: with_backends names {sibling!r}, which is not a backend folder beside it")
     dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
     if dockerfile and not dockerfile.is_file():
         raise UserError(f"{where}: dockerfile {image['dockerfile']!r} does not exist")
@@ -132,6 +136,7 @@ def load_manifest(folder: Path) -> Backend:
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
         default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env,
         post_install=post_install, dockerfile=dockerfile, engine_packages=tuple(image.get("engine_packages", ())),
+        with_backends=tuple(image.get("with_backends", ())),
         reference_variant=reference, variants=variants, default_variants=defaults,
     )
 

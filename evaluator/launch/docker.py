@@ -81,7 +81,8 @@ def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, log=pri
     shutil.copy(REPO / "evaluator" / "__init__.py", ctx / "evaluator" / "__init__.py")
     shutil.copytree(REPO / "evaluator" / "runner", ctx / "evaluator" / "runner",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(backend.folder, ctx / "backends" / backend.name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in (backend.name, *backend.with_backends):  # its folder, and those whose runner it reuses
+        shutil.copytree(backend.folder.parent / name, ctx / "backends" / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(CA_BUNDLE, ctx / "ca.crt")
     (ctx / "wheels").mkdir()
     requirements = backend.requirements.read_text() if backend.requirements else ""
@@ -231,7 +232,7 @@ def start(backend: Backend, image: dict, target, mounts: list[tuple], log_path: 
     engine = DockerEngine(target)
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
     args = ["run", "-i", "--name", name, "--network", "none", "--user", RUNNER_UID,
-            "--tmpfs", "/tmp", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1"]
+            "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1"]  # exec: inductor loads the kernels it compiles there
     for _, on_engine, inside, writable in mounts:
         args += ["-v", f"{on_engine}:{inside}:{'rw' if writable else 'ro'}"]
     if target.accelerator == "cuda":
