@@ -34,23 +34,29 @@ def _batch_sizes(text: str) -> tuple:
     return tuple(_positive_int(t) for t in _csv(text))
 
 
+GUIDE_OPTIONS = {"memory_budget": "memory_budget_gb", "max_quality_loss": "max_quality_loss_pct",
+                 "max_latency_ms": "max_latency_ms", "objective": "objective"}  # option -> Constraints field
+
+
 def _guide_options(p: argparse.ArgumentParser) -> None:
-    from evaluator.report.guide import OBJECTIVES
+    """Left unset unless given: `eval` fills in Constraints' defaults, `report` the run's own."""
+    from evaluator.report.guide import OBJECTIVES, Constraints
 
     g = p.add_argument_group("decision guide (which configuration to deploy on each target)")
     g.add_argument("--memory-budget", type=float, metavar="GB", help="memory a configuration may use (default: each target's memory)")
-    g.add_argument("--max-quality-loss", type=float, default=1.0, metavar="PCT",
-                   help="largest HellaSwag acc_norm drop or perplexity rise against the reference, in percent (default: %(default)s)")
+    g.add_argument("--max-quality-loss", type=float, metavar="PCT", help="largest HellaSwag acc_norm drop or perplexity "
+                   f"rise against the reference, in percent (default: {Constraints.max_quality_loss_pct:g})")
     g.add_argument("--max-latency-ms", type=float, metavar="MS", help="p95 end-to-end latency objective at batch 1 (default: none)")
-    g.add_argument("--objective", default="decode", help=f"what the best configuration maximizes or minimizes: "
-                   f"{', '.join(OBJECTIVES)} (default: %(default)s)")
+    g.add_argument("--objective", help=f"what the best configuration maximizes or minimizes: "
+                   f"{', '.join(OBJECTIVES)} (default: {Constraints.objective})")
 
 
-def _constraints(args):
+def _constraints(args, stored: dict | None = None):
+    """The options given, on top of `stored` (a run's own constraints) or the defaults."""
     from evaluator.report.guide import Constraints
 
-    return Constraints(memory_budget_gb=args.memory_budget, max_quality_loss_pct=args.max_quality_loss,
-                       max_latency_ms=args.max_latency_ms, objective=args.objective)
+    given = {field: getattr(args, opt) for opt, field in GUIDE_OPTIONS.items() if getattr(args, opt) is not None}
+    return Constraints(**{**(stored or {}), **given})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -314,7 +320,11 @@ def _run_path(run_id: str, reports: Path) -> Path:
 def cmd_report(args) -> int:
     from evaluator.report import html
 
-    print(html.build(_run_path(args.run_id, args.reports), _constraints(args)))
+    import json
+
+    path = _run_path(args.run_id, args.reports)
+    stored = json.loads((path / "run.json").read_text()).get("guide")
+    print(html.build(path, _constraints(args, stored)))
     return 0
 
 

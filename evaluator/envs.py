@@ -30,7 +30,7 @@ def python_for(backend: Backend, log=print) -> Path:
     venv = VENVS / backend.name
     python = venv / "bin" / "python"
     stamp = venv / ".requirements.sha256"
-    build_env = {k: str(v) for k, v in backend.build_env.get(platform.machine(), {}).items()}
+    build_env = build_flags(backend)
     # The stamp covers the build flags and the post_install script too: changing either rebuilds.
     post = backend.post_install.read_bytes() if backend.post_install else b""
     want = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(build_env.items())).encode() + post).hexdigest()

@@ -1,6 +1,7 @@
-"""Preflight checks that touch the world, made before any runner starts: a remote target's
-host answers over SSH (batch mode: no password prompt, host keys checked), and there is disk
-for the run's results and derived artifacts. Each failure is one line for the user."""
+"""Preflight checks that touch the world, made before any runner starts: a Docker target's
+engine answers, a remote target's host answers over SSH (batch mode: no password prompt, host
+keys checked), and there is disk for the run's results and derived artifacts. Each failure is
+one line for the user."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,12 +12,20 @@ MIN_FREE_BYTES = 1 << 30  # results, logs and an artifact or two of a small mode
 
 
 def reachable(target) -> None:
+    from evaluator.launch.docker import SOCKET, DockerEngine
+
+    if target.transport == "docker":
+        answer = DockerEngine().run("version", "--format", "{{.Server.Version}}")
+        if answer.returncode != 0:
+            raise UserError(f"target {target.name}: this machine's Docker engine does not answer on {SOCKET} "
+                            f"(start it with docker/dockerd.sh, or set DEPLOY_EVAL_DOCKER_SOCK)")
+        return
     if target.transport != "ssh-docker" or not target.host:
         return
-    host = target.host.removeprefix("ssh://")
+    engine = DockerEngine(target)  # the same ssh command line every later step uses
+    host = engine.host
     try:
-        proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "StrictHostKeyChecking=yes",
-                               *target.ssh_options, host, "docker version --format '{{.Server.Version}}'"],
+        proc = subprocess.run(engine.ssh("docker version --format '{{.Server.Version}}'", connect_timeout_s=5),
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"target {target.name}: cannot reach {host} over SSH: {exc}") from None

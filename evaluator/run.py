@@ -20,7 +20,6 @@ import json
 import platform
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from evaluator import envs, preflight, provenance, store
 from evaluator.catalog import backends as backend_catalog
@@ -88,6 +87,11 @@ def _unsupported(model: models.Model, backend: Backend, variant: Variant, target
     return variant.unsupported_reason(target.device)
 
 
+def _model_format(backend: Backend, model: models.Model) -> str:
+    """The first format the backend reads that the model has (planning made sure there is one)."""
+    return next(f for f in backend.formats if model.artifact(f))
+
+
 def _fits(model: models.Model, variant: Variant, target: Target, scenario) -> str | None:
     """Preflight: weights + KV cache against the target's memory, before any runner starts."""
     tokens = getattr(scenario, "prompt_tokens", 0) + getattr(scenario, "new_tokens", 0)
@@ -131,11 +135,10 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
-    fmt = next(f for f in cell.backend.formats if model.artifact(f))
+    fmt = _model_format(cell.backend, model)
     options = dict(cell.options, device=cell.target.device)
-    where = getattr(runner, "container_path", str)  # a container sees the host's files through its mounts
-    spec = {"path": where(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
-            "artifact_cache": where(getattr(runner, "artifact_cache", store.ARTIFACTS))}
+    spec = {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
+            "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS)}
     try:
         result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:
@@ -211,16 +214,10 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     in_docker = cell.target.transport in ("docker", "ssh-docker")
     try:
         if in_docker:
-            engine = docker.DockerEngine(cell.target)
-            image = docker.ensure_image(cell.backend, docker.base_image(cell.target), docker.ARCH[cell.target.arch],
-                                        engine, log=log)
-            base["image"] = image
-            fmt = next(f for f in cell.backend.formats if model.artifact(f))
-            folder = model.artifact(fmt) if model.artifact(fmt).is_dir() else model.artifact(fmt).parent
-            mounts = [(folder, docker.ship_model(engine, folder, model_info["sha256"], log), "/model", False)]
-            cache = docker.artifact_cache(engine, store.ARTIFACTS, cell.target.arch)
-            mounts.append((Path(cache) if not engine.remote else store.ARTIFACTS / "remote", cache, "/artifacts", True))
-            python = None
+            artifact = model.artifact(_model_format(cell.backend, model))
+            placement = docker.prepare(cell.backend, cell.target, artifact if artifact.is_dir() else artifact.parent,
+                                       model_info["sha256"], store.ARTIFACTS, log=log)
+            base["image"] = placement.image
         else:
             python = envs.python_for(cell.backend, log=log)
     except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
@@ -230,8 +227,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     runner = None
     try:
         if in_docker:
-            runner = docker.start(cell.backend, image, cell.target, mounts, log_path, cell.id, deadlines.startup_s)
-            runner.artifact_cache = mounts[1][0]
+            runner = docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
         else:
             runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
@@ -248,7 +244,8 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         if runner:
             runner.close()
     out = dict(base, status=status, reason=reason, log_tail=tail,
-               environment=f"image {image['tag']} ({image['id']})" if in_docker else envs.describe(python),
+               environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
+                            else envs.describe(python)),
                wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "ok":
         raw = measured.pop("raw", None)

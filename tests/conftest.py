@@ -38,3 +38,19 @@ def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=REPO, capture_output=True,
                           text=True, env=full_env, timeout=timeout)
+
+
+def docker_script(name: str, *args: str) -> None:
+    """Run one of docker/*.sh (start the engine, build a base, register qemu); fail the test with its stderr."""
+    proc = subprocess.run(["bash", str(REPO / "docker" / name), *args], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """deploy-eval's own Docker engine, running, with the offline base for this machine."""
+    from evaluator.launch import docker
+
+    docker_script("dockerd.sh")
+    docker_script("base.sh")
+    return docker.DockerEngine()

@@ -6,11 +6,10 @@ Slow (minutes: the arm64 debootstrap and the cross-compile, once), so run on dem
     just test -m slow tests/test_arm64.py
 It needs Debian's qemu-user-static, g++-aarch64-linux-gnu, docker.io and debootstrap."""
 import shutil
-import subprocess
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import docker_script, run_cli
 from tests.test_eval import cells, run_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -20,8 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 def test_llamacpp_runs_stories260k_in_an_arm64_image_under_emulation(tmp_path):
     for script, args in (("dockerd.sh", []), ("qemu.sh", []), ("base.sh", ["arm64"])):
-        proc = subprocess.run(["bash", str(REPO / "docker" / script), *args], capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        docker_script(script, *args)
     proc = run_cli("eval", "stories260k", "--targets", "docker-arm64,local", "--backends", "llamacpp", "--variants", "f32,q8_0",
                    "--scenarios", "latency,quality", "--limit", "20", "--ppl-tokens", "2000", "--min-iterations", "3",
                    "--min-duration", "0", "--max-cv", "1e9", "--reference", "llamacpp:f32", "--reports", str(tmp_path),

@@ -3,7 +3,6 @@ base image (docker/base.sh), each backend in its own image, runners as `docker r
 .ci/run installs Debian's docker.io and debootstrap; without them these tests say why and skip."""
 import json
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -18,12 +17,8 @@ FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-
 
 
 @pytest.fixture(scope="module")
-def engine():
-    for script in ("dockerd.sh", "base.sh"):
-        proc = subprocess.run(["bash", str(REPO / "docker" / script)], capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    from evaluator.launch import docker
-    return docker.DockerEngine()
+def engine(docker_engine):
+    return docker_engine
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +70,15 @@ def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root
 
     backend = backends.discover()[0]["null"]
     target = targets.resolve(["docker-local"])[0]
-    image = docker.ensure_image(backend, docker.base_image(target), docker.ARCH[target.arch], engine)
     model = REPO / "data" / "stories260k" / "hf"
-    runner = docker.start(backend, image, target, [(model, str(model), "/model", False)], tmp_path / "log", "probe", 60)
+    placement = docker.prepare(backend, target, model, "probe", tmp_path / "cache")
+    runner = docker.start(placement, target, tmp_path / "log", "probe", 60)
     try:
         inspect = json.loads(engine.run("inspect", runner.name).stdout)[0]
         assert inspect["HostConfig"]["NetworkMode"] == "none"
         assert inspect["Config"]["User"] == "1000:1000"
         (mount,) = [m for m in inspect["Mounts"] if m["Destination"] == "/model"]
         assert mount["RW"] is False
-        assert runner.container_path(model / "config.json") == "/model/config.json"
+        assert runner.see(model / "config.json") == "/model/config.json"
     finally:
         runner.close()

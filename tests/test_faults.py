@@ -138,3 +138,11 @@ def test_an_unreachable_remote_host_is_refused_before_anything_runs(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "target far: nobody@127.0.0.1 is unreachable over SSH" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_docker_target_whose_engine_does_not_answer_is_refused_before_anything_runs(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--targets", "docker-local", "--reports", str(tmp_path / "r"),
+                   env={"DEPLOY_EVAL_DOCKER_SOCK": str(tmp_path / "no-engine.sock")})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "this machine's Docker engine does not answer" in proc.stderr and "docker/dockerd.sh" in proc.stderr
+    assert not (tmp_path / "r").exists()

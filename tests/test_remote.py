@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import run_cli
 from tests.test_eval import cells, run_folder
 
 SSHD = Path("/usr/sbin/sshd")
@@ -20,11 +20,8 @@ FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, docker_engine):
     """sshd on 127.0.0.1:2222 with fresh host and client keys; a targets file naming it."""
-    for script in ("dockerd.sh", "base.sh"):
-        proc = subprocess.run(["bash", str(REPO / "docker" / script)], capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
     d = tmp_path_factory.mktemp("ssh")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator import envs
@@ -55,8 +56,9 @@ class DockerEngine:
         self.host = target.host.removeprefix("ssh://") if self.remote else None
         self.ssh_options = list(target.ssh_options) if self.remote else []
 
-    def ssh(self, command: str) -> list[str]:
-        return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", *self.ssh_options, self.host, command]
+    def ssh(self, command: str, connect_timeout_s: int | None = None) -> list[str]:
+        wait = ["-o", f"ConnectTimeout={connect_timeout_s}"] if connect_timeout_s else []
+        return ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", *wait, *self.ssh_options, self.host, command]
 
     def argv(self, *args: str) -> list[str]:
         if self.remote:
@@ -100,6 +102,7 @@ def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, log=pri
             raise ImageFailed(str(exc)) from None
         shutil.copytree(house, ctx / "wheels", dirs_exist_ok=True)
         (ctx / "wheels" / "ENGINE_ONLY").write_text(" ".join(backend.engine_packages) + "\n")
+        (ctx / "wheels" / "WHEELHOUSE").write_text(house.name + "\n")  # its name carries the flags' hash
         return
     house = None if foreign else envs.wheelhouse(backend, log=log)  # a remote machine of another kind builds its own
     if house:  # compiled once on this machine, shared with the backend's local environment
@@ -190,20 +193,39 @@ def artifact_cache(engine: DockerEngine, local_root: Path, arch: str) -> str:
     return path
 
 
+@dataclass(frozen=True)
+class Placement:
+    """What a container of this backend needs on its engine: the image, and where the model
+    folder and the artifact cache are on the engine's machine."""
+    backend: Backend
+    image: dict
+    model_host: Path      # the model's folder on this machine
+    model_engine: str     # the same folder on the engine's machine (a remote copy, or itself)
+    cache_engine: str     # the artifact cache on the engine's machine
+
+
+def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
+    """The image built (or found), the model shipped (or found), the artifact cache made."""
+    engine = DockerEngine(target)
+    image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, log=log)
+    return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, log),
+                     artifact_cache(engine, local_cache, target.arch))
+
+
 class ContainerRunner(RunnerProcess):
     """A RunnerProcess whose process is `docker run -i` (or `ssh host docker run -i`): killed
-    by container name, and whose host paths are translated through the container's mounts."""
+    by container name; the model folder is /model inside, the artifact cache /artifacts."""
+    artifact_cache = "/artifacts"
 
-    def __init__(self, engine: DockerEngine, name: str, mounts: list[tuple], *args, **kwargs):
-        self.engine, self.name, self.mounts = engine, name, mounts
+    def __init__(self, engine: DockerEngine, name: str, model_host: Path, *args, **kwargs):
+        self.engine, self.name, self.model_host = engine, name, model_host
         super().__init__(*args, **kwargs)
 
-    def container_path(self, path: Path) -> str:
-        for host_path, _, inside, _ in self.mounts:
-            if path == host_path:
-                return inside
-            if host_path in path.parents:
-                return f"{inside}/{path.relative_to(host_path)}"
+    def see(self, path: Path) -> str:
+        if path == self.model_host:
+            return "/model"
+        if self.model_host in path.parents:
+            return f"/model/{path.relative_to(self.model_host)}"
         raise ValueError(f"{path} is not mounted into container {self.name}")
 
     def oom_killed(self) -> bool:
@@ -226,16 +248,15 @@ class ContainerRunner(RunnerProcess):
         self.engine.run("rm", "-f", self.name)
 
 
-def start(backend: Backend, image: dict, target, mounts: list[tuple], log_path: Path, cell_id: str,
-          startup_timeout_s: float) -> ContainerRunner:
-    """mounts: (host path, path on the engine's machine, path in the container, writable)."""
+def start(placement: Placement, target, log_path: Path, cell_id: str, startup_timeout_s: float) -> ContainerRunner:
+    """`docker run -i` of the backend's image: no network, the model read-only, user 1000."""
     engine = DockerEngine(target)
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
     args = ["run", "-i", "--name", name, "--network", "none", "--user", RUNNER_UID,
-            "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1"]  # exec: inductor loads the kernels it compiles there
-    for _, on_engine, inside, writable in mounts:
-        args += ["-v", f"{on_engine}:{inside}:{'rw' if writable else 'ro'}"]
+            "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1",  # exec: inductor loads its kernels from there
+            "-v", f"{placement.model_engine}:/model:ro", "-v", f"{placement.cache_engine}:/artifacts:rw"]
     if target.accelerator == "cuda":
         args += ["--gpus", "all"]
-    args.append(image["tag"])
-    return ContainerRunner(engine, name, mounts, engine.argv(*args), log_path, startup_timeout_s=startup_timeout_s)
+    args.append(placement.image["tag"])
+    return ContainerRunner(engine, name, placement.model_host, engine.argv(*args), log_path,
+                           startup_timeout_s=startup_timeout_s)

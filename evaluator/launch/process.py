@@ -30,6 +30,13 @@ class RunnerFailure(Exception):
 
 
 class RunnerProcess:
+    # Where the runner writes what it derives from models; None: the evaluator's own cache.
+    artifact_cache: str | None = None
+
+    def see(self, path: Path) -> str:
+        """A host path as the runner sees it (a container overrides this: its mounts)."""
+        return str(path)
+
     def __init__(self, argv: list[str], log_path: Path, env: dict | None = None, cwd: Path | None = None,
                  startup_timeout_s: float = 120.0):
         self.log_path = log_path
