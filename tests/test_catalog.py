@@ -77,6 +77,7 @@ def test_targets_describe_remote_devices():
     assert (rtx.arch, rtx.device, rtx.memory_gb, rtx.memory_bandwidth_gbs) == ("x86_64", "cuda", 24, 936)
     assert (rpi.arch, rpi.device, rpi.memory_gb) == ("aarch64", "cpu", 8)
     assert local.transport == "local" and local.memory_gb > 1
+    assert rtx.base_image == rpi.base_image == "python:3.11-slim-bookworm" and local.base_image == ""
 
 
 @pytest.mark.parametrize("text, words", [
@@ -84,6 +85,7 @@ def test_targets_describe_remote_devices():
     ('[box]\ntransport = "telnet"\n', "transport 'telnet'"),
     ('[box]\ntransport = "ssh-docker"\narch = "mips"\nmemory_gb = 8\n', "arch 'mips'"),
     ('[box]\ntransport = "ssh-docker"\narch = "aarch64"\n', "memory_gb must be a number"),
+    ('[box]\ntransport = "docker"\nbase_image = 3\n', "base_image must be an image name"),
     ('[box\n', "not valid TOML"),
 ])
 def test_user_targets_file_is_checked(tmp_path, monkeypatch, text, words):

@@ -72,6 +72,10 @@ class OrtEngine(Engine):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = None
         provider = PROVIDERS[self.provider]
+        if self.provider != "cpu" and hasattr(ort, "preload_dlls"):
+            # CUDA and cuDNN from the nvidia-* pip packages (PyPI's CUDA torch brings them), so
+            # the image needs no CUDA base; libraries already loaded or on the system path win.
+            ort.preload_dlls()
         if self.provider == "tensorrt":  # TensorRT builds an engine per shape profile: cache it beside the export
             provider = (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": art["path"] + "-trt-engines",
                                    "trt_fp16_enable": precision == "fp16"})

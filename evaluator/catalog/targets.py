@@ -13,7 +13,7 @@ from evaluator.errors import UserError, check_keys, unknown
 BUILTIN = Path(__file__).with_name("targets.toml")
 USER_FILE = Path(os.environ.get("DEPLOY_EVAL_TARGETS", "~/.config/deploy-eval/targets.toml")).expanduser()
 KEYS = {"description", "transport", "host", "arch", "accelerator", "gpu", "memory_gb", "memory_bandwidth_gbs",
-        "ssh_options"}
+        "ssh_options", "base_image"}
 TRANSPORTS = ("local", "docker", "ssh-docker")
 ARCHS = ("x86_64", "aarch64")
 ACCELERATORS = ("none", "cuda")
@@ -31,6 +31,7 @@ class Target:
     memory_gb: float
     memory_bandwidth_gbs: float | None
     ssh_options: tuple = ()  # extra ssh arguments for ssh-docker, e.g. ["-p", "2222", "-i", "~/.ssh/lab"]
+    base_image: str = ""     # what every backend image builds on there; "" = docker/base.sh's offline base
 
     @property
     def device(self) -> str:
@@ -81,8 +82,11 @@ def _parse(name: str, entry: dict, where: str) -> Target:
     ssh_options = entry.get("ssh_options", [])
     if not isinstance(ssh_options, list) or not all(isinstance(o, str) for o in ssh_options):
         raise UserError(f"{where} [{name}]: ssh_options must be a list of strings, e.g. [\"-p\", \"2222\"]")
+    base = entry.get("base_image", "")
+    if not isinstance(base, str):
+        raise UserError(f"{where} [{name}]: base_image must be an image name, e.g. \"python:3.11-slim-bookworm\"")
     return Target(name, entry.get("description", ""), transport, entry.get("host", ""), arch, accelerator,
-                  gpu, float(memory), entry.get("memory_bandwidth_gbs"), tuple(ssh_options))
+                  gpu, float(memory), entry.get("memory_bandwidth_gbs"), tuple(ssh_options), base)
 
 
 def _read(path: Path) -> dict:

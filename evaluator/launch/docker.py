@@ -3,11 +3,14 @@ this machine's engine (`docker`), or `ssh host docker run -i` on a remote one (`
 
 Images are built from the backend's own Dockerfile (`[image] dockerfile` in its manifest) over
 a build context staged here: the runner library, the backend's folder, this machine's CA
-bundle (pip inside a build verifies TLS with it: PIP_CERT) and, for backends that pin torch,
-the CPU wheel from pip's local index (PyPI's torch inside an image is the CUDA build). The base
-image is a build argument (docker/base.sh makes one offline). An image is tagged by the content
-hash of everything that went into it, so an unchanged backend is never rebuilt, and its image
-ID is recorded in every result.
+bundle (pip inside a build verifies TLS with it: PIP_CERT) and what pip needs that PyPI would
+get wrong. Which torch: PyPI's is the CUDA build (CUDA runtime included), right for a GPU
+target; a CPU target gets this machine's CPU wheel, or, on another architecture, PyTorch's CPU
+index (build arg TORCH_INDEX). What compiles (llama.cpp) comes as this machine's wheelhouse
+for an image run here; a remote engine compiles it natively for its own CPU. The base image is
+a build argument (docker/base.sh makes one offline). An image is tagged by the content hash of
+everything that went into it, so an unchanged backend is never rebuilt, and its image ID is
+recorded in every result.
 
 A measurement container runs with no network, the model mounted read-only, a non-root user,
 and a name per cell, so a deadline kills it by name (`docker kill`), not just the client; an
@@ -37,6 +40,7 @@ CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 RUNNER_UID = "1000:1000"
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # target arch -> Docker platform
 REMOTE_CACHE = "/var/tmp/deploy-eval"  # on a remote target: models by content hash, artifacts
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch's CPU wheels for every architecture
 
 
 class ImageFailed(Exception):
@@ -73,12 +77,16 @@ class DockerEngine:
 
 
 def base_image(target) -> str:
-    """The image every backend image builds on: $DEPLOY_EVAL_BASE_IMAGE (a python or CUDA
-    image from the user's registry), else the offline Debian base docker/base.sh makes."""
-    return os.environ.get("DEPLOY_EVAL_BASE_IMAGE") or f"deploy-eval/base:bookworm-{ARCH[target.arch]}"
+    """The image every backend image builds on: $DEPLOY_EVAL_BASE_IMAGE, else the target's
+    base_image (a Debian-like python image from its registry), else the offline Debian base
+    docker/base.sh makes. Backends bring their own CUDA libraries as pip packages, so a GPU
+    target needs no CUDA base: the driver comes from the host (--gpus)."""
+    return (os.environ.get("DEPLOY_EVAL_BASE_IMAGE") or target.base_image
+            or f"deploy-eval/base:bookworm-{ARCH[target.arch]}")
 
 
-def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, log=print) -> None:
+def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, cuda: bool, log=print) -> dict:
+    """Stage the build context in ctx; return the build args it needs besides BASE."""
     (ctx / "evaluator").mkdir(parents=True)
     shutil.copy(REPO / "evaluator" / "__init__.py", ctx / "evaluator" / "__init__.py")
     shutil.copytree(REPO / "evaluator" / "runner", ctx / "evaluator" / "runner",
@@ -103,18 +111,25 @@ def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, log=pri
         shutil.copytree(house, ctx / "wheels", dirs_exist_ok=True)
         (ctx / "wheels" / "ENGINE_ONLY").write_text(" ".join(backend.engine_packages) + "\n")
         (ctx / "wheels" / "WHEELHOUSE").write_text(house.name + "\n")  # its name carries the flags' hash
-        return
-    house = None if foreign else envs.wheelhouse(backend, log=log)  # a remote machine of another kind builds its own
+        return {}
+    # This machine's wheelhouse is compiled for this machine's CPU (the manifest's flags): a
+    # remote engine compiles for its own instead, once, in the image build.
+    house = None if remote else envs.wheelhouse(backend, log=log)
     if house:  # compiled once on this machine, shared with the backend's local environment
         shutil.copytree(house, ctx / "wheels", dirs_exist_ok=True)
         (ctx / "wheels" / "WHEELHOUSE").write_text(house.name + "\n")  # its name carries the build flags' hash
-    elif pinned and not foreign:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
+        return {}
+    if not pinned or cuda:  # a GPU target takes PyPI's torch: the CUDA build, its runtime libraries included
+        return {}
+    if not foreign:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
         subprocess.run(["pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d", str(ctx / "wheels")],
                        check=True, capture_output=True)
+        return {}
+    return {"TORCH_INDEX": TORCH_CPU_INDEX}  # another architecture's CPU wheel, fetched by its own engine
 
 
-def _content_hash(ctx: Path, base: str, arch: str) -> str:
-    h = hashlib.sha256(f"{base}\0{arch}\0".encode())
+def _content_hash(ctx: Path, base: str, arch: str, args: dict) -> str:
+    h = hashlib.sha256(f"{base}\0{arch}\0".encode() + (f"{sorted(args.items())}\0".encode() if args else b""))
     for path in sorted(p for p in ctx.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(ctx)).encode() + b"\0")
         if path.suffix == ".whl":  # a wheel is named by its version: its name is its content
@@ -123,19 +138,19 @@ def _content_hash(ctx: Path, base: str, arch: str) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, log=print) -> dict:
+def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, cuda: bool = False, log=print) -> dict:
     """Build the backend's image on the target's engine unless one with the same content hash
     is there; return {"tag", "id", "built_s", "reused"}. The context goes to the engine as a
     tar stream (`docker build -`), so a remote engine needs none of this machine's files."""
     if not backend.dockerfile:
         raise ImageFailed(f"{backend.name} has no [image] dockerfile in its manifest")
-    failed_before = _FAILED_BUILDS.get((backend.name, base, arch, engine.host))
+    failed_before = _FAILED_BUILDS.get((backend.name, base, arch, cuda, engine.host))
     if failed_before:  # once per run: the next cell of the same backend would only fail the same way
         raise ImageFailed(failed_before)
     with tempfile.TemporaryDirectory(prefix=f"deploy-eval-{backend.name}-") as tmp:
         ctx = Path(tmp)
-        _stage_context(backend, ctx, arch, engine.remote, log)
-        tag = f"deploy-eval/{backend.name}:{_content_hash(ctx, base, arch)}-{arch}"
+        args = _stage_context(backend, ctx, arch, engine.remote, cuda, log)
+        tag = f"deploy-eval/{backend.name}:{_content_hash(ctx, base, arch, args)}-{arch}{'-cuda' if cuda else ''}"
         found = engine.run("image", "inspect", "-f", "{{.Id}}", tag)
         if found.returncode == 0:
             return {"tag": tag, "id": found.stdout.strip(), "built_s": 0.0, "reused": True}
@@ -143,15 +158,16 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, l
         t0 = time.monotonic()
         dockerfile = f"backends/{backend.name}/{backend.dockerfile.name}"
         tar = subprocess.Popen(["tar", "-C", str(ctx), "-c", "."], stdout=subprocess.PIPE)
+        build_args = [a for k, v in {"BASE": base, **args}.items() for a in ("--build-arg", f"{k}={v}")]
         build = subprocess.run(engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
-                                           "--build-arg", f"BASE={base}", "-f", dockerfile, "-t", tag, "-"),
+                                           *build_args, "-f", dockerfile, "-t", tag, "-"),
                                stdin=tar.stdout, capture_output=True, text=True)
         tar.stdout.close()
         tar.wait()
         if build.returncode != 0:
             lines = [l for l in (build.stdout + build.stderr).strip().splitlines()
                      if l.strip() and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
-            _FAILED_BUILDS[(backend.name, base, arch, engine.host)] = why = f"building {tag} failed: {' | '.join(lines[-6:])}"
+            _FAILED_BUILDS[(backend.name, base, arch, cuda, engine.host)] = why = f"building {tag} failed: {' | '.join(lines[-6:])}"
             raise ImageFailed(why)
         image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
@@ -207,7 +223,7 @@ class Placement:
 def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
     """The image built (or found), the model shipped (or found), the artifact cache made."""
     engine = DockerEngine(target)
-    image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, log=log)
+    image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
     return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, log),
                      artifact_cache(engine, local_cache, target.arch))
 
