@@ -82,3 +82,16 @@ def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root
         assert runner.see(model / "config.json") == "/model/config.json"
     finally:
         runner.close()
+
+
+@pytest.mark.slow
+def test_vllm_in_its_image_gives_the_same_tokens_as_a_local_process(engine, tmp_path):
+    """vLLM's CPU build in its image (4.3 GB: 2-4 minutes to build, once). On demand: just test -m slow.
+    stories260k's 8-wide heads are below vLLM's CPU kernels' smallest, so a synthetic Llama."""
+    proc = run_cli("eval", "synthetic-tiny", "--targets", "docker-local,local", "--backends", "vllm", "--variants", "fp32",
+                   "--scenarios", "latency", "--reports", str(tmp_path), *FAST[:-4], timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {c["target"]["name"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
+    d, local = results["docker-local"], results["local"]
+    assert d["status"] == local["status"] == "ok" and d["image"]["tag"].startswith("deploy-eval/vllm:")
+    assert d["check"]["tokens"] == local["check"]["tokens"] and d["output_tokens"] == local["output_tokens"]

@@ -87,3 +87,19 @@ def test_an_unknown_host_key_is_refused_in_batch_mode(lab, tmp_path):
     proc = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "null", "--reports", str(tmp_path / "r"),
                    env={"DEPLOY_EVAL_TARGETS": str(targets)})
     assert proc.returncode == 2 and "unreachable over SSH" in proc.stderr and "Host key verification failed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_remote_engine_compiles_llama_cpp_for_its_own_cpu(lab, docker_engine, tmp_path):
+    """This machine's wheelhouse is built for this CPU: a remote engine gets none and compiles
+    llama.cpp natively in its own image build (minutes, once). On demand: just test -m slow."""
+    proc = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "llamacpp", "--variants", "f32",
+                   "--scenarios", "latency", "--reports", str(tmp_path), *FAST,
+                   env={"DEPLOY_EVAL_TARGETS": str(lab["targets"])}, timeout=3000)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lat = next(iter(cells(run_folder(proc.stderr, tmp_path)).values()))
+    assert lat["status"] == "ok" and lat["target"]["transport"] == "ssh-docker"
+    assert lat["check"]["matches_reference"] is True, "f32 reproduces the published greedy text"
+    # built by the native branch of its Dockerfile (the one that installs a compiler), not from a wheelhouse
+    compiler = docker_engine.run("run", "--rm", "--entrypoint", "sh", lat["image"]["tag"], "-c", "command -v g++")
+    assert compiler.returncode == 0, f"{lat['image']['tag']} was not built by compiling llama.cpp"
