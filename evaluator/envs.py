@@ -94,7 +94,7 @@ def wheelhouse(backend: Backend, log=print) -> Path | None:
         for wheel in tmp.glob(f"*-linux_{platform.machine()}.whl"):
             name, version = wheel.name.split("-")[:2]
             step = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-                    "--no-binary", ":all:", f"{name}=={version}", "-d", str(tmp / "sdists")]
+                    "--no-binary", name, f"{name}=={version}", "-d", str(tmp / "sdists")]  # not :all:: build deps stay wheels
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise EnvironmentFailed(f"fetching the sources of {name} {version} failed: see {logfile}")

@@ -76,6 +76,25 @@ def test_a_run_over_ssh_measures_in_the_remote_engine_and_brings_results_home(la
     assert again.returncode == 0 and "copying" not in again.stderr
 
 
+def test_each_format_of_a_model_reaches_the_target_on_its_own(lab, monkeypatch):
+    """One model, one content hash, several artifacts (the HF folder, the GGUF file's folder):
+    a GGUF runner must find its file on the target even after the HF folder was shipped."""
+    from evaluator.catalog import models, targets
+    from evaluator.launch import docker
+
+    monkeypatch.setattr(targets, "USER_FILE", lab["targets"])
+    engine = docker.DockerEngine(targets.resolve(["lab"])[0])
+    model = models.resolve("stories260k")
+    shipped = {}
+    for fmt in ("hf", "gguf"):
+        artifact = model.artifact(fmt)
+        folder = artifact if artifact.is_dir() else artifact.parent  # as evaluator/run.py ships it
+        shipped[fmt] = docker.ship_model(engine, folder, "f" * 64, log=lambda m: None)
+        found = subprocess.run(engine.ssh(f"test -e {shipped[fmt]}/{artifact.relative_to(folder)}"))
+        assert found.returncode == 0, f"{fmt}: {artifact.name} is not in {shipped[fmt]} on the target"
+    assert shipped["hf"] != shipped["gguf"]
+
+
 def test_an_unknown_host_key_is_refused_in_batch_mode(lab, tmp_path):
     targets = tmp_path / "targets.toml"
     options = [o for o in lab["options"] if not o.startswith("UserKnownHostsFile")][:-1]
@@ -90,6 +109,7 @@ def test_an_unknown_host_key_is_refused_in_batch_mode(lab, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_a_remote_engine_compiles_llama_cpp_for_its_own_cpu(lab, docker_engine, tmp_path):
     """This machine's wheelhouse is built for this CPU: a remote engine gets none and compiles
     llama.cpp natively in its own image build (minutes, once). On demand: just test -m slow."""

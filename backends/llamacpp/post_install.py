@@ -23,7 +23,9 @@ with tempfile.TemporaryDirectory() as tmp:
     if os.path.isfile(shipped):
         sdist = shipped
     else:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+        # --no-binary for this package only: pip still builds the sdist's metadata, and with
+        # :all: its build requirements (cmake among them) would be compiled from source too.
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-python",
                         f"llama-cpp-python=={version}", "-d", tmp], check=True)
         (sdist,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar.gz")]
     prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"

@@ -21,6 +21,7 @@ results come home over the runner's own stdout.
 import hashlib
 import os
 import platform
+import re
 import secrets
 import shlex
 import shutil
@@ -175,11 +176,12 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
 
 def ship_model(engine: DockerEngine, folder: Path, sha256: str, log=print) -> str:
     """The model's folder as the target's engine sees it: this machine's own path locally; on
-    a remote target a copy under REMOTE_CACHE/models/<hash>, sent once (tar over SSH, renamed
-    into place when complete, so an interrupted copy is never used)."""
+    a remote target a copy under REMOTE_CACHE/models/<model hash>/<folder>, sent once (tar over
+    SSH, renamed into place when complete, so an interrupted copy is never used). The folder's
+    name is part of the key: one model has several (hf/, gguf/), each shipped on its own."""
     if not engine.remote:
         return str(folder)
-    dest = f"{REMOTE_CACHE}/models/{sha256[:24]}"
+    dest = f"{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
     if subprocess.run(engine.ssh(f"test -f {dest}/.complete"), capture_output=True).returncode == 0:
         return dest
     log(f"copying {folder.name} to {engine.host}:{dest} (once)")
