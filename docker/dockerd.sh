@@ -9,16 +9,17 @@
 set -euo pipefail
 sock=${DEPLOY_EVAL_DOCKER_SOCK:-/run/deploy-eval/docker.sock}
 root=${DEPLOY_EVAL_DOCKER_ROOT:-/var/lib/deploy-eval-docker}
+run=$(dirname "$sock")  # its exec root, pid file and log beside the socket: two engines never share them
 if docker -H "unix://$sock" info >/dev/null 2>&1; then exit 0; fi
 command -v dockerd >/dev/null || { echo "dockerd is not installed (Debian: apt-get install docker.io)" >&2; exit 1; }
-mkdir -p "$(dirname "$sock")" "$root"
-nohup dockerd --host "unix://$sock" --data-root "$root" --exec-root /run/deploy-eval/exec \
-  --pidfile /run/deploy-eval/dockerd.pid --storage-driver overlay2 --iptables=false --bridge=none \
-  >/run/deploy-eval/dockerd.log 2>&1 &
+mkdir -p "$run" "$root"
+nohup dockerd --host "unix://$sock" --data-root "$root" --exec-root "$run/exec" \
+  --pidfile "$run/dockerd.pid" --storage-driver overlay2 --iptables=false --bridge=none \
+  >"$run/dockerd.log" 2>&1 &
 for _ in $(seq 120); do
   docker -H "unix://$sock" info >/dev/null 2>&1 && exit 0
   sleep 0.5
 done
-echo "dockerd did not answer on $sock within 60 s; its log: /run/deploy-eval/dockerd.log" >&2
-tail -5 /run/deploy-eval/dockerd.log >&2
+echo "dockerd did not answer on $sock within 60 s; its log: $run/dockerd.log" >&2
+tail -5 "$run/dockerd.log" >&2
 exit 1

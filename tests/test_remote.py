@@ -27,7 +27,7 @@ def lab(tmp_path_factory, docker_engine):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
     (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
     (d / "known_hosts").write_text(f"[127.0.0.1]:{PORT} " + (d / "host_key.pub").read_text())
-    sock = "/run/deploy-eval/docker.sock"
+    from evaluator.launch.docker import SOCKET as sock  # the engine docker/dockerd.sh started
     (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
 Port {PORT}
 HostKey {d / 'host_key'}
