@@ -5,6 +5,7 @@ Bad input ends in one line on stderr that says what is wrong and what is valid, 
 """
 import argparse
 import dataclasses
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,8 +140,6 @@ def parser() -> argparse.ArgumentParser:
 
 def _resumed(args) -> argparse.Namespace:
     """The arguments of the run being resumed, read back from its run.json."""
-    import json
-
     run_json = args.reports / args.resume / "run.json"
     if not run_json.is_file():
         from evaluator.errors import unknown
@@ -319,8 +318,6 @@ def _run_path(run_id: str, reports: Path) -> Path:
 
 def cmd_report(args) -> int:
     from evaluator.report import html
-
-    import json
 
     path = _run_path(args.run_id, args.reports)
     stored = json.loads((path / "run.json").read_text()).get("guide")

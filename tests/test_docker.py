@@ -95,3 +95,20 @@ def test_vllm_in_its_image_gives_the_same_tokens_as_a_local_process(engine, tmp_
     d, local = results["docker-local"], results["local"]
     assert d["status"] == local["status"] == "ok" and d["image"]["tag"].startswith("deploy-eval/vllm:")
     assert d["check"]["tokens"] == local["check"]["tokens"] and d["output_tokens"] == local["output_tokens"]
+
+
+def test_a_backend_is_placed_on_a_target_once_per_run(engine, tmp_path, monkeypatch):
+    from evaluator.catalog import backends, targets
+    from evaluator.launch import docker
+
+    backend = backends.discover()[0]["null"]
+    target = targets.resolve(["docker-local"])[0]
+    model = REPO / "data" / "stories260k" / "hf"
+    first = docker.prepare(backend, target, model, "once", tmp_path / "cache")
+
+    def staged_again(*args, **kwargs):
+        raise AssertionError("the second cell staged a build context again")
+
+    monkeypatch.setattr(docker, "_stage_context", staged_again)
+    again = docker.prepare(backend, target, model, "once", tmp_path / "cache")
+    assert again.image["id"] == first.image["id"] and again.image["reused"] is True and again.image["built_s"] == 0

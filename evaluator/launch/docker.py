@@ -26,9 +26,10 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluator import envs
@@ -46,9 +47,6 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch's CPU wheels f
 
 class ImageFailed(Exception):
     """An image could not be built, or a model could not reach the target."""
-
-
-_FAILED_BUILDS: dict[tuple, str] = {}  # (backend, base, arch, host) -> why, for the rest of this run
 
 
 class DockerEngine:
@@ -123,7 +121,7 @@ def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, cuda: b
     if not pinned or cuda:  # a GPU target takes PyPI's torch: the CUDA build, its runtime libraries included
         return {}
     if not foreign:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
-        subprocess.run(["pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d", str(ctx / "wheels")],
+        subprocess.run([sys.executable, "-m", "pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d", str(ctx / "wheels")],
                        check=True, capture_output=True)
         return {}
     return {"TORCH_INDEX": TORCH_CPU_INDEX}  # another architecture's CPU wheel, fetched by its own engine
@@ -145,9 +143,6 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
     tar stream (`docker build -`), so a remote engine needs none of this machine's files."""
     if not backend.dockerfile:
         raise ImageFailed(f"{backend.name} has no [image] dockerfile in its manifest")
-    failed_before = _FAILED_BUILDS.get((backend.name, base, arch, cuda, engine.host))
-    if failed_before:  # once per run: the next cell of the same backend would only fail the same way
-        raise ImageFailed(failed_before)
     with tempfile.TemporaryDirectory(prefix=f"deploy-eval-{backend.name}-") as tmp:
         ctx = Path(tmp)
         args = _stage_context(backend, ctx, arch, engine.remote, cuda, log)
@@ -168,8 +163,7 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         if build.returncode != 0:
             lines = [l for l in (build.stdout + build.stderr).strip().splitlines()
                      if l.strip() and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
-            _FAILED_BUILDS[(backend.name, base, arch, cuda, engine.host)] = why = f"building {tag} failed: {' | '.join(lines[-6:])}"
-            raise ImageFailed(why)
+            raise ImageFailed(f"building {tag} failed: {' | '.join(lines[-6:])}")
         image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
 
@@ -222,8 +216,28 @@ class Placement:
     cache_engine: str     # the artifact cache on the engine's machine
 
 
+_PREPARED: dict[tuple, "Placement | ImageFailed"] = {}  # this run's outcomes: once per backend, target and model
+
+
 def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
-    """The image built (or found), the model shipped (or found), the artifact cache made."""
+    """The image built (or found), the model shipped (or found), the artifact cache made: once
+    per run for each backend, target and model. Later cells reuse the outcome, a failure too
+    (they would only fail the same way), without staging a context or asking the engine again."""
+    key = (backend.name, target.name, str(model_folder), sha256)
+    if key not in _PREPARED:
+        try:
+            _PREPARED[key] = _prepare(backend, target, model_folder, sha256, local_cache, log)
+        except ImageFailed as exc:
+            _PREPARED[key] = exc
+            raise
+        return _PREPARED[key]
+    done = _PREPARED[key]
+    if isinstance(done, ImageFailed):
+        raise done
+    return replace(done, image=dict(done.image, built_s=0.0, reused=True))
+
+
+def _prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
     engine = DockerEngine(target)
     image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
     return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, log),
