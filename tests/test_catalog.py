@@ -97,6 +97,14 @@ def test_user_targets_file_is_checked(tmp_path, monkeypatch, text, words):
     assert words in str(exc.value)
 
 
+def test_a_targets_file_named_in_the_environment_must_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOY_EVAL_TARGETS", str(tmp_path / "nope.toml"))
+    monkeypatch.setattr(targets, "USER_FILE", tmp_path / "nope.toml")
+    with pytest.raises(UserError) as exc:
+        targets.resolve(["local"])
+    assert "DEPLOY_EVAL_TARGETS names" in str(exc.value) and "does not exist" in str(exc.value)
+
+
 MANIFEST = (REPO / "backends" / "null" / "backend.toml").read_text()
 
 

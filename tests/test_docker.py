@@ -112,3 +112,12 @@ def test_a_backend_is_placed_on_a_target_once_per_run(engine, tmp_path, monkeypa
     monkeypatch.setattr(docker, "_stage_context", staged_again)
     again = docker.prepare(backend, target, model, "once", tmp_path / "cache")
     assert again.image["id"] == first.image["id"] and again.image["reused"] is True and again.image["built_s"] == 0
+
+
+def test_an_image_that_cannot_be_built_fails_its_cells_with_the_builders_error(engine, tmp_path):
+    proc = run_cli("eval", "stories260k", "--targets", "docker-local", "--backends", "null", "--variants", "none",
+                   "--scenarios", "latency", "--reports", str(tmp_path), env={"DEPLOY_EVAL_BASE_IMAGE": "nonexistent/base:1"})
+    assert proc.returncode == 1
+    (result,) = cells(run_folder(proc.stderr, tmp_path)).values()
+    assert result["status"] == "failed-preflight" and result["reason"].startswith("building deploy-eval/null:")
+    assert "Step 1/" not in result["reason"] and "Sending build context" not in result["reason"], result["reason"]

@@ -98,6 +98,8 @@ def _read(path: Path) -> dict:
 
 def all_targets() -> dict[str, dict]:
     entries = _read(BUILTIN)
+    if "DEPLOY_EVAL_TARGETS" in os.environ and not USER_FILE.is_file():  # named, so meant: not silently skipped
+        raise UserError(f"DEPLOY_EVAL_TARGETS names {USER_FILE}, which does not exist")
     if USER_FILE.is_file():
         entries.update({k: dict(v, _file=str(USER_FILE)) for k, v in _read(USER_FILE).items()})
     return entries

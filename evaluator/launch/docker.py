@@ -161,8 +161,11 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         tar.stdout.close()
         tar.wait()
         if build.returncode != 0:
+            # The builder's own chatter (context size, "Step n/m", layer ids) hides the error.
+            chatter = ("Sending build context", "Step ", " ---> ", "Removing intermediate")
             lines = [l for l in (build.stdout + build.stderr).strip().splitlines()
-                     if l.strip() and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
+                     if l.strip() and not l.startswith(chatter)
+                     and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
             raise ImageFailed(f"building {tag} failed: {' | '.join(lines[-6:])}")
         image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
