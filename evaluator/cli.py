@@ -4,10 +4,8 @@ Bad input ends in one line on stderr that says what is wrong and what is valid, 
 `eval` exits 1 when any requested cell failed (unsupported cells are not failures).
 """
 import argparse
-import dataclasses
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from evaluator import store
@@ -31,6 +29,15 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _quality_items(text: str) -> str:
+    if text in ("auto", "all"):
+        return text
+    try:
+        return str(_positive_int(text))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, all or a positive number of items") from None
+
+
 def _batch_sizes(text: str) -> tuple:
     return tuple(_positive_int(t) for t in _csv(text))
 
@@ -45,8 +52,9 @@ def _guide_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("decision guide (which configuration to deploy on each target)")
     g.add_argument("--memory-budget", type=float, metavar="GB", help="memory a configuration may use (default: each target's memory)")
-    g.add_argument("--max-quality-loss", type=float, metavar="PCT", help="largest HellaSwag acc_norm drop or perplexity "
-                   f"rise against the reference, in percent (default: {Constraints.max_quality_loss_pct:g})")
+    g.add_argument("--max-quality-loss", type=float, metavar="PCT", help="the quality gate's allowed loss against the "
+                   "reference, in percent of it: HellaSwag acc_norm drop or perplexity rise. PASS when the whole 95%% "
+                   f"interval of the loss is within it (default: {Constraints.max_quality_loss_pct:g})")
     g.add_argument("--max-latency-ms", type=float, metavar="MS", help="p95 end-to-end latency objective at batch 1 (default: none)")
     g.add_argument("--objective", help=f"what the best configuration maximizes or minimizes: "
                    f"{', '.join(OBJECTIVES)} (default: {Constraints.objective})")
@@ -90,21 +98,27 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
     e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations, help="latency: at least this many timed requests (default: %(default)s)")
     e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
-    e.add_argument("--max-cv", type=float, default=100 * Latency.max_cv, metavar="PCT",
-                   help="latency: a cell whose end-to-end latency varies more than this (std/mean, %%) in each of "
-                        f"{Latency.max_attempts} timed loops is invalid (default: %(default)s)")
+    e.add_argument("--precision", type=float, default=100 * Latency.precision, metavar="PCT",
+                   help="timing: sample until the 95%% interval of every headline median is within this share of it "
+                        "(half-width, %%); a cell that cannot reach it within --max-time is invalid (default: %(default)g)")
+    e.add_argument("--max-time", type=float, default=Latency.max_time_s, metavar="S",
+                   help="timing: the cap on a latency loop, and on each batch size of the throughput sweep "
+                        f"({Throughput.max_time_s:g} s by default there), precision reached or not (default: %(default)g)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
     e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
     q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")
-    q.add_argument("--limit", type=_positive_int, help="HellaSwag: a seeded random subset of N items (default: all 10,042)")
-    q.add_argument("--seed", type=int, default=1234, help="seed of the --limit subset (default: %(default)s)")
+    q.add_argument("--quality-items", type=_quality_items, default="auto", metavar="auto|N|all",
+                   help="HellaSwag items, scored in a seeded random order: auto stops once every variant's verdict "
+                        "against the reference is known (or cannot be); N: the first N; all: 10,042 (default: %(default)s)")
+    q.add_argument("--limit", type=lambda t: str(_positive_int(t)), dest="quality_items", metavar="N", help="the same as --quality-items N")
+    q.add_argument("--seed", type=int, default=1234, help="seed of the HellaSwag order (default: %(default)s)")
     q.add_argument("--ppl-window", type=_positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
     q.add_argument("--ppl-stride", type=_positive_int, help="rolling perplexity stride (default: half the window)")
     q.add_argument("--ppl-tokens", type=_positive_int, help="score only the first N tokens of WikiText-2 test (default: all)")
     q.add_argument("--ppl-llamacpp", action="store_true", help="also perplexity as llama-perplexity -c 512 defines it (512-token chunks, second half scored)")
-    q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", help="BACKEND:VARIANT every variant is compared with (default: %(default)s)")
-    q.add_argument("--min-acc-norm-ratio", type=float, default=0.99, help="gate: HellaSwag acc_norm at least this share of the reference's (default: %(default)s)")
-    q.add_argument("--max-ppl-ratio", type=float, default=1.01, help="gate: perplexity at most this multiple of the reference's (default: %(default)s)")
+    q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", metavar="BACKEND:VARIANT[@TARGET]",
+                   help="what every variant's quality is compared with: on each target its own, or with @TARGET that "
+                        "target's for all (default: %(default)s)")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
@@ -155,7 +169,7 @@ def _resumed(args) -> argparse.Namespace:
 def cmd_eval(args) -> int:
     from tqdm import tqdm
 
-    from evaluator import run
+    from evaluator import evaluate, run
     from evaluator.measure import scenarios
     from evaluator.report import html
     from evaluator.score.quality import Quality
@@ -175,20 +189,23 @@ def cmd_eval(args) -> int:
     if unknown:
         from evaluator.errors import unknown as unknown_name
         raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS)
-    if args.max_cv <= 0:
-        raise UserError(f"--max-cv must be > 0 percent, got {args.max_cv:g}")
+    if args.precision <= 0:
+        raise UserError(f"--precision must be > 0 percent, got {args.precision:g}")
+    if args.max_time <= 0:
+        raise UserError(f"--max-time must be > 0 seconds, got {args.max_time:g}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if min(args.request_timeout, args.load_timeout, args.cell_timeout) <= 0:
         raise UserError("--request-timeout, --load-timeout and --cell-timeout must be > 0 seconds")
     deadlines = run.Deadlines(startup_s=args.load_timeout, load_s=args.load_timeout, request_s=args.request_timeout,
                               cell_s=args.cell_timeout)
-    common = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+    common = dict(prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, precision=args.precision / 100)
     chosen = {
-        "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations, max_cv=args.max_cv / 100,
-                                     min_duration_s=args.min_duration, **common),
-        "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes, **common),
-        "quality": Quality(hellaswag_limit=args.limit, seed=args.seed, ppl_window=args.ppl_window,
+        "latency": scenarios.Latency(warmup=args.warmup, min_iterations=args.min_iterations,
+                                     min_duration_s=args.min_duration, max_time_s=args.max_time, **common),
+        "throughput": scenarios.Throughput(batch_sizes=args.batch_sizes,
+                                           max_time_s=min(args.max_time, scenarios.Throughput.max_time_s), **common),
+        "quality": Quality(items=args.quality_items, seed=args.seed, ppl_window=args.ppl_window,
                            ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
     }
     if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):
@@ -197,78 +214,24 @@ def cmd_eval(args) -> int:
         raise UserError("--ppl-window must be at least 2 tokens")
     scenario_list = [chosen[s] for s in args.scenarios]
     constraints = _constraints(args)  # refused here, before anything runs
-    model, model_info, tok, cells, run_id, path, run_info = run.start_run(
-        args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list, args.reports,
-        args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
-    check = scenarios.Check(new_tokens=min(args.check_tokens, (tok.context_length or 10**9) - 1))
+    prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
+                         args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
+    check = scenarios.Check(new_tokens=min(args.check_tokens, (prep.tok.context_length or 10**9) - 1))
     if quality_left_out:
         print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",
               file=sys.stderr)
-    print(f"run {run_id}: {len(cells)} cells -> {path}", file=sys.stderr)
-    failed = []
-    bar = tqdm(total=len(cells), unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
+    print(f"run {prep.run_id}: {len(prep.cells)} cells -> {prep.path}", file=sys.stderr)
+    bar = tqdm(total=len(prep.cells), unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
 
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
-    refused = {}  # (backend, variant, target) -> why its runner refused the model: the same for every scenario
-
-    def run_one(cell):
-        bar.set_description(cell.id)
-        kept = run.finished(path, cell, model_info, check) if args.resume else None
-        if kept:
-            say(f"{kept['status']:>14}  {cell.id}  (kept from before the resume)")
-            bar.update()
-            return
-        same = (cell.backend.name, cell.variant.name, cell.target.name)
-        if same in refused and not cell.unsupported:
-            cell = dataclasses.replace(cell, unsupported=refused[same])
-        result = run.run_cell(cell, model, model_info, tok, path, run_id, check, deadlines,
-                              log=say, progress=lambda n: bar.set_postfix_str(f"{n}"))
-        store.write_json(path / "cells" / f"{cell.id}.json", result)
-        if result["status"] == "unsupported" and not cell.unsupported:
-            refused[same] = f"{result['reason']} (found loading {cell.id})"
-        line = f"{result['status']:>14}  {cell.id}"
-        artifact = (result.get("load") or {}).get("artifact")
-        for a in [*(artifact or {}).get("built_from", []), *([artifact] if artifact else [])]:
-            line += (f"  [artifact {a['kind']}: reused from cache]" if a["reused"]
-                     else f"  [artifact {a['kind']}: built in {a['build_s']:.1f} s, cached]")
-        if result["status"] in run.FAILED:
-            failed.append(result)
-            line += f"  ({result['reason']})"
-        elif result["status"] == "unsupported":
-            line += f"  ({result['reason'][:160]})"
-        elif result["status"] == "ok" and "check" in result and "matches_reference" in result["check"]:
-            line += "  greedy check: " + ("matches reference" if result["check"]["matches_reference"]
-                                          else f"differs from reference at char {result['check']['first_divergence_char']}")
-        elif result["status"] == "ok" and cell.scenario.name == "quality":
-            m = result["metrics"]
-            line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']} items), "
-                     f"perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
-        say(line)
-        bar.update()
-
-    # Machines run at the same time; on one machine (this one hosts both `local` and `docker`
-    # targets) cells run one after another so nothing disturbs another's measurement.
-    by_machine = {}
-    for cell in cells:
-        machine = cell.target.host if cell.target.transport == "ssh-docker" else "this machine"
-        by_machine.setdefault(machine, []).append(cell)
-    with ThreadPoolExecutor(max_workers=len(by_machine) or 1) as pool:
-        for done in [pool.submit(lambda cs: [run_one(c) for c in cs], cs) for cs in by_machine.values()]:
-            done.result()
+    failed = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100, bool(args.resume), say, bar)
     bar.close()
-    reference = tuple(run_info["reference"].split(":"))
-    for c in run.finish_quality(path, reference, args.min_acc_norm_ratio, args.max_ppl_ratio):
-        f, g = c["fidelity"], c["quality_gate"]
-        verdict = "passes the quality gate" if g["passed"] else "GATED: " + "; ".join(g["reasons"])
-        print(f"fidelity {c['backend']}.{c['variant']}@{c['target']['name']}: KL mean {f['kl_mean']:.2e} p99 {f['kl_p99']:.2e}, "
-              f"top-1 agreement {f['top1_agreement']:.4f}; {verdict}", file=sys.stderr)
-    run.store_guide(path, constraints.as_dict())
-    report = html.build(path)
-    print(f"report: {report}", file=sys.stderr)
+    run.store_guide(prep.path, constraints.as_dict())
+    print(f"report: {html.build(prep.path)}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(cells)} cells failed:", file=sys.stderr)
+        print(f"{len(failed)} of {len(prep.cells)} cells failed:", file=sys.stderr)
         for r in failed:
             print(f"  {r['cell_id']}: {r['status']}: {r['reason']}", file=sys.stderr)
         return 1
@@ -328,9 +291,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from evaluator.report import compare
 
-    _, cells_a = store.load_run(_run_path(args.run_a, args.reports))
-    _, cells_b = store.load_run(_run_path(args.run_b, args.reports))
-    rows, notes = compare.compare(cells_a, cells_b)
+    rows, notes = compare.compare(_run_path(args.run_a, args.reports), _run_path(args.run_b, args.reports))
     print(compare.format_rows(rows, notes, args.changed_only))
     return 0
 

@@ -30,7 +30,7 @@ from evaluator.errors import UserError
 from evaluator.launch import docker, local
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import bandwidth, fit, scenarios
-from evaluator.score import fidelity, quality
+from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
 
 STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
@@ -102,10 +102,10 @@ def _fits(model: models.Model, variant: Variant, target: Target, scenario) -> st
 
 
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
-         target_list: list[Target], scenario_list: list, reference: tuple[Backend, Variant] | None = None,
+         target_list: list[Target], scenario_list: list, reference: "Reference | None" = None,
          engine_options: tuple = ()) -> list[Cell]:
     """Every cell, in run order. With a quality scenario, the reference variant's quality cell
-    is added on each target when the selection left it out: fidelity needs it in the same run."""
+    is added on each target (or on the reference's own target) when the selection left it out."""
     cells = []
     for pattern in variant_patterns or []:
         if not any(fnmatch.fnmatchcase(v.name, pattern) for b in backends for v in b.variants):
@@ -120,8 +120,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
                     why = _unsupported(model, backend, variant, target) or _fits(model, variant, target, sc)
                     cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
-        if quality_sc and reference:
-            backend, variant = reference
+        if quality_sc and reference and reference.target in (None, target.name):
+            backend, variant = reference.backend, reference.variant
             cid = store.cell_id(model.name, backend.name, variant.name, target.name, quality_sc.name)
             if cid not in {c.id for c in cells}:
                 first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0
@@ -131,7 +131,7 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
 
 
 def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
-             deadlines: Deadlines, progress) -> dict:
+             deadlines: Deadlines, progress, rnd: quality.Round | None) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
@@ -169,7 +169,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         result["prompt_tokens"] = prompt
     elif isinstance(sc, quality.Quality):
         vocab = result["load"].get("vocab_size") or model.config().get("vocab_size") or 1
-        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, progress)
+        rnd = rnd or quality.Round(sc.total_items)
+        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, rnd, progress)
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
         result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
@@ -200,7 +201,8 @@ def cell_key(cell: Cell, model_info: dict, check) -> str:
 
 
 def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokenizer, run_path, run_id: str,
-             check: scenarios.Check, deadlines: Deadlines, log=print, progress=None) -> dict:
+             check: scenarios.Check, deadlines: Deadlines, log=print, progress=None, rnd: quality.Round | None = None) -> dict:
+    """One runner session for a cell; a quality cell's session is one round of its budget (`rnd`)."""
     base = {
         "schema": store.SCHEMA_VERSION, "run_id": run_id, "cell_id": cell.id,
         "model": model_info, "backend": cell.backend.name, "variant": cell.variant.name,
@@ -231,10 +233,10 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         else:
             runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
-        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress)
+        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
-        measured, status, reason = {}, exc.status, exc.reason
+        measured, status, reason = dict(exc.details), exc.status, exc.reason
         tail = runner.log_tail() if runner else log_path.read_text(errors="replace")[-2000:]
     except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of the wrong shape
         measured, status = {}, "protocol-error"
@@ -247,7 +249,9 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
                environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
                             else envs.describe(python)),
                wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    if status == "ok":
+    if status != "ok":
+        out.update(measured)  # only what a failure chose to keep: an invalid loop's rules, never numbers
+    else:
         raw = measured.pop("raw", None)
         if raw is not None:  # per-item answers, kept beside the cell so any summary can be recomputed
             store.write_json(run_path / "raw" / f"{cell.id}.json", raw)
@@ -268,28 +272,6 @@ def finished(run_path, cell: Cell, model_info: dict, check) -> dict | None:
     return None
 
 
-def finish_quality(run_path, reference: tuple[str, str], min_acc_norm_ratio: float, max_perplexity_ratio: float) -> list[dict]:
-    """Fidelity and the gate, per target, against that target's reference quality cell.
-    Rewrites each quality cell (atomically) with its `fidelity` and `quality_gate`."""
-    _, cells = store.load_run(run_path)
-    updated = []
-    for ref in cells:
-        if (ref["scenario"]["name"] != "quality" or ref["status"] != "ok"
-                or (ref["backend"], ref["variant"]) != reference):
-            continue
-        ref_raw = json.loads((run_path / ref["raw"]).read_text())
-        for c in cells:
-            if c["scenario"]["name"] != "quality" or c["status"] != "ok" or c["target"]["name"] != ref["target"]["name"]:
-                continue
-            raw = json.loads((run_path / c["raw"]).read_text())
-            c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]),
-                                 reference=f"{ref['backend']}.{ref['variant']}")
-            c["quality_gate"] = fidelity.gate(ref["metrics"], c["metrics"], min_acc_norm_ratio, max_perplexity_ratio)
-            store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
-            updated.append(c)
-    return updated
-
-
 def store_guide(run_path, constraints: dict) -> None:
     """The decision guide's constraints, kept in run.json so a rebuilt report uses them."""
     run_json = run_path / "run.json"
@@ -298,13 +280,35 @@ def store_guide(run_path, constraints: dict) -> None:
     store.write_json(run_json, run_info)
 
 
-def parse_reference(text: str) -> tuple[Backend, Variant]:
-    """`backend:variant`, e.g. pytorch_eager:fp32-sdpa-kv."""
-    if text.count(":") != 1:
-        raise UserError(f"--reference {text!r} must be BACKEND:VARIANT, e.g. pytorch_eager:fp32-sdpa-kv")
-    name, variant = text.split(":")
+@dataclass(frozen=True)
+class Reference:
+    """The configuration every variant's quality is compared with: on each target its own
+    (target None), or one target's for all (quality depends only on the token ids)."""
+    backend: Backend
+    variant: Variant
+    target: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.name}:{self.variant.name}" + (f"@{self.target}" if self.target else "")
+
+    def cell_for(self, cell: Cell, cells: list[Cell]) -> Cell | None:
+        """The reference quality cell `cell` is compared with, among `cells`."""
+        where = self.target or cell.target.name
+        return next((c for c in cells if isinstance(c.scenario, quality.Quality) and c.backend.name == self.backend.name
+                     and c.variant.name == self.variant.name and c.target.name == where), None)
+
+
+def parse_reference(text: str, target_names: list[str] | None = None) -> Reference:
+    """`backend:variant[@target]`, e.g. pytorch_eager:fp32-sdpa-kv or llamacpp:f32@gpu-box."""
+    spec, _, target = text.partition("@")
+    if spec.count(":") != 1 or (_ and not target):
+        raise UserError(f"--reference {text!r} must be BACKEND:VARIANT[@TARGET], e.g. pytorch_eager:fp32-sdpa-kv")
+    name, variant = spec.split(":")
     backend = backend_catalog.select([name])[0]
-    return backend, backend.variant(variant)
+    if target and target_names is not None and target not in target_names:
+        raise UserError(f"--reference {text!r}: target {target!r} is not one of this run's targets: {', '.join(target_names)}")
+    return Reference(backend, backend.variant(variant), target or None)
 
 
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
@@ -315,7 +319,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
     backends = backend_catalog.select(backend_names)
-    ref = parse_reference(reference)
+    ref = parse_reference(reference, [t.name for t in target_list])
     for target in target_list:
         preflight.reachable(target)
     preflight.disk_space([reports_root, store.ARTIFACTS], model.size_bytes())
@@ -336,7 +340,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
-        "reference": f"{ref[0].name}:{ref[1].name}", "argv": argv,
+        "reference": ref.label, "argv": argv,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if resume_id:  # the run keeps its identity and history; only what did not finish runs again
@@ -344,4 +348,17 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         run_info["started_at"] = previous["started_at"]
         run_info["resumed_at"] = previous.get("resumed_at", []) + [time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     store.write_json(path / "run.json", run_info)
-    return model, model_info, tok, cells, run_id, path, run_info
+    return Prepared(model, model_info, tok, cells, run_id, path, run_info, ref)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run that passed preflight: what `evaluate` needs to execute it."""
+    model: models.Model
+    model_info: dict
+    tok: HostTokenizer
+    cells: list
+    run_id: str
+    path: object
+    run_info: dict
+    reference: Reference

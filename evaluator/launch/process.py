@@ -23,10 +23,11 @@ ERROR_STATUS = {"out_of_memory": "out-of-memory", "unsupported": "unsupported",
 
 
 class RunnerFailure(Exception):
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: str, reason: str, details: dict | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.details = details or {}  # kept in the cell beside the reason (e.g. an invalid loop's rules)
 
 
 class RunnerProcess:

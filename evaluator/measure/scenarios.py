@@ -11,36 +11,45 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
 """
 import re
-import time
 from dataclasses import asdict, dataclass, field
 
 from evaluator.errors import UserError
 from evaluator.launch.process import RunnerFailure, RunnerProcess
-from evaluator.measure.stats import summarize
+from evaluator.measure import sampling
+from evaluator.stats.intervals import summarize
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Batch 1: warmup requests, then timed ones until both minimums are met."""
+    """Batch 1: warmup requests, then timed ones until the medians are precise (sampling.py)."""
     prompt_tokens: int = 32
     new_tokens: int = 64
     warmup: int = 2
     min_iterations: int = 10
     min_duration_s: float = 2.0
-    max_iterations: int = 5000  # bounds the samples kept (and the cell file) for very fast engines
-    max_cv: float = 0.05       # end-to-end latency's std/mean above this is noise, not a number
-    max_attempts: int = 3      # timed loops tried before a noisy cell is declared invalid
+    precision: float = 0.02     # 95% interval half-width of each headline median, relative
+    max_time_s: float = 60.0    # the cap on the timed loop, precision reached or not
+    max_iterations: int = 20000  # bounds the samples kept (and the cell file) for very fast engines
     name: str = "latency"
+
+    def budget(self) -> sampling.Budget:
+        return sampling.Budget(self.min_iterations, self.min_duration_s, self.precision, self.max_time_s,
+                               self.max_iterations)
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """A sweep of batch sizes, each a few timed requests after one warmup."""
+    """A sweep of batch sizes, each timed until its median tokens/s is precise (or its cap)."""
     prompt_tokens: int = 32
     new_tokens: int = 64
     batch_sizes: tuple = (1, 4, 16)
-    iterations: int = 3
+    min_iterations: int = 3
+    precision: float = 0.02
+    max_time_s: float = 20.0    # per batch size
     name: str = "throughput"
+
+    def budget(self) -> sampling.Budget:
+        return sampling.Budget(self.min_iterations, 0.0, self.precision, self.max_time_s, 10000)
 
 
 @dataclass(frozen=True)
@@ -94,58 +103,38 @@ def run_check(runner: RunnerProcess, bos: int, check: Check, timeout_s: float) -
     return _generate(runner, [[bos]], check.new_tokens, timeout_s)["tokens"][0]
 
 
-def _timed_loop(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s: float, progress) -> tuple:
-    runs, first_tokens = [], None
-    t0 = time.monotonic()
-    while len(runs) < sc.max_iterations and (len(runs) < sc.min_iterations or time.monotonic() - t0 < sc.min_duration_s):
-        answer = _generate(runner, [prompt], sc.new_tokens, timeout_s)
-        if first_tokens is None:
-            first_tokens = answer["tokens"][0]
-        elif answer["tokens"][0] != first_tokens:  # greedy is deterministic: a change is a bug
-            raise RunnerFailure("invalid", f"timed request {len(runs) + 1} returned other tokens than request 1")
-        runs.append(_timings(answer, 1, len(prompt)))
-        if progress:
-            progress(len(runs))
-    return runs, first_tokens, time.monotonic() - t0
+# The medians whose precision decides when a latency loop may stop. Decode and prefill speed
+# are the reciprocals of TPOT and TTFT, request by request, so their medians' precision is the same.
+HEADLINE = ("e2e_ms", "ttft_ms", "tpot_ms")
+METRICS = (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"), ("prefill_tokens_per_s", "tokens/s"),
+           ("decode_tokens_per_s", "tokens/s"))
 
 
 def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s: float, progress=None) -> dict:
-    """Warmup, then timed loops until one is stable (CV of end-to-end latency <= max_cv), at
-    most max_attempts of them. Every attempt's CV is kept; a cell that never settles, or whose
-    loop hit max_iterations before min_duration, is invalid (LoadGen's verdict, with reasons)."""
+    """Warmup, then one timed loop until every headline median is within the precision (or
+    the cap). An imprecise loop is invalid, with each rule's Yes/No and what was reached."""
     for _ in range(sc.warmup):
         _generate(runner, [prompt], sc.new_tokens, timeout_s)
-    attempts, outputs = [], set()
-    for _ in range(sc.max_attempts):
-        before = runner.request("energy", timeout_s)
-        runs, first_tokens, duration = _timed_loop(runner, prompt, sc, timeout_s, progress)
-        energy = _energy(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, duration)
-        outputs.add(tuple(first_tokens))
-        e2e = summarize([r["e2e_ms"] for r in runs], "ms")
-        attempts.append({"iterations": len(runs), "duration_s": duration, "cv": e2e["cv"]})
-        if e2e["cv"] <= sc.max_cv:
-            break
-    if len(outputs) > 1:
-        raise RunnerFailure("invalid", "timed attempts returned different tokens for the same prompt")
-    reasons = []
-    if e2e["cv"] > sc.max_cv:
-        cvs = ", ".join(f"{100 * a['cv']:.1f}%" for a in attempts)
-        reasons.append(f"end-to-end latency varies too much: CV {cvs} "
-                       f"in {len(attempts)} attempts, over the {100 * sc.max_cv:g}% limit (a busy or throttling machine; "
-                       f"rerun on a quiet one, or raise --max-cv)")
-    if len(runs) < sc.min_iterations or duration < sc.min_duration_s:
-        reasons.append(f"{len(runs)} requests in {duration:.2f} s: under --min-iterations {sc.min_iterations} or "
-                       f"--min-duration {sc.min_duration_s:g} s before the {sc.max_iterations}-request cap")
-    if reasons:
-        raise RunnerFailure("invalid", "; ".join(reasons))
-    metrics = {key: summarize([r[key] for r in runs if r[key] is not None], unit)
-               for key, unit in (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"),
-                                 ("prefill_tokens_per_s", "tokens/s"), ("decode_tokens_per_s", "tokens/s"))}
+    outputs = []
+
+    def step():
+        answer = _generate(runner, [prompt], sc.new_tokens, timeout_s)
+        if outputs and answer["tokens"][0] != outputs[0]:  # greedy is deterministic: a change is a bug
+            raise RunnerFailure("invalid", f"timed request {len(outputs) + 1} returned other tokens than request 1")
+        outputs.append(answer["tokens"][0])
+        return _timings(answer, 1, len(prompt))
+
+    before = runner.request("energy", timeout_s)
+    runs, validity = sampling.sample(step, HEADLINE, sc.budget(), progress=progress)
+    energy = _energy(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, validity["duration_s"])
+    if not validity["valid"]:
+        raise RunnerFailure("invalid", sampling.explain(validity), details={"validity": validity})
+    metrics = {key: summarize([r[key] for r in runs if r[key] is not None], unit) for key, unit in METRICS}
+    # Gaps inside one request are not independent samples; their intervals treat them as if
+    # they were. TPOT is the per-request statistic with exact intervals.
     metrics["itl_ms"] = summarize([gap for r in runs for gap in r["itl_ms"]], "ms")
-    validity = {"valid": True, "attempts": attempts, "max_cv": sc.max_cv, "min_iterations": sc.min_iterations,
-                "min_duration_s": sc.min_duration_s}
-    return {"metrics": metrics, "iterations": len(runs), "duration_s": duration, "output_tokens": first_tokens,
-            "validity": validity, "energy": energy}
+    return {"metrics": metrics, "iterations": len(runs), "duration_s": validity["duration_s"],
+            "output_tokens": outputs[0], "validity": validity, "energy": energy}
 
 
 def _energy(before: dict, after: dict, tokens: int, duration_s: float) -> dict:
@@ -190,6 +179,8 @@ def check_consistency(runner: RunnerProcess, prompt: list[int], output: list[int
 
 
 def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughput, timeout_s: float, progress=None) -> dict:
+    """Per batch size: one warmup, then timed requests until the median tokens/s is within the
+    precision (or the cap). A batch size that cannot reach it makes the cell invalid."""
     per_batch = []
     for batch in sc.batch_sizes:
         batch_prompts = prompts[:batch]
@@ -200,16 +191,19 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
                 raise
             per_batch.append({"batch_size": batch, "unsupported": exc.reason})
             continue
-        runs = [_timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0]))
-                for _ in range(sc.iterations)]
+        runs, validity = sampling.sample(
+            lambda: _timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0])),
+            ("tokens_per_s",), sc.budget())
+        if not validity["valid"]:
+            raise RunnerFailure("invalid", f"batch {batch}: " + sampling.explain(validity), details={"validity": validity})
         per_batch.append({
-            "batch_size": batch,
+            "batch_size": batch, "validity": validity,
             "tokens_per_s": summarize([r["tokens_per_s"] for r in runs], "tokens/s"),
             "decode_tokens_per_s": summarize([r["decode_tokens_per_s"] for r in runs if r["decode_tokens_per_s"]], "tokens/s"),
             "e2e_ms": summarize([r["e2e_ms"] for r in runs], "ms"),
         })
         if progress:
             progress(batch)
-    best = max((b for b in per_batch if "tokens_per_s" in b), key=lambda b: b["tokens_per_s"]["mean"])
-    return {"metrics": {"per_batch": per_batch, "best_tokens_per_s": best["tokens_per_s"]["mean"],
-                        "best_batch_size": best["batch_size"]}}
+    best = max((b for b in per_batch if "tokens_per_s" in b), key=lambda b: b["tokens_per_s"]["p50"])
+    return {"metrics": {"per_batch": per_batch, "best_tokens_per_s": best["tokens_per_s"]["p50"],
+                        "best_tokens_per_s_ci": best["tokens_per_s"]["p50_ci"], "best_batch_size": best["batch_size"]}}

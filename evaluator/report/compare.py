@@ -1,18 +1,26 @@
-"""`just compare RUN_A RUN_B`: what changed between two runs, cell by cell, marking only
-differences larger than the runs' own noise.
+"""`just compare RUN_A RUN_B`: what changed between two runs, cell by cell, with the same
+statistics as every verdict (evaluator/stats).
 
-Cells are matched by (backend, variant, target, scenario). A difference is marked CHANGED when:
-- timed metrics (latency, TTFT, decode speed, throughput), which keep their samples: the means
-  differ by more than 3 standard errors of the difference AND by more than the larger of the
-  two runs' own coefficients of variation (a change smaller than one run's scatter is noise);
-- HellaSwag accuracy: by more than 1.96 combined standard errors (95%);
-- perplexity and KL, deterministic for the same tokens: by more than 0.01% (float reductions);
+Cells are matched by (backend, variant, target, scenario). A metric is CHANGED when:
+- timed metrics (median latency, TTFT, decode speed, best throughput): the 95% interval of
+  the ratio of the two runs' medians excludes 1 (each median's interval from its own samples);
+- HellaSwag: both runs scored the same items, so item by item: the items whose correctness
+  flipped, McNemar's exact test on them and the paired interval of Δacc_norm; CHANGED when
+  that interval excludes 0 (the run's raw answers are read for it);
+- perplexity: paired over the same windows, CHANGED when the ratio's interval excludes 1;
+- KL, deterministic for the same tokens: by more than 0.01% (float reductions);
 - peak memory, one reading per cell: by more than 5%;
 - status: any change.
-Runs that scored different data (HellaSwag subset, perplexity tokens) are not compared on it.
+Runs that scored different items or windows compare only what they share, and say so.
 """
-import math
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+from evaluator import store
+from evaluator.score import gate
+from evaluator.stats import sequential
+from evaluator.stats.intervals import ratio_interval
 
 
 @dataclass
@@ -24,22 +32,6 @@ class Row:
     change_pct: float | None
     changed: bool
     why: str
-
-
-def _samples_stat(s: dict | None) -> tuple | None:
-    if not s or not s.get("n"):
-        return None
-    return s["mean"], s.get("std", 0.0), s["n"], s.get("cv", 0.0)
-
-
-def _timed(a: dict | None, b: dict | None) -> tuple[bool, str]:
-    sa, sb = _samples_stat(a), _samples_stat(b)
-    diff = abs(sa[0] - sb[0])
-    se = math.sqrt(sa[1] ** 2 / sa[2] + sb[1] ** 2 / sb[2])
-    rel = diff / abs(sa[0]) if sa[0] else float("inf")
-    noise_cv = max(sa[3], sb[3])
-    changed = diff > 3 * se and rel > noise_cv
-    return changed, f"Δ {diff:.4g} vs 3·SE {3 * se:.3g}, |Δ|/mean {100 * rel:.1f}% vs CV {100 * noise_cv:.1f}%"
 
 
 def _pct(a, b):
@@ -54,66 +46,86 @@ def _get(cell: dict, *path):
     return cell
 
 
-TIMED = [("latency", "e2e_ms p50 (mean compared)", ("metrics", "e2e_ms")),
-         ("latency", "ttft_ms", ("metrics", "ttft_ms")),
-         ("latency", "decode tokens/s", ("metrics", "decode_tokens_per_s"))]
+def _timed(name: str, metric: str, a: dict | None, b: dict | None, key: str = "p50") -> Row | None:
+    if not a or not b or a.get(key) is None or b.get(key) is None:
+        return None
+    r = ratio_interval(b[key], b.get(f"{key}_ci"), a[key], a.get(f"{key}_ci"))
+    if r is None:
+        return Row(name, metric, a[key], b[key], _pct(a[key], b[key]), False, "no interval to judge by")
+    why = f"B/A {r['ratio']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]"
+    return Row(name, metric, a[key], b[key], _pct(a[key], b[key]), r["excludes_one"], why)
 
 
-def compare_cells(a: dict, b: dict) -> list[Row]:
-    name = f'{a["backend"]}.{a["variant"]}@{a["target"]["name"]} {a["scenario"]["name"]}'
+TIMED = [("latency", "e2e latency median ms", ("metrics", "e2e_ms")),
+         ("latency", "TTFT median ms", ("metrics", "ttft_ms")),
+         ("latency", "decode median tokens/s", ("metrics", "decode_tokens_per_s"))]
+
+
+def _raw(folder: Path, cell: dict) -> dict | None:
+    path = folder / cell["raw"] if cell.get("raw") else None
+    return json.loads(path.read_text()) if path and path.is_file() else None
+
+
+def _quality(name: str, a: dict, b: dict, raw_a: dict | None, raw_b: dict | None) -> list[Row]:
     rows = []
+    ha, hb = a["metrics"]["hellaswag"], b["metrics"]["hellaswag"]
+    seeds = ((ha.get("order") or {}).get("seed"), (hb.get("order") or {}).get("seed"))
+    if raw_a and raw_b and seeds[0] == seeds[1]:
+        n = min(ha["items"], hb["items"])
+        pair = gate.hellaswag_pairs(raw_a, raw_b, n, sequential.design(n, False)["z"], n)["acc_norm"]
+        flipped = f"{pair['gained']} items right only in B, {pair['lost']} only in A, McNemar p = {pair['mcnemar_p']:.3g}"
+        ci = pair["ci"]
+        rows.append(Row(name, f"HellaSwag acc_norm ({n} shared items)", pair["reference"], pair["variant"],
+                        _pct(pair["reference"], pair["variant"]), ci[0] > 0 or ci[1] < 0,
+                        f"Δ {pair['delta']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]; {flipped}"))
+    else:
+        rows.append(Row(name, "HellaSwag", ha["items"], hb["items"], None, False,
+                        "different item orders or no raw answers: not compared"))
+    pa, pb = a["metrics"]["perplexity"]["rolling"], b["metrics"]["perplexity"]["rolling"]
+    ratio = gate.perplexity_pair(raw_a, raw_b) if raw_a and raw_b else None
+    if ratio is None:
+        rows.append(Row(name, "perplexity", pa.get("tokens"), pb.get("tokens"), None, False,
+                        "different windows or no raw answers: not compared"))
+    else:
+        lo, hi = ratio["ci"]
+        rows.append(Row(name, "perplexity", pa["token_perplexity"], pb["token_perplexity"],
+                        _pct(pa["token_perplexity"], pb["token_perplexity"]), lo > 1 or hi < 1,
+                        f"B/A {ratio['ratio']:.6f} [{lo:.6f}, {hi:.6f}] over {ratio['windows']} paired windows"))
+    ka, kb = _get(a, "fidelity", "kl_mean"), _get(b, "fidelity", "kl_mean")
+    if ka is not None and kb is not None:
+        changed = abs(kb - ka) > max(1e-4 * max(ka, kb), 1e-9)
+        rows.append(Row(name, "KL vs reference", ka, kb, _pct(ka, kb), changed, "deterministic: > 0.01% is a change"))
+    return rows
+
+
+def compare_cells(a: dict, b: dict, folder_a: Path | None = None, folder_b: Path | None = None) -> list[Row]:
+    name = f'{a["backend"]}.{a["variant"]}@{a["target"]["name"]} {a["scenario"]["name"]}'
     if a["status"] != b["status"]:
         return [Row(name, "status", a["status"], b["status"], None, True, b.get("reason") or a.get("reason") or "")]
     if a["status"] != "ok":
         return [Row(name, "status", a["status"], b["status"], None, False, "same status")]
     scenario = a["scenario"]["name"]
-    for sc, metric, path in TIMED:
-        if sc == scenario and _get(a, *path) and _get(b, *path):
-            sa, sb = _get(a, *path), _get(b, *path)
-            changed, why = _timed(sa, sb)
-            rows.append(Row(name, metric, sa["mean"], sb["mean"], _pct(sa["mean"], sb["mean"]), changed, why))
+    rows = [r for sc, metric, path in TIMED if sc == scenario if (r := _timed(name, metric, _get(a, *path), _get(b, *path)))]
     if scenario == "throughput":
-        best = {}
-        for label, cell in (("a", a), ("b", b)):
-            per = [p for p in cell["metrics"]["per_batch"] if "tokens_per_s" in p]
-            best[label] = max(per, key=lambda p: p["tokens_per_s"]["mean"]) if per else None
-        if best["a"] and best["b"]:
-            changed, why = _timed(best["a"]["tokens_per_s"], best["b"]["tokens_per_s"])
-            ma, mb = best["a"]["tokens_per_s"]["mean"], best["b"]["tokens_per_s"]["mean"]
-            rows.append(Row(name, "best throughput tokens/s", ma, mb, _pct(ma, mb), changed, why))
+        best = {k: {"p50": c["metrics"]["best_tokens_per_s"], "p50_ci": c["metrics"].get("best_tokens_per_s_ci")}
+                for k, c in (("a", a), ("b", b))}
+        rows.append(_timed(name, "best throughput median tokens/s", best["a"], best["b"]))
     if scenario == "quality":
-        ha, hb = a["metrics"]["hellaswag"], b["metrics"]["hellaswag"]
-        if (ha.get("subset"), ha["items"]) != (hb.get("subset"), hb["items"]):
-            rows.append(Row(name, "HellaSwag", ha["items"], hb["items"], None, False, "different item sets: not compared"))
-        else:
-            va, vb = ha["acc_norm"]["value"], hb["acc_norm"]["value"]
-            se = math.sqrt(ha["acc_norm"]["stderr"] ** 2 + hb["acc_norm"]["stderr"] ** 2)
-            rows.append(Row(name, "HellaSwag acc_norm", va, vb, _pct(va, vb), abs(va - vb) > 1.96 * se,
-                            f"Δ {abs(va - vb):.4f} vs 1.96·SE {1.96 * se:.4f}"))
-        pa, pb = a["metrics"]["perplexity"]["rolling"], b["metrics"]["perplexity"]["rolling"]
-        if pa.get("tokens") != pb.get("tokens"):
-            rows.append(Row(name, "perplexity", pa.get("tokens"), pb.get("tokens"), None, False,
-                            "different token counts: not compared"))
-        else:
-            va, vb = pa["token_perplexity"], pb["token_perplexity"]
-            rows.append(Row(name, "perplexity", va, vb, _pct(va, vb), abs(_pct(va, vb)) > 0.01, "deterministic: > 0.01% is a change"))
-        ka, kb = _get(a, "fidelity", "kl_mean"), _get(b, "fidelity", "kl_mean")
-        if ka is not None and kb is not None:
-            changed = abs(kb - ka) > max(1e-4 * max(ka, kb), 1e-9)
-            rows.append(Row(name, "KL vs reference", ka, kb, _pct(ka, kb), changed, "deterministic: > 0.01% is a change"))
+        rows += _quality(name, a, b, folder_a and _raw(folder_a, a), folder_b and _raw(folder_b, b))
     ma, mb = _get(a, "memory", "peak_rss_bytes"), _get(b, "memory", "peak_rss_bytes")
     if ma and mb:
         rows.append(Row(name, "peak RSS MiB", ma / 2**20, mb / 2**20, _pct(ma, mb), abs(_pct(ma, mb)) > 5, "one reading: > 5% is a change"))
-    return rows
+    return [r for r in rows if r]
 
 
-def compare(cells_a: list[dict], cells_b: list[dict]) -> tuple[list[Row], list[str]]:
+def compare(folder_a: Path, folder_b: Path) -> tuple[list[Row], list[str]]:
     """Rows for every matched cell, and notes for cells present in only one run."""
     def key(c):
         return c["backend"], c["variant"], c["target"]["name"], c["scenario"]["name"]
 
-    by_a, by_b = {key(c): c for c in cells_a}, {key(c): c for c in cells_b}
-    rows = [r for k in by_a if k in by_b for r in compare_cells(by_a[k], by_b[k])]
+    by_a = {key(c): c for c in store.load_run(folder_a)[1]}
+    by_b = {key(c): c for c in store.load_run(folder_b)[1]}
+    rows = [r for k in by_a if k in by_b for r in compare_cells(by_a[k], by_b[k], folder_a, folder_b)]
     notes = [f"only in A: {'.'.join(k)}" for k in by_a if k not in by_b]
     notes += [f"only in B: {'.'.join(k)}" for k in by_b if k not in by_a]
     return rows, notes
@@ -128,11 +140,11 @@ def _v(x) -> str:
 def format_rows(rows: list[Row], notes: list[str], changed_only: bool) -> str:
     shown = [r for r in rows if r.changed or not changed_only]
     width = max([len(r.cell) for r in shown] + [4])
-    lines = [f"{'cell':<{width}}  {'metric':<26} {'A':>12} {'B':>12} {'change':>9}  verdict"]
+    lines = [f"{'cell':<{width}}  {'metric':<34} {'A':>12} {'B':>12} {'change':>9}  verdict"]
     for r in shown:
         pct = f"{r.change_pct:+.2f}%" if r.change_pct is not None else ""
         verdict = "CHANGED" if r.changed else "within noise" if r.change_pct is not None else ""
-        lines.append(f"{r.cell:<{width}}  {r.metric:<26} {_v(r.a):>12} {_v(r.b):>12} {pct:>9}  {verdict}  ({r.why})")
+        lines.append(f"{r.cell:<{width}}  {r.metric:<34} {_v(r.a):>12} {_v(r.b):>12} {pct:>9}  {verdict}  ({r.why})")
     lines += notes
     changed = sum(r.changed for r in rows)
     lines.append(f"{changed} of {len(rows)} compared metrics changed beyond the runs' own noise")

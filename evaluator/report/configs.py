@@ -4,7 +4,11 @@ A run stores one result per cell (configuration x scenario). The report, the dec
 and `compare` all reason about configurations (what a person deploys), so this is the one
 place that reads cell JSON into flat, named numbers. Anything not measured is None.
 """
+import json
 from dataclasses import dataclass, field
+
+from evaluator.score.gate import reasons as gate_reasons
+from evaluator.stats import sequential
 
 
 @dataclass
@@ -49,11 +53,31 @@ class Config:
                 return f'{c["status"]}: {c["reason"]}'
         return "no result"
 
-    @property
-    def gated(self) -> list[str] | None:
-        q = self.cells.get("quality") or {}
-        gate = q.get("quality_gate")
-        return None if not gate or gate["passed"] else gate["reasons"]
+    def gate(self, margin: float | None = None) -> dict | None:
+        """The quality gate against the reference: its verdict, recomputed from the stored loss
+        intervals when another allowed loss is asked for (the intervals do not change)."""
+        q = self.cell("quality") or {}
+        g = q.get("quality_gate")
+        if not g or margin is None or margin == g["margin"]:
+            return g
+        g = json.loads(json.dumps(g))
+        g["margin"], verdicts = margin, []
+        for part in (g.get("hellaswag", {}).get("acc_norm"), g.get("perplexity")):
+            if part:
+                part["verdict"] = sequential.verdict(part["loss_ci"], margin)
+                verdicts.append(part["verdict"])
+        g["verdict"] = sequential.combine(verdicts)
+        g["reasons"] = gate_reasons(g)
+        return g
+
+    def quality_loss(self, margin: float | None = None) -> dict | None:
+        """The larger of the acc_norm and perplexity losses (shares of the reference), with its interval."""
+        g = self.gate(margin)
+        parts = [p for p in (((g or {}).get("hellaswag") or {}).get("acc_norm"), (g or {}).get("perplexity")) if p]
+        if not parts:
+            return None
+        worst = max(parts, key=lambda p: p["loss"])
+        return {"loss": worst["loss"], "ci": worst["loss_ci"], "verdict": g["verdict"]}
 
     # -- speed --------------------------------------------------------------------------
     def _lat(self, metric: str, stat: str):
@@ -65,7 +89,8 @@ class Config:
 
     @property
     def e2e_ms(self) -> dict:
-        return {s: self._lat("e2e_ms", s) for s in ("mean", "p50", "p95", "p99", "cv")}
+        return {s: self._lat("e2e_ms", s) for s in ("mean", "p50", "p50_ci", "p95", "p95_ci", "p95_needs",
+                                                    "p99", "p99_ci", "p99_needs", "cv", "precision")}
 
     @property
     def ttft_ms(self):
@@ -77,7 +102,12 @@ class Config:
 
     @property
     def decode_tokens_per_s(self):
-        return self._lat("decode_tokens_per_s", "mean")
+        """Median over the timed requests (each request's own decode speed)."""
+        return self._lat("decode_tokens_per_s", "p50")
+
+    def interval(self, metric: str, stat: str = "p50") -> list[float] | None:
+        """A latency metric's 95% interval, e.g. interval("decode_tokens_per_s")."""
+        return self._lat(metric, f"{stat}_ci")
 
     @property
     def latency_samples(self) -> list[float]:
@@ -87,6 +117,11 @@ class Config:
     def throughput_tokens_per_s(self):
         c = self.cell("throughput")
         return c["metrics"]["best_tokens_per_s"] if c else None
+
+    @property
+    def throughput_ci(self):
+        c = self.cell("throughput")
+        return c["metrics"].get("best_tokens_per_s_ci") if c else None
 
     @property
     def per_batch(self) -> list[dict]:
@@ -160,6 +195,10 @@ class Config:
         return self._q("fidelity", "kl_mean")
 
     @property
+    def acc_norm_items(self):
+        return self._q("metrics", "hellaswag", "items")
+
+    @property
     def top1_agreement(self):
         return self._q("fidelity", "top1_agreement")
 
@@ -182,8 +221,11 @@ def group(cells: list[dict]) -> list[Config]:
 
 
 def reference_for(configs: list[Config], reference: str | None, target: str) -> Config | None:
-    """The baseline row on a target: the run's reference variant (BACKEND:VARIANT)."""
+    """The baseline row on a target: the run's reference (BACKEND:VARIANT, or BACKEND:VARIANT@TARGET
+    for one target's reference everywhere)."""
     if not reference:
         return None
-    backend, _, variant = reference.partition(":")
-    return next((c for c in configs if (c.backend, c.variant, c.target_name) == (backend, variant, target)), None)
+    spec, _, where = reference.partition("@")
+    backend, _, variant = spec.partition(":")
+    key = (backend, variant, where or target)
+    return next((c for c in configs if (c.backend, c.variant, c.target_name) == key), None)

@@ -16,25 +16,34 @@ from evaluator.report import guide, plots, tables
 
 # Every metric of every cell, for the reader who wants more than the comparison table:
 # (title, scenario, how to read the number from a cell, unit, better)
+def _with_ci(read_stat, metric):
+    """A latency metric's statistic and its 95% interval: (value, [lo, hi])."""
+    return lambda c: (c["metrics"][metric][read_stat], c["metrics"][metric].get(f"{read_stat}_ci"))
+
+
 METRICS = [
-    ("End-to-end latency, p50", "latency", lambda c: c["metrics"]["e2e_ms"]["p50"], "ms", "lower"),
-    ("End-to-end latency, p99", "latency", lambda c: c["metrics"]["e2e_ms"]["p99"], "ms", "lower"),
-    ("Time to first token, p50", "latency", lambda c: c["metrics"]["ttft_ms"]["p50"], "ms", "lower"),
-    ("Inter-token latency, p50", "latency", lambda c: c["metrics"]["itl_ms"]["p50"], "ms", "lower"),
-    ("Time per output token, mean", "latency", lambda c: c["metrics"]["tpot_ms"]["mean"], "ms", "lower"),
-    ("Prefill speed, mean", "latency", lambda c: c["metrics"]["prefill_tokens_per_s"]["mean"], "tokens/s", "higher"),
-    ("Decode speed, mean", "latency", lambda c: c["metrics"]["decode_tokens_per_s"]["mean"], "tokens/s", "higher"),
-    ("Coefficient of variation of latency", "latency", lambda c: 100 * c["metrics"]["e2e_ms"]["cv"], "%", "lower"),
-    ("Best throughput over batch sizes", "throughput", lambda c: c["metrics"]["best_tokens_per_s"], "tokens/s", "higher"),
+    ("End-to-end latency, median", "latency", _with_ci("p50", "e2e_ms"), "ms", "lower"),
+    ("End-to-end latency, mean", "latency", _with_ci("mean", "e2e_ms"), "ms", "lower"),
+    ("End-to-end latency, p99 (where the sample supports it)", "latency", _with_ci("p99", "e2e_ms"), "ms", "lower"),
+    ("Time to first token, median", "latency", _with_ci("p50", "ttft_ms"), "ms", "lower"),
+    ("Inter-token latency, median", "latency", _with_ci("p50", "itl_ms"), "ms", "lower"),
+    ("Time per output token, median", "latency", _with_ci("p50", "tpot_ms"), "ms", "lower"),
+    ("Prefill speed, median", "latency", _with_ci("p50", "prefill_tokens_per_s"), "tokens/s", "higher"),
+    ("Decode speed, median", "latency", _with_ci("p50", "decode_tokens_per_s"), "tokens/s", "higher"),
+    ("Timed requests", "latency", lambda c: c["iterations"], "requests", "higher"),
+    ("Best throughput over batch sizes, median", "throughput",
+     lambda c: (c["metrics"]["best_tokens_per_s"], c["metrics"].get("best_tokens_per_s_ci")), "tokens/s", "higher"),
     ("HellaSwag acc_norm", "quality", lambda c: c["metrics"]["hellaswag"]["acc_norm"]["value"], "share", "higher"),
     ("HellaSwag acc", "quality", lambda c: c["metrics"]["hellaswag"]["acc"]["value"], "share", "higher"),
+    ("HellaSwag items scored", "quality", lambda c: c["metrics"]["hellaswag"]["items"], "items", "higher"),
     ("WikiText-2 token perplexity (rolling)", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["token_perplexity"], "", "lower"),
     ("WikiText-2 word perplexity", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["word_perplexity"], "", "lower"),
     ("WikiText-2 bits per byte", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["bits_per_byte"], "bits", "lower"),
     ("WikiText-2 perplexity, llama-perplexity compatible", "quality", lambda c: c["metrics"]["perplexity"]["llamacpp"]["token_perplexity"], "", "lower"),
-    ("KL divergence from the reference, mean", "quality", lambda c: c["fidelity"]["kl_mean"], "nats", "lower"),
+    ("KL divergence from the reference, mean", "quality", lambda c: (c["fidelity"]["kl_mean"], c["fidelity"].get("kl_mean_ci")), "nats", "lower"),
     ("KL divergence from the reference, p99", "quality", lambda c: c["fidelity"]["kl_p99"], "nats", "lower"),
-    ("Top-1 agreement with the reference", "quality", lambda c: c["fidelity"]["top1_agreement"], "share", "higher"),
+    ("Top-1 agreement with the reference", "quality",
+     lambda c: (c["fidelity"]["top1_agreement"], c["fidelity"].get("top1_agreement_ci")), "share", "higher"),
     ("Mean |Δp| of the correct token vs the reference", "quality", lambda c: c["fidelity"]["mean_abs_dp_correct"], "probability", "lower"),
     ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
     ("Peak device memory", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
@@ -46,8 +55,13 @@ METRICS = [
 
 DEFINITIONS = [
     ("End-to-end latency", "end_ns − start_ns of one request, prompt in and every new token out, on the runner's own "
-     "monotonic clock around the engine call (the pipe, JSON and the evaluator never enter it). Mean, p50, p95, p99 "
-     "over the timed requests at batch 1; raw samples are kept in the cell file."),
+     "monotonic clock around the engine call (the pipe, JSON and the evaluator never enter it), over the timed "
+     "requests at batch 1; raw samples are kept in the cell file."),
+    ("Precision (±)", "every timed number carries its 95% interval: medians and percentiles from order statistics "
+     "(exact, distribution-free), means by a seeded percentile bootstrap. A latency loop samples until every headline "
+     "median's interval is within --precision (2%) of it, or its time cap; otherwise the cell is INVALID and says "
+     "which precision it reached. p95 is shown only from 72 requests, p99 from 368 (below that the sample cannot "
+     "bound them). ± is the interval's half-width relative to the value; hover for the interval."),
     ("Time to first token (TTFT)", "token_ns[0] − start_ns: the prefill of the whole prompt and the first step."),
     ("Inter-token latency", "every gap token_ns[i] − token_ns[i−1] of every timed request."),
     ("Decode speed", "(new_tokens − 1) / (token_ns[−1] − token_ns[0]): the first token belongs to the prefill."),
@@ -64,8 +78,13 @@ DEFINITIONS = [
     ("KL divergence, top-1 agreement", "against the reference variant on the same target, over the first rolling "
      "windows: KL over the tokens in both top-10 lists plus one bucket for the rest (a lower bound of the full KL); "
      "top-1 agreement is the share of positions where both put the same token first."),
-    ("Quality gate", "GATED when HellaSwag acc_norm falls under 99% of the reference's or perplexity rises over 101% "
-     "of it (MLPerf's style of accuracy target)."),
+    ("Quality gate", "each variant against the reference on the same items (paired): the loss is the acc_norm drop "
+     "or the perplexity rise, as a share of the reference's, with a 95% interval (HellaSwag: Agresti–Min interval "
+     "for matched proportions, McNemar's exact test; perplexity: ratio estimator over windows). PASS when the whole "
+     "interval is within the allowed loss (--max-quality-loss, 1%), FAIL when it is wholly beyond, INCONCLUSIVE "
+     "otherwise, with the items that would likely decide it. With --quality-items auto, HellaSwag is scored in a "
+     "seeded order and stops once the verdict is known; the intervals then use a group-sequential boundary that "
+     "keeps them 95% across every look."),
     ("Bandwidth ceiling", "each decoded token reads every weight once, so decode tokens/s ≤ memory bandwidth / model "
      "bytes; the bandwidth is probed on this machine right before and after the cell, or the target's spec."),
 ]
@@ -76,6 +95,7 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-b
 nav a{margin-right:1em}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}th{background:#f4f4f4}
 td.l,th.l{text-align:left}.ok{color:#17692b}.unsupported{color:#777}.bad{color:#b00020}.gated{color:#a15c00;font-weight:600}
+.inconclusive{color:#2a4fa1;font-weight:600}.ci{color:#666}
 .good{color:#17692b}.worse{color:#b00020}.best{font-weight:700;background:#eef7ee}
 .why{font-size:12px;max-width:28em;white-space:normal;color:#444}
 pre{background:#f7f7f7;padding:.5em;white-space:pre-wrap;max-height:12em;overflow:auto;font-size:12px}
@@ -108,19 +128,24 @@ def _metric_table(title, scenario, read, unit, better, cells, targets) -> str:
             v = read(c)
         except (KeyError, TypeError):
             v = None
-        rows.setdefault(f'{c["backend"]} · {c["variant"]}', {})[c["target"]["name"]] = v
-    values = [v for r in rows.values() for v in r.values() if v is not None]
+        rows.setdefault(f'{c["backend"]} · {c["variant"]}', {})[c["target"]["name"]] = v if isinstance(v, tuple) else (v, None)
+    values = [v for r in rows.values() for v, _ in r.values() if v is not None]
     if not values:
         return ""
     best = min(values) if better == "lower" else max(values)
     head = "".join(f"<th>{escape(t)}</th>" for t in targets)
     body = ""
     for name, by_target in rows.items():
-        tds = "".join(f'<td class="{"best" if by_target.get(t) == best else ""}">{tables.fmt(by_target.get(t))}</td>'
+        tds = "".join(f'<td class="{"best" if by_target.get(t, (None,))[0] == best else ""}">'
+                      f'{tables.fmt(by_target.get(t, (None,))[0])}{_interval(by_target.get(t, (None, None))[1])}</td>'
                       for t in targets)
         body += f'<tr><td class="l">{escape(name)}</td>{tds}</tr>'
     return (f"<h3>{escape(title)} <small>({escape(unit)}, {better} is better)</small></h3>"
             f'<table><tr><th class="l">backend · variant</th>{head}</tr>{body}</table>')
+
+
+def _interval(ci) -> str:
+    return f"<br><small>[{tables.fmt(ci[0])}, {tables.fmt(ci[1])}]</small>" if ci else ""
 
 
 def _guide_html(decisions: list[dict]) -> str:
@@ -128,15 +153,16 @@ def _guide_html(decisions: list[dict]) -> str:
     for d in decisions:
         c = d["constraints"]
         asked = (f'budget {d["budget_gb"]:g} GB' if d["budget_gb"] else "no memory budget") + \
-            f', quality loss ≤ {c["max_quality_loss_pct"]:g}%' + \
+            f', quality gate: loss ≤ {c["max_quality_loss_pct"]:g}%' + \
             (f', p95 latency ≤ {c["max_latency_ms"]:g} ms' if c["max_latency_ms"] else "") + f', objective: {c["objective"]}'
         winner = (f'<b>Deploy {escape(d["winner"])}</b>: {escape(d["why"])}.' if d["winner"]
                   else f'<b>Nothing qualifies</b>: {escape(d["why"])}.')
         notes = "".join(f"<br><small>{escape(n)}</small>" for n in d["notes"])
         rows = "".join(f'<tr><td class="l">{escape(r["label"])}</td><td class="l">{escape(r["verdict"])}</td>'
                        f'<td class="l">{escape(r["reason"])}</td></tr>' for r in d["rows"])
+        verdict_head = "how it compares" if any(r["verdict"] != "excluded" for r in d["rows"]) else "why it loses"
         out += (f'<h3>On {escape(d["target"])} <small>({escape(asked)})</small></h3><div class="verdict">{winner}{notes}</div>'
-                + (f'<table><tr><th class="l">configuration</th><th class="l">verdict</th><th class="l">why it loses</th></tr>'
+                + (f'<table><tr><th class="l">configuration</th><th class="l">verdict</th><th class="l">{verdict_head}</th></tr>'
                    f"{rows}</table>" if rows else ""))
     return out
 
@@ -185,7 +211,8 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
     reference = run.get("reference")
 
     decisions = [guide.decide(configs, t, reference, constraints) for t in run["targets"]]
-    comparisons = "".join(f"<h3>On {escape(t)}</h3>{tables.comparison(configs, t, reference)}" for t in targets)
+    comparisons = "".join(f"<h3>On {escape(t)}</h3>{tables.comparison(configs, t, reference, constraints.margin)}"
+                          for t in targets)
     no_energy = sorted({f'{c.target_name}: {(c.cell("latency").get("energy") or {}).get("unavailable")}'
                         for c in configs if c.cell("latency") and (c.cell("latency").get("energy") or {}).get("unavailable")})
     if no_energy:
@@ -199,7 +226,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
             sizes.setdefault(t["memory_gb"], name)
     for t in run["targets"]:
         sizes[t["memory_gb"]] = t["name"]
-    figures = [("Quality against speed", plots.quality_vs_speed(configs, t)) for t in targets]
+    figures = [("Quality against speed", plots.quality_vs_speed(configs, t, constraints.margin)) for t in targets]
     figures += [("What fits where", plots.memory_fit(configs, {v: k for k, v in sizes.items()})),
                 ("Latency distribution", plots.latency_distribution(configs)),
                 ("Throughput against batch size", plots.throughput_vs_batch(configs)),
@@ -215,8 +242,9 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
         if c["scenario"]["name"] != "quality" or c.get("status") != "ok":
             continue
         hs, ppl = c["metrics"]["hellaswag"], c["metrics"]["perplexity"]
-        subset = (f'seeded subset: limit {hs["subset"]["limit"]}, seed {hs["subset"]["seed"]}' if hs.get("subset")
-                  else "the whole validation set")
+        order = hs.get("order") or {}
+        subset = (f'the first {hs["items"]:,} in the seeded order (seed {order.get("seed")}; items: {order.get("mode")}; '
+                  f'stopped: {order.get("stopped")})' if hs["items"] < hs["of"] else "the whole validation set")
         defs = "; ".join(f'{k}: {v["definition"]}' for k, v in ppl.items())
         scopes += (f'<li>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}: HellaSwag '
                    f'{hs["items"]:,} of {hs["of"]:,} items ({escape(subset)}); perplexity {escape(defs)}</li>')
@@ -257,7 +285,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
 <h2 id="plots">Plots</h2>
 {plot_divs}
 <h2 id="matrix">Every cell</h2>
-{tables.status_matrix(configs, targets, scenario_names)}
+{tables.status_matrix(configs, targets, scenario_names, constraints.margin)}
 <h2 id="metrics">All metrics</h2>
 <details><summary>Every metric per configuration and target (best in bold)</summary>{tables_html}</details>
 {f"<h3>What the quality numbers cover</h3><ul>{scopes}</ul>" if scopes else ""}

@@ -39,18 +39,37 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return sorted(front)
 
 
-def quality_vs_speed(configs: list[Config], target: str) -> dict | None:
+def _error(value, ci) -> dict:
+    """An asymmetric plotly error bar from a 95% interval (none where there is no interval)."""
+    if value is None or not ci:
+        return {"visible": False}
+    return {"type": "data", "symmetric": False, "array": [ci[1] - value], "arrayminus": [value - ci[0]]}
+
+
+def _perplexity_ci(c: Config, margin: float | None) -> list[float] | None:
+    """The perplexity ratio's interval against the reference, carried onto the perplexity."""
+    g = c.gate(margin) or {}
+    ppl = g.get("perplexity")
+    return [c.perplexity * ppl["ci"][0] / ppl["ratio"], c.perplexity * ppl["ci"][1] / ppl["ratio"]] if ppl else None
+
+
+SYMBOL = {"FAIL": "x", "INCONCLUSIVE": "diamond-open"}
+
+
+def quality_vs_speed(configs: list[Config], target: str, margin: float | None = None) -> dict | None:
     cs = [c for c in configs if c.target_name == target and c.decode_tokens_per_s and c.perplexity]
     if not cs:
         return None
     data = [{"type": "scatter", "mode": "markers+text", "name": escape(c.label), "x": [c.decode_tokens_per_s],
              "y": [c.perplexity], "text": [escape(c.label)], "textposition": "top center",
-             "marker": {"size": 11, "symbol": "x" if c.gated else "circle"}} for c in cs]
+             "error_x": _error(c.decode_tokens_per_s, c.interval("decode_tokens_per_s")),
+             "error_y": _error(c.perplexity, _perplexity_ci(c, margin)),
+             "marker": {"size": 11, "symbol": SYMBOL.get((c.gate(margin) or {}).get("verdict"), "circle")}} for c in cs]
     front = pareto_front([(c.decode_tokens_per_s, c.perplexity) for c in cs])
     data.append({"type": "scatter", "mode": "lines", "name": "Pareto front", "x": [p[0] for p in front],
                  "y": [p[1] for p in front], "line": {"dash": "dot", "color": "#444"}})
-    return {"data": data, "layout": _layout(f"Quality against speed on {target} (× = gated for quality)",
-                                            "decode speed, tokens/s (right is faster)",
+    return {"data": data, "layout": _layout(f"Quality against speed on {target} (× fails the quality gate, ◇ inconclusive; "
+                                            "bars: 95% intervals)", "median decode speed, tokens/s (right is faster)",
                                             "WikiText-2 perplexity (down is better)")}
 
 
@@ -99,9 +118,13 @@ def throughput_vs_batch(configs: list[Config]) -> dict | None:
         return None
     several = len({c.target_name for c in configs}) > 1
     data = [{"type": "scatter", "mode": "lines+markers", "name": _name(c, several),
-             "x": [b["batch_size"] for b in c.per_batch], "y": [b["tokens_per_s"]["mean"] for b in c.per_batch],
-             "error_y": {"type": "data", "array": [b["tokens_per_s"]["std"] for b in c.per_batch]}} for c in cs]
-    layout = _layout("Throughput against batch size", "batch size", "generated tokens/s (all sequences)")
+             "x": [b["batch_size"] for b in c.per_batch], "y": [b["tokens_per_s"]["p50"] for b in c.per_batch],
+             "error_y": {"type": "data", "symmetric": False,
+                         "array": [(b["tokens_per_s"]["p50_ci"] or [0, 0])[1] - b["tokens_per_s"]["p50"] for b in c.per_batch],
+                         "arrayminus": [b["tokens_per_s"]["p50"] - (b["tokens_per_s"]["p50_ci"] or [0, 0])[0]
+                                        for b in c.per_batch]}} for c in cs]
+    layout = _layout("Throughput against batch size (median, bars: 95% intervals)", "batch size",
+                     "generated tokens/s (all sequences)")
     sizes = sorted({b["batch_size"] for c in cs for b in c.per_batch})
     layout["xaxis"].update(type="log", tickvals=sizes, ticktext=[str(b) for b in sizes])
     return {"data": data, "layout": layout}
@@ -121,7 +144,11 @@ def bandwidth_ceiling(configs: list[Config]) -> dict | None:
         return None
     several = len({c.target_name for c in configs}) > 1
     names = [_name(c, several) for c, _, _ in rows]
+    cis = [c.interval("decode_tokens_per_s") for c, _, _ in rows]
     data = [{"type": "bar", "name": "% of the bandwidth ceiling", "x": names, "y": [p for _, _, p in rows],
+             "error_y": {"type": "data", "symmetric": False,
+                         "array": [p * ((ci[1] / c.decode_tokens_per_s) - 1) if ci else 0 for (c, _, p), ci in zip(rows, cis)],
+                         "arrayminus": [p * (1 - ci[0] / c.decode_tokens_per_s) if ci else 0 for (c, _, p), ci in zip(rows, cis)]},
              "hovertext": [escape(f"{c.decode_tokens_per_s:,.0f} of {ceil:,.0f} tokens/s, {c.bandwidth_source}")
                       for c, ceil, _ in rows], "hoverinfo": "x+y+text"}]
     layout = _layout("Decode speed against the memory-bandwidth ceiling (bandwidth / model bytes per token)", "",

@@ -5,7 +5,6 @@ Every text that came from a result is escaped here, at the point it becomes HTML
 from html import escape
 
 from evaluator.report.configs import Config, reference_for
-from evaluator.report.guide import quality_loss_pct
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -47,7 +46,7 @@ def deltas(c: Config, base: Config | None) -> str:
 STATUS_CLASS = {"ok": "ok", "unsupported": "unsupported"}
 
 
-def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str]) -> str:
+def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str], margin: float) -> str:
     """Rows: backend variants. Columns: target x scenario. A cell: its status, why, its log tail."""
     rows = {}
     for c in configs:
@@ -66,47 +65,83 @@ def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str
                     continue
                 status = cell["status"]
                 extra = ""
-                gate = cell.get("quality_gate")
-                if status == "ok" and gate and not gate["passed"]:
-                    status = "ok · GATED"
-                    extra = f'<div class="why">{escape("; ".join(gate["reasons"]))}</div>'
+                gate = cfg.gate(margin) if s == "quality" else None
+                if status == "ok" and gate:
+                    status = f"ok · {gate['verdict']}"
+                    extra = "".join(f'<div class="why">{escape(r)}</div>' for r in gate["reasons"])
                 check = cell.get("check") or {}
                 if check.get("matches_reference") is True:
                     extra += '<div class="why">✔ greedy text matches the reference</div>'
                 if check.get("matches_reference") is False:
                     extra += f'<div class="why">greedy text differs from the reference at char {check.get("first_divergence_char")}</div>'
-                if cell.get("validity") and not cell["validity"].get("valid", True):
-                    extra += f'<div class="why">{escape("; ".join(cell["validity"]["reasons"]))}</div>'
                 if cell.get("reason"):
                     extra += f'<div class="why">{escape(cell["reason"])}</div>'
                 if cell.get("log_tail"):
                     extra += f'<details><summary>log tail</summary><pre>{escape(cell["log_tail"])}</pre></details>'
-                cls = "gated" if "GATED" in status else STATUS_CLASS.get(status, "bad")
+                cls = ("gated" if "FAIL" in status else "inconclusive" if "INCONCLUSIVE" in status
+                       else STATUS_CLASS.get(cell["status"], "bad"))
                 tds += f'<td class="l {cls}" title="{escape(cell["cell_id"])}"><b>{escape(status)}</b>{extra}</td>'
         body += f'<tr><td class="l">{escape(label)}</td>{tds}</tr>'
     return (f'<table class="matrix"><tr><th class="l" rowspan="2">backend · variant</th>{head}</tr>'
             f"<tr>{sub}</tr>{body}</table>")
 
 
+def _ci_text(value, ci) -> str:
+    """ "±1.2%" for a symmetric-enough interval, the interval itself in the cell's title."""
+    if value is None or not ci or not value:
+        return ""
+    half = 100 * (ci[1] - ci[0]) / 2 / abs(value)
+    return f'<small class="ci" title="95% interval [{fmt(ci[0])}, {fmt(ci[1])}]"> ±{half:.2g}%</small>'
+
+
+def _p95(c: Config) -> str:
+    if c.e2e_ms["p95"] is not None:
+        return fmt(c.e2e_ms["p95"]) + _ci_text(c.e2e_ms["p95"], c.e2e_ms["p95_ci"])
+    need = c.e2e_ms["p95_needs"]
+    return f'<small title="a p95 needs {need} requests to be bounded">needs {need} requests</small>' if need else "–"
+
+
 COLUMNS = [
-    # (header, how to read it from a Config, unit shown under the header)
-    ("peak memory", lambda c: _gb(c.peak_memory_bytes), "GB"),
-    ("model file", lambda c: _gb(c.model_bytes), "GB"),
-    ("decode", lambda c: c.decode_tokens_per_s, "tokens/s"),
-    ("throughput", lambda c: c.throughput_tokens_per_s, "tokens/s, best batch"),
-    ("latency p50", lambda c: c.e2e_ms["p50"], "ms"),
-    ("p95", lambda c: c.e2e_ms["p95"], "ms"),
-    ("p99", lambda c: c.e2e_ms["p99"], "ms"),
-    ("TTFT p50", lambda c: c.ttft_ms, "ms"),
-    ("energy", lambda c: c.energy_j_per_token, "J/token"),
-    ("HellaSwag acc_norm", lambda c: c.acc_norm, ""),
-    ("perplexity", lambda c: c.perplexity, "WikiText-2"),
-    ("KL vs ref", lambda c: c.kl_mean, "nats"),
-    ("top-1 agree", lambda c: c.top1_agreement, ""),
+    # (header, its value and 95% interval as HTML, unit shown under the header)
+    ("peak memory", lambda c: fmt(_gb(c.peak_memory_bytes)), "GB, one reading"),
+    ("model file", lambda c: fmt(_gb(c.model_bytes)), "GB"),
+    ("decode", lambda c: fmt(c.decode_tokens_per_s) + _ci_text(c.decode_tokens_per_s, c.interval("decode_tokens_per_s")),
+     "tokens/s, median"),
+    ("throughput", lambda c: fmt(c.throughput_tokens_per_s) + _ci_text(c.throughput_tokens_per_s, c.throughput_ci),
+     "tokens/s, best batch"),
+    ("latency p50", lambda c: fmt(c.e2e_ms["p50"]) + _ci_text(c.e2e_ms["p50"], c.e2e_ms["p50_ci"]), "ms"),
+    ("p95", _p95, "ms"),
+    ("TTFT p50", lambda c: fmt(c.ttft_ms) + _ci_text(c.ttft_ms, c.interval("ttft_ms")), "ms"),
+    ("energy", lambda c: fmt(c.energy_j_per_token), "J/token"),
+    ("HellaSwag acc_norm", lambda c: fmt(c.acc_norm) + (f"<small> ({c.acc_norm_items:,} items)</small>" if c.acc_norm_items else ""), ""),
+    ("perplexity", lambda c: fmt(c.perplexity), "WikiText-2"),
+    ("KL vs ref", lambda c: fmt(c.kl_mean), "nats"),
+    ("top-1 agree", lambda c: fmt(c.top1_agreement), ""),
 ]
 
 
-def comparison(configs: list[Config], target: str, reference: str | None) -> str:
+def _quality_cell(c: Config, base: Config | None, margin: float) -> str:
+    if c is base:
+        return "reference"
+    gate = c.gate(margin)
+    if not gate:
+        return "–"
+    cls = {"FAIL": "gated", "INCONCLUSIVE": "inconclusive", "PASS": "ok"}[gate["verdict"]]
+    parts = []
+    acc = (gate.get("hellaswag") or {}).get("acc_norm")
+    if acc:
+        lo, hi = (100 * x for x in acc["loss_ci"])
+        parts.append(f"acc_norm {100 * acc['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}], "
+                     f"+{acc['gained']}/−{acc['lost']} items, McNemar p {acc['mcnemar_p']:.2g}")
+    ppl = gate.get("perplexity")
+    if ppl:
+        lo, hi = (100 * x for x in ppl["loss_ci"])
+        parts.append(f"perplexity {100 * ppl['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}]")
+    return (f'<b class="{cls}">{gate["verdict"]}</b><br><small>{escape("; ".join(parts))} '
+            f'(allowed {100 * margin:g}%)</small>')
+
+
+def comparison(configs: list[Config], target: str, reference: str | None, margin: float) -> str:
     """One row per configuration on a target, the reference first, deltas against it."""
     mine = [c for c in configs if c.target_name == target and c.measured]
     if not mine:
@@ -116,10 +151,8 @@ def comparison(configs: list[Config], target: str, reference: str | None) -> str
     head = "".join(f'<th>{escape(h)}<br><small>{escape(u)}</small></th>' for h, _, u in COLUMNS)
     body = ""
     for c in mine:
-        tds = "".join(f'<td data-metric="{escape(h)}">{fmt(read(c))}</td>' for h, read, _ in COLUMNS)
-        loss = quality_loss_pct(c, base)
-        flag = ' <span class="gated">GATED</span>' if c.gated else ""
-        body += (f'<tr><td class="l">{escape(c.label)}{flag}</td>{tds}<td class="l">{deltas(c, base)}'
-                 f'{"" if loss is None or c is base else f"<br><small>quality loss {loss:+.2f}%</small>"}</td></tr>')
-    return (f'<table class="compare"><tr><th class="l">configuration</th>{head}<th class="l">vs baseline</th></tr>'
-            f"{body}</table>")
+        tds = "".join(f'<td data-metric="{escape(h)}">{read(c)}</td>' for h, read, _ in COLUMNS)
+        body += (f'<tr><td class="l">{escape(c.label)}</td>{tds}<td class="l">{_quality_cell(c, base, margin)}</td>'
+                 f'<td class="l">{deltas(c, base)}</td></tr>')
+    return (f'<table class="compare"><tr><th class="l">configuration</th>{head}<th class="l">quality gate<br>'
+            f'<small>loss vs reference, 95% interval</small></th><th class="l">vs baseline</th></tr>{body}</table>')

@@ -12,15 +12,17 @@ log-probabilities.
   acc      = share of items where argmax_j L_j is the gold ending
   acc_norm = share of items where argmax_j L_j / len(ending_j in characters) is gold
              (lm-evaluation-harness's definition; the leading space is not counted)
-Each with its standard error (sample variance) and a 95% Wilson interval. `limit` takes a
-seeded random subset of items (sorted by index), reproducible from (limit, seed).
+Each with its standard error (sample variance) and a 95% Wilson interval. Items are scored
+in a seeded random order (`order`), so the first n of them are a random subset of n items:
+what a quality budget that stops early, or a fixed --quality-items N, scores.
 """
 import bz2
 import random
 from dataclasses import dataclass
+from functools import cache
 
 from evaluator.catalog.backends import REPO
-from evaluator.measure.stats import binomial_stderr, wilson_interval
+from evaluator.stats.intervals import binomial_stderr, wilson_interval
 
 DATA = REPO / "data" / "hellaswag" / "hellaswag_val_full.txt.bz2"
 ITEMS = 10042
@@ -34,7 +36,8 @@ class Item:
     endings: tuple
 
 
-def load() -> list[Item]:
+@cache
+def load() -> tuple[Item, ...]:
     lines = bz2.decompress(DATA.read_bytes()).decode("utf-8").split("\n")
     items = []
     for i in range(len(lines) // 6):
@@ -42,14 +45,22 @@ def load() -> list[Item]:
         items.append(Item(i, block[0], int(block[1]), tuple(block[2:6])))
     if len(items) != ITEMS:
         raise RuntimeError(f"{DATA} holds {len(items)} items, expected {ITEMS}")
-    return items
+    return tuple(items)
 
 
-def select(items: list[Item], limit: int | None, seed: int) -> list[Item]:
-    if limit is None or limit >= len(items):
-        return items
-    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in chosen]
+def order(items: list[Item], seed: int) -> list[Item]:
+    """Every item, in the seeded random order scoring follows."""
+    return [items[i] for i in random.Random(seed).sample(range(len(items)), len(items))]
+
+
+def correct(items: list[Item], ending_logprob_sums: list[list[float]]) -> tuple[list[bool], list[bool]]:
+    """Per item: (acc, acc_norm) correctness."""
+    acc, acc_norm = [], []
+    for item, sums in zip(items, ending_logprob_sums, strict=True):
+        acc.append(max(range(4), key=lambda j: sums[j]) == item.label)
+        normed = [s / len(e) for s, e in zip(sums, item.endings)]
+        acc_norm.append(max(range(4), key=lambda j: normed[j]) == item.label)
+    return acc, acc_norm
 
 
 def requests(items: list[Item], tok) -> list[dict]:
@@ -60,13 +71,9 @@ def requests(items: list[Item], tok) -> list[dict]:
 
 def summarize(items: list[Item], ending_logprob_sums: list[list[float]]) -> dict:
     n = len(items)
-    correct = correct_norm = 0
-    for item, sums in zip(items, ending_logprob_sums):
-        correct += max(range(4), key=lambda j: sums[j]) == item.label
-        normed = [s / len(e) for s, e in zip(sums, item.endings)]
-        correct_norm += max(range(4), key=lambda j: normed[j]) == item.label
+    acc, acc_norm = correct(items, ending_logprob_sums)
     out = {"items": n, "of": ITEMS}
-    for name, k in (("acc", correct), ("acc_norm", correct_norm)):
+    for name, k in (("acc", sum(acc)), ("acc_norm", sum(acc_norm))):
         lo, hi = wilson_interval(k, n)
         out[name] = {"value": k / n, "correct": k, "stderr": binomial_stderr(k, n), "wilson95": [lo, hi]}
     return out

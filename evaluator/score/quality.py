@@ -1,23 +1,31 @@
 """The quality scenario: one runner, the same token ids as every other backend, scored here.
 
 It asks for log-probabilities only (HellaSwag items, WikiText-2 windows) and keeps the raw
-answers beside the cell (raw/<cell>.json) so fidelity and every summary can be recomputed.
+answers beside the cell (raw/<cell>.json): every item's ending sums and every window's NLL,
+so the paired comparisons (gate.py) and every summary can be recomputed from the files.
+
+A quality cell may be scored in several rounds (budget.py): each round is one runner
+session that continues the HellaSwag items where the last one stopped, in the seeded order,
+and asks its `judge` at every planned look whether the verdict is already known.
 """
 from dataclasses import dataclass
+from typing import Callable
 
 from evaluator.launch.process import RunnerFailure
 from evaluator.score import hellaswag, perplexity
-
+from evaluator.stats import sequential
 
 # The most logits one grouped score request may make an engine hold: 2^25 floats (128 MiB in
 # float32). At a 512-token vocabulary that is ~150 HellaSwag items a request; at 128k, one.
 LOGITS_BUDGET = 2**25
+ITEM_MODES = ("auto", "all")
+gate_reference_exhausted = "the reference has no more items"  # a judge's stop that a later round may lift
 
 
 @dataclass(frozen=True)
 class Quality:
-    hellaswag_limit: int | None = None   # None: all 10,042 items
-    seed: int = 1234                     # for the --limit subset
+    items: str = "auto"                  # auto: stop when the verdicts are known; all; or a number N
+    seed: int = 1234                     # of the order items are scored in
     ppl_window: int | None = None        # None: min(model context, 1024)
     ppl_stride: int | None = None        # None: half the window
     ppl_max_tokens: int | None = None    # None: the whole file
@@ -25,6 +33,26 @@ class Quality:
     fidelity_windows: int = 8            # rolling windows scored with top-k for fidelity
     top_k: int = 10
     name: str = "quality"
+
+    @property
+    def total_items(self) -> int:
+        return hellaswag.ITEMS if self.items in ITEM_MODES else min(int(self.items), hellaswag.ITEMS)
+
+    @property
+    def sequential(self) -> bool:
+        return self.items == "auto"
+
+    def design(self) -> dict:
+        return sequential.design(self.total_items, self.sequential)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One runner session of a quality cell: HellaSwag up to `upto` items, continuing the
+    (metrics, raw) of the previous session, asking judge(raw, n) -> stop reason | None at looks."""
+    upto: int
+    previous: tuple[dict, dict] | None = None
+    judge: Callable | None = None
 
 
 def _checked(results: list, lengths: list[int], what: str) -> list:
@@ -35,14 +63,14 @@ def _checked(results: list, lengths: list[int], what: str) -> list:
 
 
 def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows: int, what: str, progress):
-    """(total NLL, tokens scored, the answers of the first `top_k_windows` windows, with top-k)."""
-    nll, count, kept = 0.0, 0, []
+    """(NLL per window, tokens per window, the answers of the first `top_k_windows` windows, with top-k)."""
+    nll, count, kept = [], [], []
     for i, w in enumerate(windows):
         k = top_k if i < top_k_windows else 0
         (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=k)["results"],
                           [len(w.tokens) - w.start], what)
-        nll -= sum(res["logprobs"])
-        count += len(res["logprobs"])
+        nll.append(-sum(res["logprobs"]))
+        count.append(len(res["logprobs"]))
         if k:
             kept.append(res)
         if progress and i % 100 == 0:
@@ -66,23 +94,7 @@ def _batches(reqs: list[dict], vocab_size: int):
         yield batch
 
 
-def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, progress=None) -> tuple[dict, dict]:
-    """(metrics, raw) for one loaded runner."""
-    items = hellaswag.select(hellaswag.load(), sc.hellaswag_limit, sc.seed)
-    sums = []
-    for batch in _batches(hellaswag.requests(items, tok), vocab_size):
-        res = runner.request("score", timeout_s, groups=batch, top_k=0)["results"]
-        if len(res) != len(batch):
-            raise RunnerFailure("invalid", f"hellaswag: {len(batch)} groups asked, {len(res)} answered")
-        for req, answers in zip(batch, res):
-            lengths = [len(s) for s in req["sequences"]]
-            sums.append([sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")])
-        if progress:
-            progress(f"hellaswag {len(sums)}/{len(items)}")
-    metrics = {"hellaswag": hellaswag.summarize(items, sums)}
-    metrics["hellaswag"]["subset"] = (None if sc.hellaswag_limit is None or sc.hellaswag_limit >= hellaswag.ITEMS
-                                      else {"limit": sc.hellaswag_limit, "seed": sc.seed})
-
+def _perplexity(runner, tok, sc: Quality, timeout_s: float, progress) -> tuple[dict, dict]:
     source = perplexity.text()
     tokens = tok.encode_cached("wikitext-2-test", source)
     complete = sc.ppl_max_tokens is None or sc.ppl_max_tokens >= len(tokens)
@@ -91,12 +103,57 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, progress=No
     stride = sc.ppl_stride or window // 2
     rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
     nll, count, fidelity = _score_windows(runner, rolling, timeout_s, sc.top_k, sc.fidelity_windows, "perplexity", progress)
-    ppl = {"rolling": perplexity.summarize_rolling(nll, count, source, window, stride, complete)}
+    metrics = {"rolling": perplexity.summarize_rolling(sum(nll), sum(count), source, window, stride, complete)}
+    raw = {"rolling": {"window_nll": nll, "window_tokens": count}}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
         chunks = perplexity.llamacpp_windows(tokens, tok.bos)
         nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
-        ppl["llamacpp"] = perplexity.summarize_llamacpp(nll, count, len(chunks))
-    metrics["perplexity"] = ppl
-    raw = {"hellaswag": {"items": [it.index for it in items], "ending_logprob_sums": sums},
-           "fidelity_windows": fidelity}
-    return metrics, raw
+        metrics["llamacpp"] = perplexity.summarize_llamacpp(sum(nll), sum(count), len(chunks))
+        raw["llamacpp"] = {"window_nll": nll, "window_tokens": count}
+    return metrics, {"perplexity": raw, "fidelity_windows": fidelity}
+
+
+def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int) -> list[list[float]]:
+    sums = []
+    for batch in _batches(hellaswag.requests(items, tok), vocab_size):
+        res = runner.request("score", timeout_s, groups=batch, top_k=0)["results"]
+        if len(res) != len(batch):
+            raise RunnerFailure("invalid", f"hellaswag: {len(batch)} groups asked, {len(res)} answered")
+        for req, answers in zip(batch, res):
+            lengths = [len(s) for s in req["sequences"]]
+            sums.append([sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")])
+    return sums
+
+
+def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round, progress=None) -> tuple[dict, dict]:
+    """(metrics, raw) after this round, the previous rounds' answers included."""
+    if rnd.previous:
+        metrics, raw = rnd.previous[0], dict(rnd.previous[1])
+        ppl_metrics = metrics["perplexity"]
+        raw["hellaswag"] = dict(raw["hellaswag"])
+    else:
+        ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, progress)
+        raw["hellaswag"] = {"items": [], "ending_logprob_sums": []}
+    order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
+    scored = raw["hellaswag"]
+    if scored["items"] != [it.index for it in order[: len(scored["items"])]]:
+        raise ValueError("the stored HellaSwag answers do not follow this cell's item order")
+    looks, stop = sc.design()["looks"], None
+    while len(scored["items"]) < min(rnd.upto, sc.total_items) and stop is None:
+        n = len(scored["items"])
+        end = min(next(look for look in looks if look > n), rnd.upto)
+        block = order[n:end]
+        scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(runner, block, tok, timeout_s, vocab_size)
+        scored["items"] = scored["items"] + [it.index for it in block]
+        if progress:
+            progress(f"hellaswag {end}/{sc.total_items}")
+        if end in looks and rnd.judge:
+            stop = rnd.judge(raw, end)
+    n = len(scored["items"])
+    # Final: the verdict is known, or nothing is left to score; otherwise a later round may go on.
+    final = n >= sc.total_items or (stop is not None and stop != gate_reference_exhausted)
+    scored["stopped"] = stop or ("every planned item" if n >= sc.total_items else f"this round's {n} items")
+    hs = hellaswag.summarize(order[:n], scored["ending_logprob_sums"])
+    hs["order"] = {"seed": sc.seed, "mode": sc.items, "planned": sc.total_items, "scored": n,
+                   "stopped": scored["stopped"], "final": final}
+    return {"hellaswag": hs, "perplexity": ppl_metrics}, raw

@@ -1,0 +1,144 @@
+"""Executing a planned run, in the order things happen:
+
+1. timing cells (latency, throughput), one machine's cells after another's on that machine,
+   machines side by side;
+2. quality cells, in the rounds of the quality budget (score/budget.py);
+3. each variant against its reference: the gate and fidelity, written into its cell;
+4. the decision guide's constraints into run.json, and the report.
+
+cli.py parses and prints; run.py plans cells and runs one runner session; this file decides
+what runs when.
+"""
+import dataclasses
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+from evaluator import run, store
+from evaluator.measure import sampling
+from evaluator.score import budget, fidelity, gate, quality
+
+
+def machine_of(cell: run.Cell) -> str:
+    """Cells on one machine run one after another, so nothing disturbs another's measurement
+    (this machine hosts both the `local` and the `docker` targets)."""
+    return cell.target.host if cell.target.transport == "ssh-docker" else "this machine"
+
+
+def _side_by_side(cells: list, work) -> None:
+    by_machine = {}
+    for cell in cells:
+        by_machine.setdefault(machine_of(cell), []).append(cell)
+    with ThreadPoolExecutor(max_workers=len(by_machine) or 1) as pool:
+        for done in [pool.submit(lambda cs: [work(c) for c in cs], cs) for cs in by_machine.values()]:
+            done.result()
+
+
+def _line(cell: run.Cell, result: dict) -> str:
+    line = f"{result['status']:>14}  {cell.id}"
+    artifact = (result.get("load") or {}).get("artifact")
+    for a in [*(artifact or {}).get("built_from", []), *([artifact] if artifact else [])]:
+        line += (f"  [artifact {a['kind']}: reused from cache]" if a["reused"]
+                 else f"  [artifact {a['kind']}: built in {a['build_s']:.1f} s, cached]")
+    if result["status"] == "unsupported":
+        return line + f"  ({result['reason'][:160]})"
+    if result["status"] != "ok":
+        return line + f"  ({result['reason']})"
+    if "check" in result and "matches_reference" in result["check"]:
+        line += "  greedy check: " + ("matches reference" if result["check"]["matches_reference"]
+                                      else f"differs from reference at char {result['check']['first_divergence_char']}")
+    if cell.scenario.name == "latency":
+        m = result["metrics"]
+        line += (f"  median {m['e2e_ms']['p50']:.3g} ms ±{100 * m['e2e_ms']['precision']:.1f}%, decode "
+                 f"{m['decode_tokens_per_s']['p50']:,.0f} tokens/s ({result['iterations']} requests)")
+    if cell.scenario.name == "quality":
+        m = result["metrics"]
+        order = m["hellaswag"]["order"]
+        line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']:,} items; "
+                 f"{order['stopped']}), perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
+    return line
+
+
+def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, resume: bool, say, bar) -> list[dict]:
+    """Run every cell of a prepared run; returns the failed cells' results."""
+    failed, refused = [], {}  # refused: (backend, variant, target) -> why its runner refused the model
+
+    def kept(cell):
+        result = run.finished(prep.path, cell, prep.model_info, check) if resume else None
+        if result:
+            say(f"{result['status']:>14}  {cell.id}  (kept from before the resume)")
+        return result
+
+    def session(cell, rnd=None, rounds=()):
+        bar.set_description(cell.id)
+        same = (cell.backend.name, cell.variant.name, cell.target.name)
+        if same in refused and not cell.unsupported:
+            cell = dataclasses.replace(cell, unsupported=refused[same])
+        result = run.run_cell(cell, prep.model, prep.model_info, prep.tok, prep.path, prep.run_id, check, deadlines,
+                              log=say, progress=lambda n: bar.set_postfix_str(f"{n}"), rnd=rnd)
+        if rnd is not None and result["status"] == "ok":
+            order = result["metrics"]["hellaswag"]["order"]
+            result["rounds"] = [*rounds, {"upto": rnd.upto, "scored": order["scored"], "stopped": order["stopped"],
+                                          "wall_s": result["wall_s"]}]
+        store.write_json(prep.path / "cells" / f"{cell.id}.json", result)
+        if result["status"] == "unsupported" and not cell.unsupported:
+            refused[same] = f"{result['reason']} (found loading {cell.id})"
+        if result["status"] in run.FAILED:
+            failed.append(result)
+        say(_line(cell, result))
+        for line in sampling.print_rules(result["validity"]) if result.get("validity") and result["status"] != "ok" else []:
+            say(f"{'':>16}{line}")
+        return result
+
+    timing = [c for c in prep.cells if not isinstance(c.scenario, quality.Quality)]
+    scored = [c for c in prep.cells if isinstance(c.scenario, quality.Quality)]
+
+    def timed(cell):
+        kept(cell) or session(cell)
+        bar.update()
+
+    _side_by_side(timing, timed)
+    if scored:
+        sc = scored[0].scenario
+        stored = {c.id: r for c in scored if (r := kept(c))}
+        history = {cid: r.get("rounds", []) for cid, r in stored.items()}
+
+        def quality_session(cell, rnd):
+            result = session(cell, rnd, history.get(cell.id, ()))
+            history[cell.id] = result.get("rounds", [])
+            return result
+
+        budget.run(scored, sc, margin, lambda c: prep.reference.cell_for(c, scored), quality_session,
+                   lambda r: json.loads((prep.path / r["raw"]).read_text()), machine_of, stored)
+        bar.update(len(scored))
+        for c in finish_quality(prep.path, prep.reference, margin, sc):
+            say(gate_line(c))
+    return failed
+
+
+def finish_quality(run_path, reference: run.Reference, margin: float, sc: quality.Quality) -> list[dict]:
+    """Each variant's quality cell against its reference's, item by item: `fidelity` and
+    `quality_gate` written into the cell (atomically). Returns the updated cells."""
+    _, cells = store.load_run(run_path)
+    mine = {(c["backend"], c["variant"], c["target"]["name"]): c for c in cells
+            if c["scenario"]["name"] == "quality" and c["status"] == "ok"}
+    updated = []
+    for (backend, variant, target), c in mine.items():
+        ref = mine.get((reference.backend.name, reference.variant.name, reference.target or target))
+        if ref is None or ref is c:
+            continue
+        ref_raw = json.loads((run_path / ref["raw"]).read_text())
+        raw = json.loads((run_path / c["raw"]).read_text())
+        label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}"
+        c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
+        c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
+        store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
+        updated.append(c)
+    return updated
+
+
+def gate_line(c: dict) -> str:
+    f, g = c["fidelity"], c["quality_gate"]
+    kl = f"KL mean {f['kl_mean']:.2e}" + (f" [{f['kl_mean_ci'][0]:.2e}, {f['kl_mean_ci'][1]:.2e}]" if f.get("kl_mean_ci") else "")
+    verdict = g["verdict"] + (": " + "; ".join(g["reasons"]) if g["reasons"] else "")
+    return (f"quality {c['backend']}.{c['variant']}@{c['target']['name']} vs {g['reference']}: {kl}, "
+            f"top-1 agreement {f['top1_agreement']:.4f}; gate {verdict}")

@@ -1,0 +1,113 @@
+"""The quality gate: a variant against the reference on the same items and windows.
+
+Every comparison is paired (stats/paired.py) and every verdict three-way
+(stats/sequential.py). The quality loss, in one unit everywhere (a share of the reference):
+  HellaSwag   (reference acc_norm - variant acc_norm) / reference acc_norm
+  perplexity  variant / reference rolling perplexity - 1
+The gate decides on acc_norm and perplexity; acc is reported beside them. The allowed loss is
+`--max-quality-loss` (one number, used by the gate and by the decision guide). The two
+verdicts are not corrected for being two: the gate FAILs on either.
+"""
+from evaluator.score import hellaswag, quality
+from evaluator.stats import paired, sequential
+from evaluator.stats.intervals import Z95
+
+
+def _items(raw: dict, n: int) -> tuple[list, list]:
+    indices = raw["hellaswag"]["items"][:n]
+    by_index = hellaswag.load()
+    return [by_index[i] for i in indices], raw["hellaswag"]["ending_logprob_sums"][:n]
+
+
+def hellaswag_pairs(ref_raw: dict, var_raw: dict, n: int, z: float, total: int, margin: float | None = None) -> dict:
+    """Δacc and Δacc_norm over the first n items both scored, with the loss interval and, for
+    acc_norm, the verdict and the items that would likely decide it."""
+    ref_items, ref_sums = _items(ref_raw, n)
+    var_items, var_sums = _items(var_raw, n)
+    if [i.index for i in ref_items] != [i.index for i in var_items]:
+        raise ValueError("the variant and the reference scored different HellaSwag items")
+    n = len(ref_items)
+    out = {"items": n}
+    for name, ref_ok, var_ok in zip(("acc", "acc_norm"), hellaswag.correct(ref_items, ref_sums),
+                                    hellaswag.correct(var_items, var_sums)):
+        b, c = paired.discordance(ref_ok, var_ok)
+        diff = paired.matched_difference(b, c, n, z)
+        ref_acc = sum(ref_ok) / n
+        scale = ref_acc or 1.0
+        diff.update(reference=ref_acc, variant=sum(var_ok) / n,
+                    loss=-diff["delta"] / scale, loss_ci=[-diff["ci"][1] / scale, -diff["ci"][0] / scale])
+        out[name] = diff
+    if margin is not None:
+        acc = out["acc_norm"]
+        acc["verdict"] = sequential.verdict(acc["loss_ci"], margin)
+        if acc["verdict"] == "INCONCLUSIVE":
+            distance = abs(acc["delta"] + margin * (acc["reference"] or 1.0))
+            need = sequential.items_to_decide(distance, acc["se"], z, n)
+            acc["items_to_decide"] = need
+            acc["futile"] = need is None or need > total
+    return out
+
+
+def perplexity_pair(ref_raw: dict, var_raw: dict, margin: float | None = None) -> dict | None:
+    r, v = ref_raw["perplexity"]["rolling"], var_raw["perplexity"]["rolling"]
+    if r["window_tokens"] != v["window_tokens"] or len(r["window_tokens"]) < 2:
+        return None
+    out = paired.perplexity_ratio(r["window_nll"], v["window_nll"], r["window_tokens"], Z95)
+    out.update(loss=out["ratio"] - 1, loss_ci=[out["ci"][0] - 1, out["ci"][1] - 1])
+    if margin is not None:
+        out["verdict"] = sequential.verdict(out["loss_ci"], margin)
+    return out
+
+
+def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int, n: int | None = None) -> dict:
+    """The gate for one variant on the first n items both scored (default: all of them)."""
+    n = min(len(ref_raw["hellaswag"]["items"]), len(var_raw["hellaswag"]["items"]), n or total)
+    out = {"margin": margin, "design": design}
+    verdicts = []
+    if n:
+        out["hellaswag"] = hellaswag_pairs(ref_raw, var_raw, n, design["z"], total, margin)
+        verdicts.append(out["hellaswag"]["acc_norm"]["verdict"])
+    ppl = perplexity_pair(ref_raw, var_raw, margin)
+    if ppl:
+        out["perplexity"] = ppl
+        verdicts.append(ppl["verdict"])
+    out["verdict"] = sequential.combine(verdicts)
+    out["reasons"] = reasons(out)
+    return out
+
+
+def reasons(gate: dict) -> list[str]:
+    """One sentence per metric that is not a PASS, with its interval."""
+    out, m = [], 100 * gate["margin"]
+    acc = (gate.get("hellaswag") or {}).get("acc_norm")
+    if acc and acc["verdict"] != "PASS":
+        lo, hi = (100 * x for x in acc["loss_ci"])
+        line = (f"acc_norm loss {100 * acc['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}] of the reference's "
+                f"({acc['gained']} items gained, {acc['lost']} lost of {acc['items']}, McNemar p = {acc['mcnemar_p']:.3g}) "
+                f"against the {m:g}% allowed: {acc['verdict']}")
+        if acc["verdict"] == "INCONCLUSIVE":
+            line += ("; even the whole set would likely not decide it" if acc.get("futile")
+                     else f"; about {acc['items_to_decide']:,} items would likely decide it")
+        out.append(line)
+    ppl = gate.get("perplexity")
+    if ppl and ppl["verdict"] != "PASS":
+        lo, hi = (100 * x for x in ppl["loss_ci"])
+        out.append(f"perplexity {100 * ppl['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}] against the {m:g}% allowed: {ppl['verdict']}")
+    return out
+
+
+def judge(ref_raw: dict, margin: float, design: dict, total: int):
+    """The stopping rule a variant's quality cell asks at each look: a reason to stop, or None."""
+    def at_look(var_raw: dict, n: int) -> str | None:
+        if n > len(ref_raw["hellaswag"]["items"]):
+            return quality.gate_reference_exhausted
+        g = assess(ref_raw, var_raw, margin, design, total, n)
+        acc = g["hellaswag"]["acc_norm"]
+        if acc["verdict"] != "INCONCLUSIVE":
+            return f"acc_norm verdict {acc['verdict']} at {n} items"
+        if (g.get("perplexity") or {}).get("verdict") == "FAIL":
+            return f"perplexity FAILs, so the gate does ({n} items)"
+        if acc["futile"]:
+            return f"futile at {n} items: the whole set would likely not decide acc_norm"
+        return None
+    return at_look
