@@ -36,7 +36,7 @@ NEW_TOKENS, PROMPT_TOKENS = 64, 32
 def harness(model: str, backend: str, variant: str, reports: Path, repeats: int) -> dict:
     args = [sys.executable, "-m", "evaluator", "eval", model, "--backends", backend, "--variants", variant,
             "--scenarios", "latency", "--prompt-tokens", str(PROMPT_TOKENS), "--new-tokens", str(NEW_TOKENS),
-            "--warmup", "1", "--min-iterations", str(repeats), "--min-duration", "0", "--check-tokens", "8", "--max-cv", "1e9",
+            "--warmup", "1", "--min-iterations", str(repeats), "--min-duration", "0", "--check-tokens", "8", "--precision", "1e9",
             "--reports", str(reports)]
     done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     cells = sorted(reports.glob("*/cells/*.json"), key=lambda p: p.stat().st_mtime)

@@ -59,7 +59,32 @@ def python_for(backend: Backend, log=print) -> Path:
 
 
 def build_flags(backend: Backend, arch: str | None = None) -> dict:
-    return {k: str(v) for k, v in backend.build_env.get(arch or platform.machine(), {}).items()}
+    """The manifest's build variables for `arch`. Built for this machine, each instruction-set
+    option the manifest ties to a CPU flag ([environment.cpu_features]) is switched OFF where
+    this CPU lacks the flag: a binary built with AVX-512 dies with SIGILL on a CPU without it."""
+    arch = arch or platform.machine()
+    flags = {k: str(v) for k, v in backend.build_env.get(arch, {}).items()}
+    features = backend.cpu_features.get(arch, {})
+    if features and arch == platform.machine():
+        have = cpu_flags()
+        for key, value in flags.items():
+            for option, needs in features.items():
+                if needs not in have:
+                    value = value.replace(f"-D{option}=ON", f"-D{option}=OFF")
+            flags[key] = value
+    return flags
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's instruction-set flags as the kernel lists them (x86: 'flags', arm: 'Features')."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.split(":")[0].strip() in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def wheelhouse(backend: Backend, log=print) -> Path | None:

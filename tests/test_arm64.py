@@ -22,7 +22,7 @@ def test_llamacpp_runs_stories260k_in_an_arm64_image_under_emulation(tmp_path):
         docker_script(script, *args)
     proc = run_cli("eval", "stories260k", "--targets", "docker-arm64,local", "--backends", "llamacpp", "--variants", "f32,q8_0",
                    "--scenarios", "latency,quality", "--limit", "20", "--ppl-tokens", "2000", "--min-iterations", "3",
-                   "--min-duration", "0", "--max-cv", "1e9", "--reference", "llamacpp:f32", "--reports", str(tmp_path),
+                   "--min-duration", "0", "--precision", "1e9", "--reference", "llamacpp:f32", "--reports", str(tmp_path),
                    timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {(c["target"]["name"], c["variant"], c["scenario"]["name"]): c

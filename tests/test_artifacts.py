@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 FAST = ["--scenarios", "latency", "--min-iterations", "2", "--min-duration", "0", "--new-tokens", "4", "--warmup", "0",
-        "--max-cv", "1e9"]  # plumbing, not stability: a few tiny requests scatter
+        "--precision", "1e9"]  # plumbing, not stability: a few tiny requests scatter
 
 
 def artifacts(reports):

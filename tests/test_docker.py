@@ -13,7 +13,7 @@ from tests.test_eval import cells, run_folder
 pytestmark = pytest.mark.skipif(not (shutil.which("dockerd") and shutil.which("debootstrap")),
                                 reason="needs Debian's docker.io and debootstrap (.ci/run installs them)")
 FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
-        "--max-cv", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
+        "--precision", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import REPO, run_cli
 
 FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
-        "--max-cv", "1e9"]  # plumbing, not stability: a few tiny requests scatter
+        "--precision", "1e9"]  # plumbing, not stability: a few tiny requests scatter
 
 
 def run_folder(stderr: str, reports):
@@ -132,7 +132,10 @@ def test_a_dying_runner_fails_its_cell_and_the_run_goes_on(tmp_path):
     (["eval", "stories260k", "--memory-budget", "-8"], "--memory-budget must be > 0"),
     (["eval", "stories260k", "--max-quality-loss", "-1"], "--max-quality-loss must be >= 0"),
     (["eval", "stories260k", "--max-latency-ms", "0"], "must be > 0"),
-    (["eval", "stories260k", "--max-cv", "0"], "--max-cv must be > 0 percent"),
+    (["eval", "stories260k", "--precision", "0"], "--precision must be > 0 percent"),
+    (["eval", "stories260k", "--max-time", "-1"], "--max-time must be > 0 seconds"),
+    (["eval", "stories260k", "--quality-items", "some"], "'some' is not auto, all or a positive number of items"),
+    (["eval", "stories260k", "--reference", "pytorch_eager:fp32-sdpa-kv@gpu"], "target 'gpu' is not one of this run's targets"),
     (["eval", "stories260k", "--cell-timeout", "-1"], "--cell-timeout must be > 0"),
     (["eval", "stories260k", "--reference", "pytorch_eager"], "must be BACKEND:VARIANT"),
     (["eval", "stories260k", "--reference", "pytorch_eager:fp64"], "fp64"),
@@ -183,7 +186,7 @@ def test_a_killed_run_resumes_where_it_stopped_and_keeps_finished_cells(tmp_path
     import time
 
     args = [sys.executable, "-m", "evaluator", "eval", "stories260k", "--backends", "null", "--scenarios", "latency",
-            "--variants", "none,slow_tokens", "--min-iterations", "60", "--min-duration", "0", "--warmup", "0", "--max-cv", "1e9",
+            "--variants", "none,slow_tokens", "--min-iterations", "60", "--min-duration", "0", "--warmup", "0", "--precision", "1e9",
             "--new-tokens", "8", "--reports", str(tmp_path)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

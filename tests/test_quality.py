@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from evaluator import run, store
+from evaluator import evaluate, run, store
 from evaluator.catalog import backends, models, targets
 from evaluator.catalog.backends import Variant
-from evaluator.measure.stats import wilson_interval
-from evaluator.score import fidelity, hellaswag, perplexity
+from evaluator.stats.intervals import wilson_interval
+from evaluator.score import fidelity, gate, hellaswag, perplexity
 from evaluator.score.quality import Quality
 from evaluator.tokens import HostTokenizer
 from tests.conftest import run_cli
@@ -25,11 +25,11 @@ def test_hellaswag_is_the_whole_validation_set():
     assert all(len(i.endings) == 4 and i.context for i in items)
 
 
-def test_limit_takes_a_seeded_reproducible_subset():
+def test_items_are_scored_in_a_seeded_reproducible_order():
     items = hellaswag.load()
-    a, b = hellaswag.select(items, 100, 7), hellaswag.select(items, 100, 7)
-    assert [i.index for i in a] == [i.index for i in b] == sorted(i.index for i in a)
-    assert [i.index for i in hellaswag.select(items, 100, 8)] != [i.index for i in a]
+    a, b = hellaswag.order(items, 7), hellaswag.order(items, 7)
+    assert [i.index for i in a] == [i.index for i in b] and sorted(i.index for i in a) == list(range(10042))
+    assert [i.index for i in hellaswag.order(items, 8)][:100] != [i.index for i in a][:100]
 
 
 def test_acc_norm_divides_by_ending_characters():
@@ -72,13 +72,27 @@ def test_fidelity_of_identical_answers_is_perfect_and_of_different_ones_is_not()
     assert diff["kl_mean"] > 0.1 and diff["top1_agreement"] == 0.5 and diff["mean_abs_dp_correct"] == pytest.approx(0.15)
 
 
-def test_gate_marks_a_variant_under_the_thresholds():
-    ref = {"hellaswag": {"acc_norm": {"value": 0.50}}, "perplexity": {"rolling": {"token_perplexity": 10.0}}}
-    ok = {"hellaswag": {"acc_norm": {"value": 0.496}}, "perplexity": {"rolling": {"token_perplexity": 10.09}}}
-    bad = {"hellaswag": {"acc_norm": {"value": 0.40}}, "perplexity": {"rolling": {"token_perplexity": 12.0}}}
-    assert fidelity.gate(ref, ok, 0.99, 1.01)["passed"]
-    verdict = fidelity.gate(ref, bad, 0.99, 1.01)
-    assert not verdict["passed"] and len(verdict["reasons"]) == 2
+def _raw(correct: list[bool], nll: list[float]) -> dict:
+    """Raw answers for the first len(correct) items of the default order: right or wrong by choice."""
+    items = hellaswag.order(hellaswag.load(), 1234)[: len(correct)]
+    sums = [[0.0 if (j == it.label) == ok else -50.0 for j in range(4)] for it, ok in zip(items, correct)]
+    return {"hellaswag": {"items": [it.index for it in items], "ending_logprob_sums": sums},
+            "perplexity": {"rolling": {"window_nll": nll, "window_tokens": [100] * len(nll)}}}
+
+
+def test_gate_verdicts_are_paired_and_three_way():
+    ref = _raw([i % 2 == 0 for i in range(1000)], [300.0] * 20)
+    same = _raw([i % 2 == 0 for i in range(1000)], [300.5, 299.5] * 10)
+    worse = _raw([i % 2 == 0 and i % 10 != 0 for i in range(1000)], [330.0] * 20)
+    close = _raw([i % 2 == 0 if i % 50 else i % 2 == 1 for i in range(1000)], [300.0] * 20)
+    design = {"looks": [1000], "z": 1.96, "method": "one look"}
+    assert gate.assess(ref, same, 0.01, design, 1000)["verdict"] == "PASS"
+    bad = gate.assess(ref, worse, 0.01, design, 1000)
+    assert bad["verdict"] == "FAIL" and len(bad["reasons"]) == 2
+    assert bad["hellaswag"]["acc_norm"]["lost"] == 100 and bad["hellaswag"]["acc_norm"]["gained"] == 0
+    assert bad["perplexity"]["ratio"] == pytest.approx(math.exp(30 / 100))
+    unsure = gate.assess(ref, close, 0.01, design, 1000)
+    assert unsure["verdict"] == "INCONCLUSIVE" and "items would likely decide it" in unsure["reasons"][0]
 
 
 def quality_numbers(tmp_path):
@@ -92,14 +106,14 @@ def test_quality_on_stories260k_is_identical_across_reruns(tmp_path):
     a, b = quality_numbers(tmp_path / "a"), quality_numbers(tmp_path / "b")
     assert a["metrics"] == b["metrics"]
     hs = a["metrics"]["hellaswag"]
-    assert hs["items"] == 200 and hs["subset"] == {"limit": 200, "seed": 1234}
+    assert hs["items"] == 200 and hs["order"]["mode"] == "200" and hs["order"]["seed"] == 1234
     assert 0.15 < hs["acc_norm"]["value"] < 0.40  # a 260K-parameter model is near chance (0.25)
     assert hs["acc_norm"]["wilson95"][0] < hs["acc_norm"]["value"] < hs["acc_norm"]["wilson95"][1]
     ppl = a["metrics"]["perplexity"]
     assert ppl["rolling"]["tokens"] == 20000 and 10 < ppl["rolling"]["token_perplexity"] < 1000
     assert "word_perplexity" not in ppl["rolling"], "word and byte normalization need the whole file"
     assert ppl["llamacpp"]["tokens"] == (20000 // 512) * 255
-    assert a["fidelity"]["kl_mean"] == 0 and a["quality_gate"]["passed"]
+    assert "quality_gate" not in a, "the reference is what the others are judged against"
 
 
 def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
@@ -107,7 +121,7 @@ def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
     eager = backends.select(["pytorch_eager"])[0]
     local = targets.resolve(["local"])[0]
     tok = HostTokenizer(model.hf_path)
-    sc = Quality(hellaswag_limit=300, ppl_max_tokens=20000)
+    sc = Quality(items="300", ppl_max_tokens=20000)
     reference = eager.variant("fp32-sdpa-kv")
     damaged = Variant("fp32-damaged", dict(reference.options, weight_noise=0.5))
     cells = [run.Cell(store.cell_id("stories260k", "pytorch_eager", v.name, "local", "quality"), eager, v, local, sc, None)
@@ -117,11 +131,11 @@ def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
         result = run.run_cell(cell, model, {"name": "stories260k"}, tok, tmp_path, "t", None, run.Deadlines())
         assert result["status"] == "ok", result["reason"]
         store.write_json(tmp_path / "cells" / f"{cell.id}.json", result)
-    updated = {c["variant"]: c for c in run.finish_quality(tmp_path, ("pytorch_eager", "fp32-sdpa-kv"), 0.99, 1.01)}
-    good, bad = updated["fp32-sdpa-kv"], updated["fp32-damaged"]
-    assert good["fidelity"]["kl_mean"] == 0 and good["quality_gate"]["passed"]
+    updated = {c["variant"]: c for c in evaluate.finish_quality(tmp_path, run.Reference(eager, reference), 0.01, sc)}
+    bad = updated["fp32-damaged"]
     assert bad["fidelity"]["kl_mean"] > 0.05 and bad["fidelity"]["top1_agreement"] < 0.9
-    assert not bad["quality_gate"]["passed"] and any("perplexity" in r for r in bad["quality_gate"]["reasons"])
+    assert bad["fidelity"]["kl_mean_ci"][0] > 0
+    assert bad["quality_gate"]["verdict"] == "FAIL" and any("perplexity" in r for r in bad["quality_gate"]["reasons"])
 
 
 def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
@@ -130,4 +144,4 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     assert proc.returncode == 0, proc.stderr
     variants = sorted(json.loads(p.read_text())["variant"] for p in tmp_path.glob("*/cells/*.json"))
     assert variants == ["bf16-sdpa-kv", "fp32-sdpa-kv"]
-    assert "fidelity pytorch_eager.bf16-sdpa-kv@local" in proc.stderr
+    assert "quality pytorch_eager.bf16-sdpa-kv@local vs pytorch_eager.fp32-sdpa-kv@local" in proc.stderr

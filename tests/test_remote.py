@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not (SSHD.exists() and shutil.which("dockerd") a
                                 reason="needs Debian's openssh-server, docker.io and debootstrap (.ci/run installs them)")
 PORT = 2222
 FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
-        "--max-cv", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
+        "--precision", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 needs_browser = pytest.mark.skipif(not CHROMIUM, reason="chromium is not installed (.ci/run installs Debian's chromium)")
 FAST = ["--min-iterations", "5", "--min-duration", "0", "--warmup", "1", "--new-tokens", "16", "--batch-sizes", "1,4",
-        "--limit", "20", "--ppl-tokens", "2000", "--max-cv", "1e9"]
+        "--limit", "20", "--ppl-tokens", "2000", "--precision", "1e9"]
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>"\'&amp;'
 
 

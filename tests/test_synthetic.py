@@ -64,7 +64,7 @@ def test_a_named_shape_parses_and_resolves_to_a_synthetic_model(tmp_path, monkey
 
 def test_an_eval_of_a_synthetic_model_says_synthetic_in_results_and_report_and_skips_quality(tmp_path):
     done = run_cli("eval", "synthetic-tiny", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
-                   "--min-iterations", "2", "--min-duration", "0", "--batch-sizes", "1,2", "--max-cv", "1e9", "--reports", str(tmp_path),
+                   "--min-iterations", "2", "--min-duration", "0", "--batch-sizes", "1,2", "--precision", "1e9", "--reports", str(tmp_path),
                    env={"DEPLOY_EVAL_CACHE": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr
     assert "quality is left out" in done.stderr

@@ -25,7 +25,8 @@ FAULTS = {
     "slow_tokens": "sleep 20 ms per generated token",
     "malformed_score": "answer score with log-probabilities that are not a list",
     "truncated_on_generate": "write half an answer to generate, then exit",
-    "noisy_latency": "sleep a random 0-20 ms per generate request: latency too scattered to trust",
+    "noisy_latency": "sleep 2 ms x Pareto(1.5) per generate request (heavy-tailed: one in 32 over 20 ms): too "
+                     "scattered for a precise median within a short cap",
     "alloc_beyond_limit": "really allocate 1 GiB under a 256 MiB address-space limit while loading",
     "inconsistent_tokens": "generate tokens that its own scoring ranks last",
 }
@@ -81,7 +82,7 @@ class NullEngine(Engine):
             os._exit(4)
         if self.fault == "noisy_latency":
             import random
-            time.sleep(random.uniform(0, 0.02))
+            time.sleep(min(0.002 * random.paretovariate(1.5), 0.2))
         steps = max_new_tokens - 1 if self.fault == "wrong_token_count" else max_new_tokens
         last = [p[-1] for p in prompts]
         out = [[] for _ in prompts]

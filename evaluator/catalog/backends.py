@@ -44,6 +44,7 @@ class Backend:
     fake: bool                 # reads no weights (the null backend): exempt from reference checks
     requirements: Path | None
     build_env: dict            # {arch: {VAR: value}} set while its environment is built
+    cpu_features: dict         # {arch: {CMake option: CPU flag}}: an option is ON only where the CPU has the flag
     post_install: Path | None  # a script run by the environment's python after pip
     dockerfile: Path | None
     reference_variant: str
@@ -111,7 +112,7 @@ def load_manifest(folder: Path) -> Backend:
     if not runner.is_file():
         raise UserError(f"{where}: runner {data['runner']!r} does not exist")
     env = data["environment"]
-    check_keys(f"{where} [environment]", env, {"requirements", "build_env", "post_install"})
+    check_keys(f"{where} [environment]", env, {"requirements", "build_env", "cpu_features", "post_install"})
     build_env = env.get("build_env", {})
     for arch, table in build_env.items():
         if arch not in ("x86_64", "aarch64") or not isinstance(table, dict):
@@ -135,6 +136,7 @@ def load_manifest(folder: Path) -> Backend:
         name=data["name"], folder=folder, description=data["description"], runner=runner,
         formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
         default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env,
+        cpu_features=env.get("cpu_features", {}),
         post_install=post_install, dockerfile=dockerfile, engine_packages=tuple(image.get("engine_packages", ())),
         with_backends=tuple(image.get("with_backends", ())),
         reference_variant=reference, variants=variants, default_variants=defaults,

@@ -1,7 +1,7 @@
 """The quality budget across a run's quality cells: rounds, until every verdict is known.
 
 Round 1: each reference cell scores perplexity, the fidelity windows and the first
-FIRST_ROUND HellaSwag items (seeded order); then each variant scores the same, asking the
+FIRST_ROUND (1,000) HellaSwag items (seeded order); then each variant scores the same, asking the
 gate at every planned look whether to go on (gate.judge): it stops once its verdict is
 decided, or once even the whole set would likely not decide it (futility). A variant still
 undecided when it reaches the reference's items says how many items would likely decide it;
@@ -18,7 +18,7 @@ from typing import Callable
 from evaluator.score import gate
 from evaluator.score.quality import Quality, Round
 
-FIRST_ROUND = 2000
+FIRST_ROUND = 1000
 
 
 def first_extent(sc: Quality) -> int:

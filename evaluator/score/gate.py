@@ -44,7 +44,7 @@ def hellaswag_pairs(ref_raw: dict, var_raw: dict, n: int, z: float, total: int, 
             distance = abs(acc["delta"] + margin * (acc["reference"] or 1.0))
             need = sequential.items_to_decide(distance, acc["se"], z, n)
             acc["items_to_decide"] = need
-            acc["futile"] = need is None or need > total
+            acc["futile"] = sequential.futile(need, total, acc["gained"] + acc["lost"])
     return out
 
 

@@ -20,7 +20,9 @@ perplexity ratio minus 1. With the allowed loss m (`--max-quality-loss`):
                 half-width shrinks as 1/sqrt(n), so it clears the margin at about
                 n * (z_K * se / |distance to the margin|)^2 items.
 Stopping for futility: when that estimate exceeds the whole set, more items would likely not
-decide it, so scoring stops (stopping early for futility never makes an interval wrong).
+decide it, so scoring stops (stopping early for futility never makes an interval wrong). The
+estimate rests on the items where the two sides disagree, so it is trusted only from
+FUTILITY_MIN_DISAGREEMENTS of them on: with two or three, nothing is known yet.
 """
 import math
 from functools import lru_cache
@@ -30,6 +32,7 @@ import numpy as np
 from evaluator.stats.intervals import Z95
 
 FIRST_LOOK = 500
+FUTILITY_MIN_DISAGREEMENTS = 20
 PATHS = 200_000
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 
@@ -76,6 +79,10 @@ def items_to_decide(distance: float, se: float, z: float, n: int) -> int | None:
     if distance <= 0 or se <= 0:
         return None
     return math.ceil(n * (z * se / distance) ** 2)
+
+
+def futile(need: int | None, total: int, disagreements: int) -> bool:
+    return disagreements >= FUTILITY_MIN_DISAGREEMENTS and (need is None or need > total)
 
 
 def combine(verdicts: list[str]) -> str:
