@@ -84,7 +84,7 @@ def test_gate_verdicts_are_paired_and_three_way():
     ref = _raw([i % 2 == 0 for i in range(1000)], [300.0] * 20)
     same = _raw([i % 2 == 0 for i in range(1000)], [300.5, 299.5] * 10)
     worse = _raw([i % 2 == 0 and i % 10 != 0 for i in range(1000)], [330.0] * 20)
-    close = _raw([i % 2 == 0 if i % 50 else i % 2 == 1 for i in range(1000)], [300.0] * 20)
+    close = _raw([i % 2 == 1 if i % 50 in (0, 1) else i % 2 == 0 for i in range(1000)], [300.0] * 20)  # 20 flips each way
     design = {"looks": [1000], "z": 1.96, "method": "one look"}
     assert gate.assess(ref, same, 0.01, design, 1000)["verdict"] == "PASS"
     bad = gate.assess(ref, worse, 0.01, design, 1000)
