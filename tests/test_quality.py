@@ -91,8 +91,9 @@ def test_gate_verdicts_are_paired_and_three_way():
     assert bad["verdict"] == "FAIL" and len(bad["reasons"]) == 2
     assert bad["hellaswag"]["acc_norm"]["lost"] == 100 and bad["hellaswag"]["acc_norm"]["gained"] == 0
     assert bad["perplexity"]["ratio"] == pytest.approx(math.exp(30 / 100))
-    unsure = gate.assess(ref, close, 0.01, design, 1000)
+    unsure = gate.assess(ref, close, 0.01, design, 10042)
     assert unsure["verdict"] == "INCONCLUSIVE" and "items would likely decide it" in unsure["reasons"][0]
+    assert "whole set would likely not" in gate.assess(ref, close, 0.01, design, 1000)["reasons"][0]
 
 
 def quality_numbers(tmp_path):
