@@ -119,6 +119,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", metavar="BACKEND:VARIANT[@TARGET]",
                    help="what every variant's quality is compared with: on each target its own, or with @TARGET that "
                         "target's for all (default: %(default)s)")
+    q.add_argument("--reference-run", metavar="RUN_ID", help="take the reference's quality from an earlier run instead "
+                   "of measuring it (same model, data, order and windows; refused otherwise)")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
@@ -215,7 +217,8 @@ def cmd_eval(args) -> int:
     scenario_list = [chosen[s] for s in args.scenarios]
     constraints = _constraints(args)  # refused here, before anything runs
     prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
-                         args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads)
+                         args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads,
+                         reference_run=args.reference_run)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (prep.tok.context_length or 10**9) - 1))
     if quality_left_out:
         print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",

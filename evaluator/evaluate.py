@@ -107,28 +107,41 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
             history[cell.id] = result.get("rounds", [])
             return result
 
-        budget.run(scored, sc, margin, lambda c: prep.reference.cell_for(c, scored), quality_session,
+        earlier = prep.earlier
+
+        def reference_of(cell):
+            if earlier:
+                return earlier.get(prep.reference.target or cell.target.name) or next(iter(earlier.values()))
+            return prep.reference.cell_for(cell, scored)
+
+        stored.update({e.id: e.result for e in earlier.values()})
+        budget.run(scored, sc, margin, reference_of, quality_session,
                    lambda r: json.loads((prep.path / r["raw"]).read_text()), machine_of, stored)
         bar.update(len(scored))
-        for c in finish_quality(prep.path, prep.reference, margin, sc):
+        for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
     return failed
 
 
-def finish_quality(run_path, reference: run.Reference, margin: float, sc: quality.Quality) -> list[dict]:
-    """Each variant's quality cell against its reference's, item by item: `fidelity` and
-    `quality_gate` written into the cell (atomically). Returns the updated cells."""
+def finish_quality(run_path, reference: run.Reference, margin: float, sc: quality.Quality,
+                   earlier: list[dict] = ()) -> list[dict]:
+    """Each variant's quality cell against its reference's (this run's, or `earlier` run's
+    reference cells), item by item: `fidelity` and `quality_gate` written into the cell
+    (atomically). Returns the updated cells."""
     _, cells = store.load_run(run_path)
     mine = {(c["backend"], c["variant"], c["target"]["name"]): c for c in cells
             if c["scenario"]["name"] == "quality" and c["status"] == "ok"}
+    theirs = {c["target"]["name"]: c for c in earlier}
     updated = []
     for (backend, variant, target), c in mine.items():
-        ref = mine.get((reference.backend.name, reference.variant.name, reference.target or target))
+        where = reference.target or target
+        ref = (theirs.get(where) or next(iter(theirs.values())) if theirs else
+               mine.get((reference.backend.name, reference.variant.name, where)))
         if ref is None or ref is c:
             continue
         ref_raw = json.loads((run_path / ref["raw"]).read_text())
         raw = json.loads((run_path / c["raw"]).read_text())
-        label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}"
+        label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}" + (f" of run {ref['run_id']}" if theirs else "")
         c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
         c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
         store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)

@@ -30,6 +30,7 @@ from evaluator.errors import UserError
 from evaluator.launch import docker, local
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import bandwidth, fit, scenarios
+from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
 
@@ -102,7 +103,7 @@ def _fits(model: models.Model, variant: Variant, target: Target, scenario) -> st
 
 
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
-         target_list: list[Target], scenario_list: list, reference: "Reference | None" = None,
+         target_list: list[Target], scenario_list: list, reference: Reference | None = None,
          engine_options: tuple = ()) -> list[Cell]:
     """Every cell, in run order. With a quality scenario, the reference variant's quality cell
     is added on each target (or on the reference's own target) when the selection left it out."""
@@ -280,41 +281,10 @@ def store_guide(run_path, constraints: dict) -> None:
     store.write_json(run_json, run_info)
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The configuration every variant's quality is compared with: on each target its own
-    (target None), or one target's for all (quality depends only on the token ids)."""
-    backend: Backend
-    variant: Variant
-    target: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend.name}:{self.variant.name}" + (f"@{self.target}" if self.target else "")
-
-    def cell_for(self, cell: Cell, cells: list[Cell]) -> Cell | None:
-        """The reference quality cell `cell` is compared with, among `cells`."""
-        where = self.target or cell.target.name
-        return next((c for c in cells if isinstance(c.scenario, quality.Quality) and c.backend.name == self.backend.name
-                     and c.variant.name == self.variant.name and c.target.name == where), None)
-
-
-def parse_reference(text: str, target_names: list[str] | None = None) -> Reference:
-    """`backend:variant[@target]`, e.g. pytorch_eager:fp32-sdpa-kv or llamacpp:f32@gpu-box."""
-    spec, _, target = text.partition("@")
-    if spec.count(":") != 1 or (_ and not target):
-        raise UserError(f"--reference {text!r} must be BACKEND:VARIANT[@TARGET], e.g. pytorch_eager:fp32-sdpa-kv")
-    name, variant = spec.split(":")
-    backend = backend_catalog.select([name])[0]
-    if target and target_names is not None and target not in target_names:
-        raise UserError(f"--reference {text!r}: target {target!r} is not one of this run's targets: {', '.join(target_names)}")
-    return Reference(backend, backend.variant(variant), target or None)
-
-
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
               variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
               reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None,
-              threads: int | None = None):
+              threads: int | None = None, reference_run: str | None = None):
     """Preflight: every name and option checked before any runner starts."""
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
@@ -329,18 +299,21 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
             scenarios.check_fits(sc, tok.context_length)
         elif sc.ppl_window and tok.context_length and sc.ppl_window > tok.context_length:
             raise UserError(f"--ppl-window {sc.ppl_window} exceeds the model's context of {tok.context_length} tokens")
-    cells = plan(model, backends, variant_patterns, target_list, scenario_list, ref,
+    quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
+    model_info = {"name": model.name, "source": model.source, "synthetic": model.synthetic, "path": str(model.hf_path),
+                  "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
+    earlier = (load_earlier(reference_run, reports_root, ref, model_info, quality_sc)
+               if reference_run and quality_sc else {})
+    cells = plan(model, backends, variant_patterns, target_list, scenario_list, None if reference_run else ref,
                  (("threads", threads),) if threads else ())
     run_id = resume_id or store.new_run_id(model.name)
     path = store.run_dir(run_id, reports_root)
-    model_info = {"name": model.name, "source": model.source, "synthetic": model.synthetic, "path": str(model.hf_path),
-                  "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
     run_info = {
         "schema": store.SCHEMA_VERSION, "run_id": run_id, "model": model_info,
         "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
-        "reference": ref.label, "argv": argv,
+        "reference": ref.label, "reference_run": reference_run, "data": data_hashes(), "argv": argv,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if resume_id:  # the run keeps its identity and history; only what did not finish runs again
@@ -348,7 +321,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         run_info["started_at"] = previous["started_at"]
         run_info["resumed_at"] = previous.get("resumed_at", []) + [time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     store.write_json(path / "run.json", run_info)
-    return Prepared(model, model_info, tok, cells, run_id, path, run_info, ref)
+    return Prepared(model, model_info, tok, cells, run_id, path, run_info, ref, earlier)
 
 
 @dataclass(frozen=True)
@@ -362,3 +335,4 @@ class Prepared:
     path: object
     run_info: dict
     reference: Reference
+    earlier: dict  # target -> an earlier run's reference quality cell (--reference-run)

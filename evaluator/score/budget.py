@@ -42,16 +42,20 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
         machine_of: Callable, stored: dict) -> dict:
     """Score every quality cell in rounds. `session(cell, Round) -> result` runs one round and
     stores it; `raw_of(result)` reads a result's raw answers; `stored` holds results kept from
-    before a resume. Returns the latest result per cell id."""
+    before a resume, and the references of an earlier run (which are never scored further).
+    Returns the latest result per cell id."""
     design, total = sc.design(), sc.total_items
-    refs = list({id(r): r for r in (reference_of(c) for c in cells) if r is not None}.values())
+    refs = list({r.id: r for r in (reference_of(c) for c in cells) if r is not None}.values())
     ref_ids = {r.id for r in refs}
-    state = {c.id: stored.get(c.id) for c in cells}
+    fixed = {r.id for r in refs if r.id not in {c.id for c in cells}}  # an earlier run's: as it is
+    state = {c.id: stored.get(c.id) for c in [*cells, *refs]}
     pending = [c for c in cells if c.id not in ref_ids]
     upto = first_extent(sc)
     while True:
         for ref in refs:
             res = state[ref.id]
+            if ref.id in fixed:
+                continue
             if res is None or (_ok(res) and scored(res) < upto):
                 state[ref.id] = session(ref, Round(upto, _previous(res, raw_of)))
 
@@ -75,6 +79,8 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
             res, ref = state[c.id], reference_of(c)
             if not _ok(res) or _final(res) or not _ok(state[ref.id] if ref else None):
                 continue
+            if ref.id in fixed and scored(state[ref.id]) <= scored(res):
+                continue  # an earlier run's reference has no more items to pair with
             g = gate.assess(raw_of(state[ref.id]), raw_of(res), margin, design, total)
             want = g["hellaswag"]["acc_norm"].get("items_to_decide")
             if want:

@@ -100,7 +100,7 @@ def judge(ref_raw: dict, margin: float, design: dict, total: int):
     """The stopping rule a variant's quality cell asks at each look: a reason to stop, or None."""
     def at_look(var_raw: dict, n: int) -> str | None:
         if n > len(ref_raw["hellaswag"]["items"]):
-            return quality.gate_reference_exhausted
+            return quality.REFERENCE_EXHAUSTED
         g = assess(ref_raw, var_raw, margin, design, total, n)
         acc = g["hellaswag"]["acc_norm"]
         if acc["verdict"] != "INCONCLUSIVE":

@@ -19,7 +19,7 @@ from evaluator.stats import sequential
 # float32). At a 512-token vocabulary that is ~150 HellaSwag items a request; at 128k, one.
 LOGITS_BUDGET = 2**25
 ITEM_MODES = ("auto", "all")
-gate_reference_exhausted = "the reference has no more items"  # a judge's stop that a later round may lift
+REFERENCE_EXHAUSTED = "the reference has no more items"  # a judge's stop that a later round may lift
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ def _perplexity(runner, tok, sc: Quality, timeout_s: float, progress) -> tuple[d
     return metrics, {"perplexity": raw, "fidelity_windows": fidelity}
 
 
-def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int) -> list[list[float]]:
+def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int, progress=None, done: int = 0,
+                 total: int = 0) -> list[list[float]]:
     sums = []
     for batch in _batches(hellaswag.requests(items, tok), vocab_size):
         res = runner.request("score", timeout_s, groups=batch, top_k=0)["results"]
@@ -122,6 +123,8 @@ def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int) ->
         for req, answers in zip(batch, res):
             lengths = [len(s) for s in req["sequences"]]
             sums.append([sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")])
+        if progress:
+            progress(f"hellaswag {done + len(sums)}/{total}")
     return sums
 
 
@@ -143,15 +146,14 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
         n = len(scored["items"])
         end = min(next(look for look in looks if look > n), rnd.upto)
         block = order[n:end]
-        scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(runner, block, tok, timeout_s, vocab_size)
+        scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
+            runner, block, tok, timeout_s, vocab_size, progress, n, sc.total_items)
         scored["items"] = scored["items"] + [it.index for it in block]
-        if progress:
-            progress(f"hellaswag {end}/{sc.total_items}")
         if end in looks and rnd.judge:
             stop = rnd.judge(raw, end)
     n = len(scored["items"])
     # Final: the verdict is known, or nothing is left to score; otherwise a later round may go on.
-    final = n >= sc.total_items or (stop is not None and stop != gate_reference_exhausted)
+    final = n >= sc.total_items or (stop is not None and stop != REFERENCE_EXHAUSTED)
     scored["stopped"] = stop or ("every planned item" if n >= sc.total_items else f"this round's {n} items")
     hs = hellaswag.summarize(order[:n], scored["ending_logprob_sums"])
     hs["order"] = {"seed": sc.seed, "mode": sc.items, "planned": sc.total_items, "scored": n,
