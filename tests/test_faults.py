@@ -69,12 +69,12 @@ def test_heavy_tailed_jitter_beyond_the_cap_is_invalid_with_the_precision_it_rea
     assert proc.returncode == 1
 
 
-def test_min_duration_not_met_before_the_cap_is_invalid(tmp_path):
+def test_min_duration_not_met_before_the_request_cap_is_invalid(tmp_path):
     proc = run_cli("eval", "stories260k", "--backends", "null", "--scenarios", "latency", "--variants", "none",
                    "--reports", str(tmp_path), *QUIET[:4], "--check-tokens", "8", "--min-duration", "100000",
                    "--precision", "100000", "--max-time", "1", "--new-tokens", "2")
     (c,) = cells(run_folder(proc.stderr, tmp_path)).values()
-    assert c["status"] == "invalid" and "at least 100000 s: No" in c["reason"]
+    assert c["status"] == "invalid" and "at least 100000 s: No" in c["reason"] and "request cap" in c["reason"]
 
 
 def test_the_whole_cell_deadline_kills_the_runner(tmp_path):

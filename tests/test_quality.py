@@ -146,3 +146,66 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     variants = sorted(json.loads(p.read_text())["variant"] for p in tmp_path.glob("*/cells/*.json"))
     assert variants == ["bf16-sdpa-kv", "fp32-sdpa-kv"]
     assert "quality pytorch_eager.bf16-sdpa-kv@local vs pytorch_eager.fp32-sdpa-kv@local" in proc.stderr
+
+
+TINY = ["--scenarios", "quality", "--limit", "50", "--ppl-tokens", "2000"]
+
+
+def test_the_reference_can_live_on_another_target_of_the_run(tmp_path):
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[edge]\ndescription = "a second local target"\ntransport = "local"\narch = "auto"\n'
+                       'accelerator = "none"\nmemory_gb = 8\n')
+    proc = run_cli("eval", "stories260k", "--backends", "pytorch_eager", "--variants", "bf16-sdpa-kv", "--targets", "local,edge",
+                   "--reference", "pytorch_eager:fp32-sdpa-kv@local", "--reports", str(tmp_path / "r"), *TINY,
+                   env={"DEPLOY_EVAL_TARGETS": str(targets)})
+    assert proc.returncode == 0, proc.stderr
+    got = {(c["variant"], c["target"]["name"]): c for c in map(lambda p: json.loads(p.read_text()),
+                                                                 (tmp_path / "r").glob("*/cells/*.json"))}
+    assert set(got) == {("fp32-sdpa-kv", "local"), ("bf16-sdpa-kv", "local"), ("bf16-sdpa-kv", "edge")}
+    assert got[("bf16-sdpa-kv", "edge")]["quality_gate"]["reference"] == "pytorch_eager.fp32-sdpa-kv@local"
+
+
+def test_the_reference_can_come_from_an_earlier_run_and_a_mismatch_is_refused(tmp_path):
+    first = run_cli("eval", "stories260k", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
+                    "--reports", str(tmp_path), *TINY)
+    assert first.returncode == 0, first.stderr
+    (earlier,) = [p.parent.name for p in tmp_path.glob("*/run.json")]
+    proc = run_cli("eval", "stories260k", "--backends", "llamacpp", "--variants", "q8_0", "--reference-run", earlier,
+                   "--reports", str(tmp_path), *TINY)
+    assert proc.returncode == 0, proc.stderr
+    later = [json.loads(p.read_text()) for p in tmp_path.glob("*/cells/*.json") if earlier not in str(p)]
+    assert [c["variant"] for c in later] == ["q8_0"], "the reference is not measured again"
+    gate_ = later[0]["quality_gate"]
+    assert gate_["reference"] == f"pytorch_eager.fp32-sdpa-kv@local of run {earlier}" and gate_["hellaswag"]["items"] == 50
+    for args, words in ((["--ppl-tokens", "3000"], "ppl_max_tokens = 2000"),
+                        (["--limit", "60"], "scored 50 HellaSwag items, this run asks for 60"),
+                        (["--reference", "llamacpp:f32"], "no finished quality cell of llamacpp:f32")):
+        bad = run_cli("eval", "stories260k", "--backends", "llamacpp", "--variants", "q8_0", "--reference-run",
+                      str(tmp_path / earlier), "--reports", str(tmp_path / "bad"), *TINY, *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and words in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def test_result_files_hold_the_discordance_recomputed_from_the_raw_sums(tmp_path):
+    """Independently of the evaluator's code: argmax per ending (by characters), the items each
+    side gets right, and scipy's exact binomial test on the disagreements."""
+    from scipy.stats import binomtest
+
+    proc = run_cli("eval", "stories260k", "--backends", "pytorch_eager,llamacpp", "--variants", "fp32-sdpa-kv,q4_k_m",
+                   "--reports", str(tmp_path), "--scenarios", "quality", "--limit", "400", "--ppl-tokens", "2000")
+    assert proc.returncode == 0, proc.stderr
+    folder = next(tmp_path.glob("*/"))
+    cells = {json.loads(p.read_text())["variant"]: json.loads(p.read_text()) for p in folder.glob("cells/*.json")}
+    items = hellaswag.load()
+
+    def right(raw):
+        h = raw["hellaswag"]
+        return [max(range(4), key=lambda j: sums[j] / len(items[i].endings[j])) == items[i].label
+                for i, sums in zip(h["items"], h["ending_logprob_sums"])]
+
+    ref, var = (right(json.loads((folder / cells[v]["raw"]).read_text())) for v in ("fp32-sdpa-kv", "q4_k_m"))
+    b = sum(v and not r for r, v in zip(ref, var))
+    c = sum(r and not v for r, v in zip(ref, var))
+    stored = cells["q4_k_m"]["quality_gate"]["hellaswag"]["acc_norm"]
+    assert (stored["gained"], stored["lost"], stored["items"]) == (b, c, 400)
+    assert stored["mcnemar_p"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)

@@ -2,8 +2,10 @@
 
 Like criterion.rs and MLPerf LoadGen: after the minimum requests and the minimum duration,
 keep sampling until the 95% interval of each headline metric's median is within
-`precision` of the median (relative half-width), or until the cell's time cap. Every sample
-of the loop is kept; none is dropped as an outlier and no quiet attempt is chosen.
+`precision` of the median (relative half-width), or until the cell's time cap (which bounds
+the sampling beyond the minimums, never the minimums themselves: on a slow device ten requests
+may take minutes). Every sample of the loop is kept; none is dropped as an outlier and no quiet
+attempt is chosen.
 
 The verdict is LoadGen's: each rule printed with Yes/No and what was reached. VALID means
 every rule held; INVALID names the precision reached instead.
@@ -44,7 +46,7 @@ def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic
             if all(p <= budget.precision for p in reached.values()):
                 stopped = "precision reached"
                 break
-        if elapsed >= budget.max_time_s:
+        if minimums and elapsed >= budget.max_time_s:  # the minimums always run: a slow engine's too
             break
         if len(runs) >= budget.max_iterations:
             stopped = "request cap"

@@ -69,6 +69,12 @@ def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str
                 if status == "ok" and gate:
                     status = f"ok · {gate['verdict']}"
                     extra = "".join(f'<div class="why">{escape(r)}</div>' for r in gate["reasons"])
+                validity = cell.get("validity") or {}
+                if validity.get("valid"):
+                    reached = ", ".join(f'{r["rule"].split(" median")[0]} {r["value"]}' for r in validity["rules"]
+                                        if " median " in r["rule"])
+                    extra += (f'<div class="why">VALID: {validity["iterations"]} requests in '
+                              f'{validity["duration_s"]:.1f} s; medians {escape(reached)}</div>')
                 check = cell.get("check") or {}
                 if check.get("matches_reference") is True:
                     extra += '<div class="why">✔ greedy text matches the reference</div>'
