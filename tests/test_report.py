@@ -222,3 +222,22 @@ def test_compare_command_on_two_real_runs(real_run, tmp_path):
     assert "0 of" in proc.stdout.splitlines()[-1] and "within noise" in proc.stdout
     proc = run_cli("compare", str(real_run), "no-such-run")
     assert proc.returncode == 2 and "unknown run 'no-such-run'" in proc.stderr
+
+
+def test_an_inconclusive_quality_verdict_stays_a_candidate_and_says_so():
+    fast, lean = _config("fast", 150, [147, 153], 2e8), _config("lean", 100, [98, 102], 1e8)
+    acc = {"loss": 0.004, "loss_ci": [-0.01, 0.02], "verdict": "INCONCLUSIVE", "delta": -0.001, "se": 0.0025,
+           "reference": 0.25, "items": 1000, "gained": 10, "lost": 11, "mcnemar_p": 1.0, "items_to_decide": 6000}
+    gate_ = {"margin": 0.01, "verdict": "INCONCLUSIVE", "reasons": ["acc_norm ... INCONCLUSIVE"], "total": 10042,
+             "design": {"z": 1.96}, "hellaswag": {"acc_norm": acc}}
+    fast.cells["quality"] = {"status": "ok", "scenario": {"name": "quality"}, "quality_gate": gate_,
+                             "metrics": {"perplexity": {"rolling": {"token_perplexity": 10.0}}}}
+    lean.cells["quality"] = {"status": "ok", "scenario": {"name": "quality"},
+                             "metrics": {"perplexity": {"rolling": {"token_perplexity": 10.0}}}}
+    d = guide.decide([fast, lean], {"name": "t", "memory_gb": 8}, "b:lean", guide.Constraints())
+    assert d["winner"] == "b · fast" and "quality loss +0.40% [-1.00, +2.00] (INCONCLUSIVE)" in d["why"]
+    # The same stored interval under a 3% allowance is a PASS, without re-running anything.
+    assert fast.gate(0.03)["verdict"] == "PASS" and fast.gate(0.001)["verdict"] == "INCONCLUSIVE"
+    failed = guide.decide([fast, lean], {"name": "t", "memory_gb": 8}, "b:lean",
+                          guide.Constraints(max_quality_loss_pct=0.0))
+    assert failed["winner"] == "b · fast", "a loss interval reaching below 0 is not a FAIL at 0%"

@@ -4,11 +4,9 @@ A run stores one result per cell (configuration x scenario). The report, the dec
 and `compare` all reason about configurations (what a person deploys), so this is the one
 place that reads cell JSON into flat, named numbers. Anything not measured is None.
 """
-import json
 from dataclasses import dataclass, field
 
-from evaluator.score.gate import reasons as gate_reasons
-from evaluator.stats import sequential
+from evaluator.score.gate import rejudge
 
 
 @dataclass
@@ -56,19 +54,10 @@ class Config:
     def gate(self, margin: float | None = None) -> dict | None:
         """The quality gate against the reference: its verdict, recomputed from the stored loss
         intervals when another allowed loss is asked for (the intervals do not change)."""
-        q = self.cell("quality") or {}
-        g = q.get("quality_gate")
+        g = (self.cell("quality") or {}).get("quality_gate")
         if not g or margin is None or margin == g["margin"]:
             return g
-        g = json.loads(json.dumps(g))
-        g["margin"], verdicts = margin, []
-        for part in (g.get("hellaswag", {}).get("acc_norm"), g.get("perplexity")):
-            if part:
-                part["verdict"] = sequential.verdict(part["loss_ci"], margin)
-                verdicts.append(part["verdict"])
-        g["verdict"] = sequential.combine(verdicts)
-        g["reasons"] = gate_reasons(g)
-        return g
+        return rejudge(g, margin)
 
     def quality_loss(self, margin: float | None = None) -> dict | None:
         """The larger of the acc_norm and perplexity losses (shares of the reference), with its interval."""

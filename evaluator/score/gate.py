@@ -8,6 +8,8 @@ The gate decides on acc_norm and perplexity; acc is reported beside them. The al
 `--max-quality-loss` (one number, used by the gate and by the decision guide). The two
 verdicts are not corrected for being two: the gate FAILs on either.
 """
+import json
+
 from evaluator.score import hellaswag, quality
 from evaluator.stats import paired, sequential
 from evaluator.stats.intervals import Z95
@@ -38,14 +40,19 @@ def hellaswag_pairs(ref_raw: dict, var_raw: dict, n: int, z: float, total: int, 
                     loss=-diff["delta"] / scale, loss_ci=[-diff["ci"][1] / scale, -diff["ci"][0] / scale])
         out[name] = diff
     if margin is not None:
-        acc = out["acc_norm"]
-        acc["verdict"] = sequential.verdict(acc["loss_ci"], margin)
-        if acc["verdict"] == "INCONCLUSIVE":
-            distance = abs(acc["delta"] + margin * (acc["reference"] or 1.0))
-            need = sequential.items_to_decide(distance, acc["se"], z, n)
-            acc["items_to_decide"] = need
-            acc["futile"] = sequential.futile(need, total, acc["gained"] + acc["lost"])
+        _judge_acc(out["acc_norm"], margin, z, total)
     return out
+
+
+def _judge_acc(acc: dict, margin: float, z: float, total: int) -> None:
+    acc["verdict"] = sequential.verdict(acc["loss_ci"], margin)
+    acc.pop("items_to_decide", None)
+    acc.pop("futile", None)
+    if acc["verdict"] == "INCONCLUSIVE":
+        distance = abs(acc["delta"] + margin * (acc["reference"] or 1.0))
+        need = sequential.items_to_decide(distance, acc["se"], z, acc["items"])
+        acc["items_to_decide"] = need
+        acc["futile"] = sequential.futile(need, total, acc["gained"] + acc["lost"])
 
 
 def perplexity_pair(ref_raw: dict, var_raw: dict, margin: float | None = None) -> dict | None:
@@ -73,7 +80,24 @@ def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int
         verdicts.append(ppl["verdict"])
     out["verdict"] = sequential.combine(verdicts)
     out["reasons"] = reasons(out)
+    out["total"] = total
     return out
+
+
+def rejudge(stored: dict, margin: float) -> dict:
+    """A stored gate under another allowed loss: the intervals stay, the verdicts follow."""
+    g = json.loads(json.dumps(stored))
+    g["margin"], verdicts = margin, []
+    acc = (g.get("hellaswag") or {}).get("acc_norm")
+    if acc:
+        _judge_acc(acc, margin, g["design"]["z"], g.get("total", acc["items"]))
+        verdicts.append(acc["verdict"])
+    if g.get("perplexity"):
+        g["perplexity"]["verdict"] = sequential.verdict(g["perplexity"]["loss_ci"], margin)
+        verdicts.append(g["perplexity"]["verdict"])
+    g["verdict"] = sequential.combine(verdicts)
+    g["reasons"] = reasons(g)
+    return g
 
 
 def reasons(gate: dict) -> list[str]:
