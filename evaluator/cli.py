@@ -229,10 +229,17 @@ def cmd_eval(args) -> int:
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
-    failed = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100, bool(args.resume), say, bar)
+    failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100,
+                                         bool(args.resume), say, bar)
     bar.close()
     run.store_guide(prep.path, constraints.as_dict())
     print(f"report: {html.build(prep.path)}", file=sys.stderr)
+    if imprecise:
+        print(f"{len(imprecise)} timing cells did not reach ±{args.precision:g}% within --max-time {args.max_time:g} s "
+              "(INVALID: their numbers carry the wider intervals they reached; raise --max-time for more):", file=sys.stderr)
+        for r in imprecise:
+            reached = [x["value"] for x in r["validity"]["rules"] if not x["met"]]
+            print(f"  {r['cell_id']}: {', '.join(reached)}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(prep.cells)} cells failed:", file=sys.stderr)
         for r in failed:

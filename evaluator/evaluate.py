@@ -50,6 +50,11 @@ def _line(cell: run.Cell, result: dict) -> str:
         m = result["metrics"]
         line += (f"  median {m['e2e_ms']['p50']:.3g} ms ±{100 * m['e2e_ms']['precision']:.1f}%, decode "
                  f"{m['decode_tokens_per_s']['p50']:,.0f} tokens/s ({result['iterations']} requests)")
+    if cell.scenario.name == "throughput":
+        m = result["metrics"]
+        line += f"  best {m['best_tokens_per_s']:,.0f} tokens/s at batch {m['best_batch_size']}"
+    if result.get("validity") and not result["validity"]["valid"]:
+        line += "  " + sampling.explain(result["validity"])
     if cell.scenario.name == "quality":
         m = result["metrics"]
         order = m["hellaswag"]["order"]
@@ -58,9 +63,11 @@ def _line(cell: run.Cell, result: dict) -> str:
     return line
 
 
-def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, resume: bool, say, bar) -> list[dict]:
-    """Run every cell of a prepared run; returns the failed cells' results."""
-    failed, refused = [], {}  # refused: (backend, variant, target) -> why its runner refused the model
+def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, resume: bool, say,
+            bar) -> tuple[list[dict], list[dict]]:
+    """Run every cell of a prepared run; returns (failed cells, timing cells whose loop did not
+    reach the asked precision: measured, with the precision they reached)."""
+    failed, imprecise, refused = [], [], {}  # refused: (backend, variant, target) -> why its runner refused the model
 
     def kept(cell):
         result = run.finished(prep.path, cell, prep.model_info, check) if resume else None
@@ -85,8 +92,10 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
         if result["status"] in run.FAILED:
             failed.append(result)
         say(_line(cell, result))
-        for line in sampling.print_rules(result["validity"]) if result.get("validity") and result["status"] != "ok" else []:
-            say(f"{'':>16}{line}")
+        if result.get("validity") and not result["validity"]["valid"]:
+            imprecise.append(result)
+            for line in sampling.print_rules(result["validity"]):
+                say(f"{'':>16}{line}")
         return result
 
     timing = [c for c in prep.cells if not isinstance(c.scenario, quality.Quality)]
@@ -120,7 +129,7 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
         bar.update(len(scored))
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
-    return failed
+    return failed, imprecise
 
 
 def finish_quality(run_path, reference: run.Reference, margin: float, sc: quality.Quality,

@@ -237,7 +237,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
-        measured, status, reason = dict(exc.details), exc.status, exc.reason
+        measured, status, reason = {}, exc.status, exc.reason
         tail = runner.log_tail() if runner else log_path.read_text(errors="replace")[-2000:]
     except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of the wrong shape
         measured, status = {}, "protocol-error"
@@ -250,9 +250,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
                environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
                             else envs.describe(python)),
                wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    if status != "ok":
-        out.update(measured)  # only what a failure chose to keep: an invalid loop's rules, never numbers
-    else:
+    if status == "ok":
         raw = measured.pop("raw", None)
         if raw is not None:  # per-item answers, kept beside the cell so any summary can be recomputed
             store.write_json(run_path / "raw" / f"{cell.id}.json", raw)

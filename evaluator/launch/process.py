@@ -23,11 +23,10 @@ ERROR_STATUS = {"out_of_memory": "out-of-memory", "unsupported": "unsupported",
 
 
 class RunnerFailure(Exception):
-    def __init__(self, status: str, reason: str, details: dict | None = None):
+    def __init__(self, status: str, reason: str):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-        self.details = details or {}  # kept in the cell beside the reason (e.g. an invalid loop's rules)
 
 
 class RunnerProcess:

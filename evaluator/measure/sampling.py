@@ -58,9 +58,10 @@ def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic
 
 
 def verdict(n: int, duration_s: float, reached: dict, budget: Budget, stopped: str) -> dict:
-    rules = [{"rule": f"at least {budget.min_iterations} requests", "met": n >= budget.min_iterations, "value": f"{n}"},
-             {"rule": f"at least {budget.min_duration_s:g} s", "met": duration_s >= budget.min_duration_s,
-              "value": f"{duration_s:.2f} s"}]
+    rules = [{"rule": f"at least {budget.min_iterations} requests", "met": n >= budget.min_iterations, "value": f"{n}"}]
+    if budget.min_duration_s > 0:
+        rules.append({"rule": f"at least {budget.min_duration_s:g} s", "met": duration_s >= budget.min_duration_s,
+                      "value": f"{duration_s:.2f} s"})
     for metric, p in reached.items():
         rules.append({"rule": f"{metric} median within ±{100 * budget.precision:g}% (95% interval)",
                       "met": p <= budget.precision, "value": "no interval yet" if math.isinf(p) else f"±{100 * p:.2f}%"})

@@ -28,7 +28,7 @@ class Latency:
     min_iterations: int = 10
     min_duration_s: float = 2.0
     precision: float = 0.02     # 95% interval half-width of each headline median, relative
-    max_time_s: float = 60.0    # the cap on the timed loop, precision reached or not
+    max_time_s: float = 30.0    # the cap on the timed loop beyond its minimums, precision reached or not
     max_iterations: int = 20000  # bounds the samples kept (and the cell file) for very fast engines
     name: str = "latency"
 
@@ -45,7 +45,7 @@ class Throughput:
     batch_sizes: tuple = (1, 4, 16)
     min_iterations: int = 3
     precision: float = 0.02
-    max_time_s: float = 20.0    # per batch size
+    max_time_s: float = 10.0    # per batch size
     name: str = "throughput"
 
     def budget(self) -> sampling.Budget:
@@ -112,7 +112,7 @@ METRICS = (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"), ("prefill_tok
 
 def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s: float, progress=None) -> dict:
     """Warmup, then one timed loop until every headline median is within the precision (or
-    the cap). An imprecise loop is invalid, with each rule's Yes/No and what was reached."""
+    the cap). The result's `validity` holds each rule's Yes/No and what was reached."""
     for _ in range(sc.warmup):
         _generate(runner, [prompt], sc.new_tokens, timeout_s)
     outputs = []
@@ -127,8 +127,8 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
     before = runner.request("energy", timeout_s)
     runs, validity = sampling.sample(step, HEADLINE, sc.budget(), progress=progress)
     energy = _energy(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, validity["duration_s"])
-    if not validity["valid"]:
-        raise RunnerFailure("invalid", sampling.explain(validity), details={"validity": validity})
+    # An imprecise loop still measured correct answers: its numbers stay, with the wider
+    # intervals they have, and the verdict INVALID says which precision was reached instead.
     metrics = {key: summarize([r[key] for r in runs if r[key] is not None], unit) for key, unit in METRICS}
     # Gaps inside one request are not independent samples; their intervals treat them as if
     # they were. TPOT is the per-request statistic with exact intervals.
@@ -180,7 +180,7 @@ def check_consistency(runner: RunnerProcess, prompt: list[int], output: list[int
 
 def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughput, timeout_s: float, progress=None) -> dict:
     """Per batch size: one warmup, then timed requests until the median tokens/s is within the
-    precision (or the cap). A batch size that cannot reach it makes the cell invalid."""
+    precision (or the cap); each batch size keeps its own `validity`."""
     per_batch = []
     for batch in sc.batch_sizes:
         batch_prompts = prompts[:batch]
@@ -194,8 +194,6 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
         runs, validity = sampling.sample(
             lambda: _timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0])),
             ("tokens_per_s",), sc.budget())
-        if not validity["valid"]:
-            raise RunnerFailure("invalid", f"batch {batch}: " + sampling.explain(validity), details={"validity": validity})
         per_batch.append({
             "batch_size": batch, "validity": validity,
             "tokens_per_s": summarize([r["tokens_per_s"] for r in runs], "tokens/s"),
@@ -205,5 +203,12 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
         if progress:
             progress(batch)
     best = max((b for b in per_batch if "tokens_per_s" in b), key=lambda b: b["tokens_per_s"]["p50"])
+    timed = [b["validity"] for b in per_batch if "validity" in b]
+    validity = {"valid": all(v["valid"] for v in timed), "per_batch": timed,
+                "rules": [dict(r, rule=f"batch {b['batch_size']}: {r['rule']}") for b in per_batch if "validity" in b
+                          for r in b["validity"]["rules"]],
+                "iterations": sum(v["iterations"] for v in timed), "duration_s": sum(v["duration_s"] for v in timed),
+                "stopped_by": ", ".join(sorted({v["stopped_by"] for v in timed}))}
     return {"metrics": {"per_batch": per_batch, "best_tokens_per_s": best["tokens_per_s"]["p50"],
-                        "best_tokens_per_s_ci": best["tokens_per_s"]["p50_ci"], "best_batch_size": best["batch_size"]}}
+                        "best_tokens_per_s_ci": best["tokens_per_s"]["p50_ci"], "best_batch_size": best["batch_size"]},
+            "validity": validity}

@@ -68,6 +68,16 @@ class Config:
         worst = max(parts, key=lambda p: p["loss"])
         return {"loss": worst["loss"], "ci": worst["loss_ci"], "verdict": g["verdict"]}
 
+    @property
+    def timing_invalid(self) -> str | None:
+        """Why a timing cell's verdict is INVALID (a precision or minimum it did not reach), if one is."""
+        for name in ("latency", "throughput"):
+            v = (self.cell(name) or {}).get("validity") or {}
+            if v and not v.get("valid", True):
+                missed = [f"{r['rule']}: {r['value']}" for r in v["rules"] if not r["met"]]
+                return f"{name} INVALID ({'; '.join(missed)})"
+        return None
+
     # -- speed --------------------------------------------------------------------------
     def _lat(self, metric: str, stat: str):
         c = self.cell("latency")

@@ -135,7 +135,8 @@ def decide(configs: list[Config], target: dict, reference: str | None, constrain
         rows.append({"label": c.label, "verdict": "tied within noise" if tie else "meets the constraints",
                      "reason": f"{what} {_fmt(read(c), unit)} vs {_fmt(read(best), unit)}: the winner is "
                                f"{_ratio_text(r)} as good" + (" (the interval includes 1)" if tie else "")
-                               + ("" if c is ref else f"; {loss_text(c.quality_loss(margin))}")})
+                               + ("" if c is ref else f"; {loss_text(c.quality_loss(margin))}")
+                               + (f"; {c.timing_invalid}" if c.timing_invalid else "")})
     why = f"best {what} ({_fmt(read(best), unit)}) of the {len(survivors)} configuration(s) that " + \
         (f"fit {budget:g} GB" if budget else "were measured") + \
         (f", do not fail the {constraints.max_quality_loss_pct:g}% quality gate" if quality_known else "") + \
@@ -148,5 +149,7 @@ def decide(configs: list[Config], target: dict, reference: str | None, constrain
         why += f"; ahead of the next by {_ratio_text(_ratio(best, survivors[1], constraints.objective))}"
     if best is not ref and quality_known:
         why += f"; {loss_text(best.quality_loss(margin))}"
+    if best.timing_invalid:
+        why += f"; {best.timing_invalid}, so its interval is wider"
     rows.sort(key=lambda r: r["verdict"] == "excluded")
     return dict(result, winner=best.label, tie=len(tied) > 1, why=why, rows=rows)

@@ -4,6 +4,7 @@ Every text that came from a result is escaped here, at the point it becomes HTML
 """
 from html import escape
 
+from evaluator.measure import sampling
 from evaluator.report.configs import Config, reference_for
 
 
@@ -70,7 +71,10 @@ def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str
                     status = f"ok · {gate['verdict']}"
                     extra = "".join(f'<div class="why">{escape(r)}</div>' for r in gate["reasons"])
                 validity = cell.get("validity") or {}
-                if validity.get("valid"):
+                if validity and not validity.get("valid", True):
+                    status = "ok · INVALID"
+                    extra += "".join(f'<div class="why">{escape(line)}</div>' for line in sampling.print_rules(validity))
+                elif validity.get("valid") and cell["scenario"]["name"] == "latency":
                     reached = ", ".join(f'{r["rule"].split(" median")[0]} {r["value"]}' for r in validity["rules"]
                                         if " median " in r["rule"])
                     extra += (f'<div class="why">VALID: {validity["iterations"]} requests in '
@@ -84,7 +88,7 @@ def status_matrix(configs: list[Config], targets: list[str], scenarios: list[str
                     extra += f'<div class="why">{escape(cell["reason"])}</div>'
                 if cell.get("log_tail"):
                     extra += f'<details><summary>log tail</summary><pre>{escape(cell["log_tail"])}</pre></details>'
-                cls = ("gated" if "FAIL" in status else "inconclusive" if "INCONCLUSIVE" in status
+                cls = ("gated" if "FAIL" in status or "INVALID" in status else "inconclusive" if "INCONCLUSIVE" in status
                        else STATUS_CLASS.get(cell["status"], "bad"))
                 tds += f'<td class="l {cls}" title="{escape(cell["cell_id"])}"><b>{escape(status)}</b>{extra}</td>'
         body += f'<tr><td class="l">{escape(label)}</td>{tds}</tr>'
@@ -158,7 +162,9 @@ def comparison(configs: list[Config], target: str, reference: str | None, margin
     body = ""
     for c in mine:
         tds = "".join(f'<td data-metric="{escape(h)}">{read(c)}</td>' for h, read, _ in COLUMNS)
-        body += (f'<tr><td class="l">{escape(c.label)}</td>{tds}<td class="l">{_quality_cell(c, base, margin)}</td>'
+        flag = (f'<br><small class="gated" title="{escape(c.timing_invalid)}">timing INVALID: precision not reached</small>'
+                if c.timing_invalid else "")
+        body += (f'<tr><td class="l">{escape(c.label)}{flag}</td>{tds}<td class="l">{_quality_cell(c, base, margin)}</td>'
                  f'<td class="l">{deltas(c, base)}</td></tr>')
     return (f'<table class="compare"><tr><th class="l">configuration</th>{head}<th class="l">quality gate<br>'
             f'<small>loss vs reference, 95% interval</small></th><th class="l">vs baseline</th></tr>{body}</table>')
