@@ -147,3 +147,21 @@ def test_a_run_without_variants_takes_the_manifest_defaults():
     eager = backends.select(["pytorch_eager"])[0]
     assert {v.name for v in _variants(eager, None)} == set(eager.default_variants)
     assert len(_variants(eager, ["*"])) == 12 and [v.name for v in _variants(eager, ["bf16-*-kv"])] == ["bf16-sdpa-kv", "bf16-eager-kv"]
+
+
+def test_llama_cpp_is_built_only_with_the_instruction_sets_this_cpu_has(monkeypatch):
+    """A build with AVX-512 dies with SIGILL on a CPU without it (seen on this project's VMs)."""
+    import platform
+
+    from evaluator import envs
+
+    llamacpp = backends.select(["llamacpp"])[0]
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(envs, "cpu_flags", lambda: {"avx", "avx2", "fma", "f16c", "bmi2"})
+    without = envs.build_flags(llamacpp)["CMAKE_ARGS"]
+    assert "-DGGML_AVX2=ON" in without and "-DGGML_AVX512=OFF" in without and "-DGGML_AVX512_BF16=OFF" in without
+    monkeypatch.setattr(envs, "cpu_flags", lambda: {"avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512_vnni"})
+    with_512 = envs.build_flags(llamacpp)["CMAKE_ARGS"]
+    assert "-DGGML_AVX512=ON" in with_512 and "-DGGML_AVX512_VNNI=ON" in with_512 and "-DGGML_AVX512_VBMI=OFF" in with_512
+    assert "-DGGML_AMX_TILE=OFF" in with_512, "AMX stays off whatever the CPU advertises"
+    assert "GGML_AVX512" not in envs.build_flags(llamacpp, "aarch64")["CMAKE_ARGS"]

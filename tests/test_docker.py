@@ -39,7 +39,9 @@ def test_a_backend_in_its_image_gives_the_same_tokens_and_quality_as_a_local_pro
     dq, lq = docker_and_local[(backend, "docker-local", "quality")], docker_and_local[(backend, "local", "quality")]
     assert dq["metrics"]["hellaswag"] == lq["metrics"]["hellaswag"]
     assert dq["metrics"]["perplexity"] == lq["metrics"]["perplexity"]
-    assert dq["fidelity"]["kl_mean"] == pytest.approx(lq["fidelity"]["kl_mean"], rel=1e-9, abs=1e-15)
+    if backend != "pytorch_eager":  # the reference is what the others are compared with, not itself
+        assert dq["fidelity"]["kl_mean"] == pytest.approx(lq["fidelity"]["kl_mean"], rel=1e-9, abs=1e-15)
+        assert dq["quality_gate"]["verdict"] == lq["quality_gate"]["verdict"]
 
 
 def test_the_reference_greedy_text_is_reproduced_in_a_container(docker_and_local):
