@@ -25,7 +25,7 @@ MODEL = models.resolve("stories260k")
 def test_endings_decoded_together_equal_endings_scored_alone(tmp_path, quant):
     tolerance = 1e-5  # exact in practice (0.0 seen); float32 rounding is the only allowance
     tok = HostTokenizer(MODEL.hf_path)
-    reqs = hellaswag.requests(hellaswag.select(hellaswag.load(), 20, 7), tok)
+    reqs = hellaswag.requests(hellaswag.order(hellaswag.load(), 7)[:20], tok)
     with start_runner("llamacpp", tmp_path) as runner:
         runner.request("load", 300, model={"path": str(MODEL.gguf_path), "format": "gguf", "sha256": MODEL.content_hash(),
                                            "artifact_cache": str(tmp_path)}, options={"quant": quant, "kv_type": "f32"})

@@ -212,7 +212,7 @@ def test_compare_finds_the_items_a_changed_engine_flips(real_run, tmp_path):
     store.write_json(raw_path, raw)
     (row,) = [r for r in compare.compare(real_run, out)[0]
               if r.cell.startswith("pytorch_eager.bf16") and r.metric.startswith("HellaSwag")]
-    assert f"{flips} items right only in B, 0 only in A" in row.why
+    assert f"{flips} items right only in B, 0 only in A" in row.why and "flipped items: " in row.why
     assert row.changed == (flips >= 6 and "McNemar p = 0.0312" in row.why)
 
 

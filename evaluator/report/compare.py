@@ -5,7 +5,7 @@ Cells are matched by (backend, variant, target, scenario). A metric is CHANGED w
 - timed metrics (median latency, TTFT, decode speed, best throughput): the 95% interval of
   the ratio of the two runs' medians excludes 1 (each median's interval from its own samples);
 - HellaSwag: both runs scored the same items, so item by item: the items whose correctness
-  flipped, McNemar's exact test on them and the paired interval of Δacc_norm; CHANGED when
+  flipped (named), McNemar's exact test on them and the paired interval of Δacc_norm; CHANGED when
   that interval excludes 0 (the run's raw answers are read for it);
 - perplexity: paired over the same windows, CHANGED when the ratio's interval excludes 1;
 - KL, deterministic for the same tokens: by more than 0.01% (float reductions);
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator import store
-from evaluator.score import gate
+from evaluator.score import gate, hellaswag
 from evaluator.stats import sequential
 from evaluator.stats.intervals import ratio_interval
 
@@ -66,6 +66,16 @@ def _raw(folder: Path, cell: dict) -> dict | None:
     return json.loads(path.read_text()) if path and path.is_file() else None
 
 
+def _flips(raw_a: dict, raw_b: dict, n: int) -> list[int]:
+    """HellaSwag item indices whose acc_norm correctness differs between the two runs."""
+    items = hellaswag.load()
+    sides = []
+    for raw in (raw_a, raw_b):
+        h = raw["hellaswag"]
+        sides.append(hellaswag.correct([items[i] for i in h["items"][:n]], h["ending_logprob_sums"][:n])[1])
+    return [i for i, a, b in zip(raw_a["hellaswag"]["items"][:n], *sides) if a != b]
+
+
 def _quality(name: str, a: dict, b: dict, raw_a: dict | None, raw_b: dict | None) -> list[Row]:
     rows = []
     ha, hb = a["metrics"]["hellaswag"], b["metrics"]["hellaswag"]
@@ -74,6 +84,9 @@ def _quality(name: str, a: dict, b: dict, raw_a: dict | None, raw_b: dict | None
         n = min(ha["items"], hb["items"])
         pair = gate.hellaswag_pairs(raw_a, raw_b, n, sequential.design(n, False)["z"], n)["acc_norm"]
         flipped = f"{pair['gained']} items right only in B, {pair['lost']} only in A, McNemar p = {pair['mcnemar_p']:.3g}"
+        which = _flips(raw_a, raw_b, n)
+        if which:
+            flipped += f"; flipped items: {', '.join(map(str, which[:10]))}" + (" ..." if len(which) > 10 else "")
         ci = pair["ci"]
         rows.append(Row(name, f"HellaSwag acc_norm ({n} shared items)", pair["reference"], pair["variant"],
                         _pct(pair["reference"], pair["variant"]), ci[0] > 0 or ci[1] < 0,
