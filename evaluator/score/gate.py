@@ -110,8 +110,10 @@ def reasons(gate: dict) -> list[str]:
                 f"({acc['gained']} items gained, {acc['lost']} lost of {acc['items']}, McNemar p = {acc['mcnemar_p']:.3g}) "
                 f"against the {m:g}% allowed: {acc['verdict']}")
         if acc["verdict"] == "INCONCLUSIVE":
+            need = acc.get("items_to_decide")
             line += ("; even the whole set would likely not decide it" if acc.get("futile")
-                     else f"; about {acc['items_to_decide']:,} items would likely decide it")
+                     else f"; about {need:,} items would likely decide it" if need
+                     else "; its estimate sits on the margin: more items would likely not decide it")
         out.append(line)
     ppl = gate.get("perplexity")
     if ppl and ppl["verdict"] != "PASS":
