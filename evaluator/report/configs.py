@@ -182,10 +182,6 @@ class Config:
         return self._q("metrics", "hellaswag", "acc_norm", "value")
 
     @property
-    def acc_norm_stderr(self):
-        return self._q("metrics", "hellaswag", "acc_norm", "stderr")
-
-    @property
     def perplexity(self):
         return self._q("metrics", "perplexity", "rolling", "token_perplexity")
 
