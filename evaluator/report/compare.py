@@ -19,8 +19,7 @@ from pathlib import Path
 
 from evaluator import store
 from evaluator.score import gate, hellaswag
-from evaluator.stats import sequential
-from evaluator.stats.intervals import ratio_interval
+from evaluator.stats.intervals import Z95, ratio_interval
 
 
 @dataclass
@@ -82,7 +81,7 @@ def _quality(name: str, a: dict, b: dict, raw_a: dict | None, raw_b: dict | None
     seeds = ((ha.get("order") or {}).get("seed"), (hb.get("order") or {}).get("seed"))
     if raw_a and raw_b and seeds[0] == seeds[1]:
         n = min(ha["items"], hb["items"])
-        pair = gate.hellaswag_pairs(raw_a, raw_b, n, sequential.design(n, False)["z"], n)["acc_norm"]
+        pair = gate.hellaswag_pairs(raw_a, raw_b, n, Z95, n)["acc_norm"]
         flipped = f"{pair['gained']} items right only in B, {pair['lost']} only in A, McNemar p = {pair['mcnemar_p']:.3g}"
         which = _flips(raw_a, raw_b, n)
         if which:
