@@ -57,9 +57,10 @@ def _line(cell: run.Cell, result: dict) -> str:
         line += "  " + sampling.explain(result["validity"])
     if cell.scenario.name == "quality":
         m = result["metrics"]
-        order = m["hellaswag"]["order"]
+        order, ppl = m["hellaswag"]["order"], m["perplexity"]["rolling"]
         line += (f"  HellaSwag acc_norm {m['hellaswag']['acc_norm']['value']:.4f} ({m['hellaswag']['items']:,} items; "
-                 f"{order['stopped']}), perplexity {m['perplexity']['rolling']['token_perplexity']:.4f}")
+                 f"{order['stopped']}), perplexity {ppl['token_perplexity']:.4f} "
+                 f"({ppl.get('windows', '?')} of {ppl.get('windows_total', '?')} windows)")
     return line
 
 

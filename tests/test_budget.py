@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from evaluator.score import budget, gate, hellaswag
-from evaluator.score.quality import Quality, run
+from evaluator.score import budget, gate, hellaswag, perplexity
+from evaluator.score.quality import Quality, Round, run, windows_for
 
 ITEMS = hellaswag.load()
 
@@ -15,14 +15,16 @@ class FakeTok:
     """One token per text, so an item is known by its prefix; a long stream for perplexity."""
     bos, context_length = 1, 512
 
-    def __init__(self):
+    def __init__(self, stream: int = 4000):
         self.ids = {}
+        self.stream = stream
 
     def encode(self, text):
         return [self.ids.setdefault(text, len(self.ids) + 2)]
 
     def encode_cached(self, key, text):
-        return [t % 300 + 2 for t in range(4000)]
+        rng = random.Random(0)
+        return [rng.randrange(2, 302) for _ in range(self.stream)]
 
 
 @dataclass
@@ -31,10 +33,14 @@ class FakeRunner:
     tok: FakeTok
     flip_gain: float = 0.0   # share of items where the variant is right and the reference wrong
     flip_loss: float = 0.0   # the reverse
+    ppl_shift: float = 0.0   # extra NLL per token on the WikiText-2 windows, varying by window
+    windows_scored: int = 0
 
     def request(self, op, timeout_s, groups=None, sequences=None, start=None, top_k=0):
-        if sequences is not None:  # perplexity windows: the same everywhere
-            return {"results": [{"logprobs": [-1.0] * (len(s) - start), "top": None} for s in sequences]}
+        if sequences is not None:  # perplexity windows: the reference's NLL is 1 nat per token
+            self.windows_scored += len(sequences)
+            return {"results": [{"logprobs": [-1.0 - self.ppl_shift * random.Random(hash(tuple(s[:8]))).uniform(0.5, 1.5)]
+                                 * (len(s) - start), "top": None} for s in sequences]}
         by_context = {self.tok.ids[item.context]: item for item in ITEMS if item.context in self.tok.ids}
         results = []
         for g in groups:
@@ -59,6 +65,7 @@ class Target:
 class Cell:
     id: str
     flips: tuple
+    ppl_shift: float = 0.0
     target: Target = Target()
 
 
@@ -108,3 +115,40 @@ def test_a_fixed_number_of_items_is_one_round_and_one_look():
     assert sessions == [("reference", 600), ("close", 600)]
     assert sc.design()["looks"] == [600] and sc.design()["z"] == pytest.approx(1.96, abs=1e-3)
     assert state["close"]["metrics"]["hellaswag"]["order"]["stopped"] == "every planned item"
+
+
+def test_perplexity_is_scored_on_the_items_share_of_the_windows_and_decides_with_them():
+    sc = Quality(items="auto")
+    tok = FakeTok(stream=200_000)
+    cells = [Cell("reference", (0.0, 0.0)), Cell("same", (0.0, 0.0)), Cell("worse", (0.0, 0.0), ppl_shift=0.05)]
+
+    def session(cell, rnd):
+        metrics, raw = run(FakeRunner(tok, *cell.flips, cell.ppl_shift), tok, sc, 10.0, 4, rnd)
+        return {"status": "ok", "metrics": metrics, "raw_data": raw}
+
+    state = budget.run(cells, sc, 0.01, lambda c: cells[0], session, lambda r: r["raw_data"], lambda c: "here", {})
+    ref = state["reference"]["raw_data"]["perplexity"]["rolling"]
+    total = ref["windows_total"]
+    assert len(ref["windows"]) == windows_for(sc, 1000, total) < total / 5
+    assert ref["windows"] == perplexity.window_order(total, sc.seed)[: len(ref["windows"])]
+    worse = gate.assess(state["reference"]["raw_data"], state["worse"]["raw_data"], 0.01, sc.design(), sc.total_items)
+    assert worse["perplexity"]["verdict"] == "FAIL" and worse["hellaswag"]["acc_norm"]["verdict"] == "PASS"
+    assert state["worse"]["metrics"]["hellaswag"]["order"]["stopped"] == "gate verdict FAIL at 500 items"
+    sample = state["worse"]["metrics"]["perplexity"]["rolling"]
+    lo, hi = sample["token_perplexity_ci"]
+    assert lo < sample["token_perplexity"] < hi, "a sample of windows: the whole file's perplexity lies within"
+    assert "word_perplexity" not in sample, "word perplexity is for the whole file only"
+
+
+def test_a_later_round_scores_only_the_windows_it_adds():
+    sc = Quality(items="auto")
+    tok = FakeTok(stream=200_000)
+    first = FakeRunner(tok)
+    m1, raw1 = run(first, tok, sc, 10.0, 4, Round(1000))
+    second = FakeRunner(tok)
+    m2, raw2 = run(second, tok, sc, 10.0, 4, Round(2000, (m1, raw1)))
+    before, after = raw1["perplexity"]["rolling"], raw2["perplexity"]["rolling"]
+    assert after["windows"][: len(before["windows"])] == before["windows"]
+    assert len(after["windows"]) == windows_for(sc, 2000, after["windows_total"])
+    assert second.windows_scored == len(after["windows"]) - len(before["windows"]) > 0
+    assert m2["hellaswag"]["items"] == 2000

@@ -186,6 +186,10 @@ class Config:
         return self._q("metrics", "perplexity", "rolling", "token_perplexity")
 
     @property
+    def perplexity_ci(self):
+        return self._q("metrics", "perplexity", "rolling", "token_perplexity_ci")
+
+    @property
     def kl_mean(self):
         return self._q("fidelity", "kl_mean")
 

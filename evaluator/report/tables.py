@@ -124,7 +124,7 @@ COLUMNS = [
     ("TTFT p50", lambda c: fmt(c.ttft_ms) + _ci_text(c.ttft_ms, c.interval("ttft_ms")), "ms"),
     ("energy", lambda c: fmt(c.energy_j_per_token), "J/token"),
     ("HellaSwag acc_norm", lambda c: fmt(c.acc_norm) + (f"<small> ({c.acc_norm_items:,} items)</small>" if c.acc_norm_items else ""), ""),
-    ("perplexity", lambda c: fmt(c.perplexity), "WikiText-2"),
+    ("perplexity", lambda c: fmt(c.perplexity) + _ci_text(c.perplexity, c.perplexity_ci), "WikiText-2"),
     ("KL vs ref", lambda c: fmt(c.kl_mean), "nats"),
     ("top-1 agree", lambda c: fmt(c.top1_agreement), ""),
 ]

@@ -82,7 +82,8 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
             if ref.id in fixed and scored(state[ref.id]) <= scored(res):
                 continue  # an earlier run's reference has no more items to pair with
             g = gate.assess(raw_of(state[ref.id]), raw_of(res), margin, design, total)
-            want = g["hellaswag"]["acc_norm"].get("items_to_decide")
+            want = max((part.get("items_to_decide") or 0 for part in (g["hellaswag"]["acc_norm"], g.get("perplexity") or {})
+                        if part.get("verdict") == "INCONCLUSIVE" and not part.get("futile")), default=0)
             if want:
                 need = max(need, next((n for n in design["looks"] if n >= want), total))
                 still.append(c)

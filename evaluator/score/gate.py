@@ -9,6 +9,7 @@ The gate decides on acc_norm and perplexity; acc is reported beside them. The al
 verdicts are not corrected for being two: the gate FAILs on either.
 """
 import json
+import math
 
 from evaluator.score import hellaswag, quality
 from evaluator.stats import paired, sequential
@@ -55,15 +56,37 @@ def _judge_acc(acc: dict, margin: float, z: float, total: int) -> None:
         acc["futile"] = sequential.futile(need, total, acc["gained"] + acc["lost"])
 
 
-def perplexity_pair(ref_raw: dict, var_raw: dict, margin: float | None = None) -> dict | None:
-    r, v = ref_raw["perplexity"]["rolling"], var_raw["perplexity"]["rolling"]
-    if r["window_tokens"] != v["window_tokens"] or len(r["window_tokens"]) < 2:
+def perplexity_pair(ref_raw: dict, var_raw: dict, margin: float | None = None, z: float = Z95,
+                    total: int | None = None) -> dict | None:
+    """The perplexity ratio over the windows both scored (the same seeded order on both sides),
+    with the verdict and, when INCONCLUSIVE, the HellaSwag items (of `total`) whose share of the
+    windows would likely decide it."""
+    r, v = (_windows(raw) for raw in (ref_raw, var_raw))
+    n = min(len(r["window_tokens"]), len(v["window_tokens"]))
+    if n < 2 or r["windows"][:n] != v["windows"][:n] or r["window_tokens"][:n] != v["window_tokens"][:n]:
         return None
-    out = paired.perplexity_ratio(r["window_nll"], v["window_nll"], r["window_tokens"], Z95)
+    out = paired.perplexity_ratio(r["window_nll"][:n], v["window_nll"][:n], r["window_tokens"][:n], z)
     out.update(loss=out["ratio"] - 1, loss_ci=[out["ci"][0] - 1, out["ci"][1] - 1])
     if margin is not None:
-        out["verdict"] = sequential.verdict(out["loss_ci"], margin)
+        _judge_ppl(out, margin, z, total, r.get("windows_total", n))
     return out
+
+
+def _windows(raw: dict) -> dict:
+    rolling = dict(raw["perplexity"]["rolling"])
+    rolling.setdefault("windows", list(range(len(rolling["window_tokens"]))))  # before the seeded order
+    return rolling
+
+
+def _judge_ppl(ppl: dict, margin: float, z: float, total: int | None, windows_total: int) -> None:
+    ppl["verdict"] = sequential.verdict(ppl["loss_ci"], margin)
+    ppl.pop("items_to_decide", None)
+    ppl.pop("futile", None)
+    if ppl["verdict"] == "INCONCLUSIVE" and total:
+        need = sequential.items_to_decide(abs(ppl["loss"] - margin), ppl["ratio"] * ppl["log_se"], z, ppl["windows"])
+        ppl["futile"] = need is None or need > windows_total
+        ppl["items_to_decide"] = None if ppl["futile"] else math.ceil(need / windows_total * total)
+        ppl["windows_total"] = windows_total
 
 
 def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int, n: int | None = None) -> dict:
@@ -74,7 +97,7 @@ def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int
     if n:
         out["hellaswag"] = hellaswag_pairs(ref_raw, var_raw, n, design["z"], total, margin)
         verdicts.append(out["hellaswag"]["acc_norm"]["verdict"])
-    ppl = perplexity_pair(ref_raw, var_raw, margin)
+    ppl = perplexity_pair(ref_raw, var_raw, margin, design["z"], total)
     if ppl:
         out["perplexity"] = ppl
         verdicts.append(ppl["verdict"])
@@ -93,7 +116,8 @@ def rejudge(stored: dict, margin: float) -> dict:
         _judge_acc(acc, margin, g["design"]["z"], g.get("total", acc["items"]))
         verdicts.append(acc["verdict"])
     if g.get("perplexity"):
-        g["perplexity"]["verdict"] = sequential.verdict(g["perplexity"]["loss_ci"], margin)
+        ppl = g["perplexity"]
+        _judge_ppl(ppl, margin, g["design"]["z"], g.get("total"), ppl.get("windows_total", ppl["windows"]))
         verdicts.append(g["perplexity"]["verdict"])
     g["verdict"] = sequential.combine(verdicts)
     g["reasons"] = reasons(g)
@@ -118,8 +142,17 @@ def reasons(gate: dict) -> list[str]:
     ppl = gate.get("perplexity")
     if ppl and ppl["verdict"] != "PASS":
         lo, hi = (100 * x for x in ppl["loss_ci"])
-        out.append(f"perplexity {100 * ppl['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}] against the {m:g}% allowed: {ppl['verdict']}")
+        line = f"perplexity {100 * ppl['loss']:+.2f}% [{lo:+.2f}, {hi:+.2f}] against the {m:g}% allowed: {ppl['verdict']}"
+        if ppl["verdict"] == "INCONCLUSIVE":
+            need = ppl.get("items_to_decide")
+            line += ("; even every window would likely not decide it" if ppl.get("futile")
+                     else f"; the windows beside about {need:,} items would likely decide it" if need else "")
+        out.append(line)
     return out
+
+
+def _part(g: dict, name: str) -> dict:
+    return g["hellaswag"]["acc_norm"] if name == "acc_norm" else g["perplexity"]
 
 
 def judge(ref_raw: dict, margin: float, design: dict, total: int):
@@ -128,12 +161,11 @@ def judge(ref_raw: dict, margin: float, design: dict, total: int):
         if n > len(ref_raw["hellaswag"]["items"]):
             return quality.REFERENCE_EXHAUSTED
         g = assess(ref_raw, var_raw, margin, design, total, n)
-        acc = g["hellaswag"]["acc_norm"]
-        if acc["verdict"] != "INCONCLUSIVE":
-            return f"acc_norm verdict {acc['verdict']} at {n} items"
-        if (g.get("perplexity") or {}).get("verdict") == "FAIL":
-            return f"perplexity FAILs, so the gate does ({n} items)"
-        if acc["futile"]:
-            return f"futile at {n} items: the whole set would likely not decide acc_norm"
+        if g["verdict"] != "INCONCLUSIVE":
+            return f"gate verdict {g['verdict']} at {n} items"
+        open_parts = [name for name, part in (("acc_norm", g["hellaswag"]["acc_norm"]), ("perplexity", g.get("perplexity")))
+                      if part and part["verdict"] == "INCONCLUSIVE"]
+        if all(_part(g, name).get("futile") for name in open_parts):
+            return f"futile at {n} items: the whole set would likely not decide {' or '.join(open_parts)}"
         return None
     return at_look

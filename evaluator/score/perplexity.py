@@ -10,6 +10,10 @@ rolling (ours): the stream is [BOS] + tokens(file). Windows of `window` tokens a
     word perplexity  = exp(NLL / W), W = whitespace-separated words of the file
     bits per byte    = NLL / (ln 2 * B), B = UTF-8 bytes of the file
   Word perplexity and bits per byte compare across tokenizers; token perplexity does not.
+  With `--quality-items auto` the windows are scored in a seeded random order and only as
+  many as the verdicts need (quality.py): the token perplexity is then an estimate of the
+  whole file's, with its 95% interval (ratio estimator over windows); word perplexity and
+  bits per byte are given for the whole file only.
 
 llamacpp (llama-perplexity's): consecutive, non-overlapping chunks of n_ctx = 512 tokens of
   tokens(file); the first token of each chunk is replaced by BOS; only the second half is
@@ -18,10 +22,13 @@ llamacpp (llama-perplexity's): consecutive, non-overlapping chunks of n_ctx = 51
   llama.cpp's tokenizer: a few tokens differ, data/README.md).
 """
 import math
+import random
 import re
 from dataclasses import dataclass
 
 from evaluator.catalog.backends import REPO
+from evaluator.stats import paired
+from evaluator.stats.intervals import Z95
 
 DATA = REPO / "data" / "wikitext-2" / "wiki.test.raw"
 LLAMACPP_CTX = 512
@@ -55,10 +62,24 @@ def llamacpp_windows(tokens: list[int], bos: int, n_ctx: int = LLAMACPP_CTX) -> 
     return [Window([bos] + tokens[i * n_ctx + 1:(i + 1) * n_ctx], n_ctx // 2 + 1) for i in range(len(tokens) // n_ctx)]
 
 
-def summarize_rolling(nll: float, tokens: int, source: str, window: int, stride: int, complete: bool) -> dict:
+def window_order(count: int, seed: int | None) -> list[int]:
+    """The order windows are scored in: the file's, or seeded random (a sample of any length
+    is then a simple random sample of the windows)."""
+    return list(range(count)) if seed is None else random.Random(seed).sample(range(count), count)
+
+
+def summarize_rolling(window_nll: list[float], window_tokens: list[int], total_windows: int, source: str,
+                      window: int, stride: int, whole_file: bool) -> dict:
+    nll, tokens = sum(window_nll), sum(window_tokens)
     out = {"definition": f"rolling, window {window}, stride {stride}, BOS first, every token scored once",
-           "tokens": tokens, "nll": nll, "token_perplexity": math.exp(nll / tokens)}
-    if complete:  # word- and byte-normalized only when the whole file was scored
+           "tokens": tokens, "nll": nll, "token_perplexity": math.exp(nll / tokens),
+           "windows": len(window_tokens), "windows_total": total_windows}
+    if len(window_tokens) < total_windows and len(window_tokens) >= 2:
+        # A sample of the windows: the perplexity of the whole file lies within this interval.
+        rate, se = paired.log_rate(window_nll, window_tokens)
+        out["token_perplexity_ci"] = [math.exp(rate - Z95 * se), math.exp(rate + Z95 * se)]
+        out["definition"] += f", {len(window_tokens)} of {total_windows} windows (seeded random sample)"
+    elif whole_file and len(window_tokens) == total_windows:  # word- and byte-normalized: the whole file only
         words = len(re.findall(r"\S+", source))
         out.update(words=words, bytes=len(source.encode("utf-8")), word_perplexity=math.exp(nll / words),
                    bits_per_byte=nll / (math.log(2) * len(source.encode("utf-8"))))

@@ -5,9 +5,12 @@ answers beside the cell (raw/<cell>.json): every item's ending sums and every wi
 so the paired comparisons (gate.py) and every summary can be recomputed from the files.
 
 A quality cell may be scored in several rounds (budget.py): each round is one runner
-session that continues the HellaSwag items where the last one stopped, in the seeded order,
-and asks its `judge` at every planned look whether the verdict is already known.
+session that continues the HellaSwag items and the WikiText-2 windows where the last one
+stopped, each in its seeded order, and asks its `judge` at every planned look whether the
+verdict is already known. With `--quality-items auto` a round scores the same share of the
+windows as of the items, so perplexity, too, costs only what its verdict needs.
 """
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +22,7 @@ from evaluator.stats import sequential
 # float32). At a 512-token vocabulary that is ~150 HellaSwag items a request; at 128k, one.
 LOGITS_BUDGET = 2**25
 ITEM_MODES = ("auto", "all")
+PPL_MIN_WINDOWS = 32  # with `auto`: enough windows for the ratio estimator's interval to mean something
 REFERENCE_EXHAUSTED = "the reference has no more items"  # a judge's stop that a later round may lift
 
 
@@ -94,23 +98,50 @@ def _batches(reqs: list[dict], vocab_size: int):
         yield batch
 
 
-def _perplexity(runner, tok, sc: Quality, timeout_s: float, progress) -> tuple[dict, dict]:
+def windows_for(sc: Quality, extent: int, total_windows: int) -> int:
+    """The WikiText-2 windows a cell scores beside `extent` HellaSwag items: every window with a
+    fixed item count; with `auto`, the same share of the windows as of the items (seeded order,
+    at least PPL_MIN_WINDOWS), so both sets reach their whole at the same look."""
+    if not sc.sequential:
+        return total_windows
+    return min(total_windows, max(PPL_MIN_WINDOWS, math.ceil(total_windows * extent / sc.total_items)))
+
+
+def _perplexity(runner, tok, sc: Quality, timeout_s: float, extent: int, previous: dict | None,
+                progress) -> tuple[dict, dict]:
+    """(metrics, raw) of WikiText-2, scored up to windows_for(extent), continuing `previous` raw."""
     source = perplexity.text()
     tokens = tok.encode_cached("wikitext-2-test", source)
-    complete = sc.ppl_max_tokens is None or sc.ppl_max_tokens >= len(tokens)
-    tokens = tokens if complete else tokens[: sc.ppl_max_tokens]
+    whole_file = sc.ppl_max_tokens is None or sc.ppl_max_tokens >= len(tokens)
+    tokens = tokens if whole_file else tokens[: sc.ppl_max_tokens]
     window = sc.ppl_window or min(tok.context_length or 1024, 1024)
     stride = sc.ppl_stride or window // 2
     rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
-    nll, count, fidelity = _score_windows(runner, rolling, timeout_s, sc.top_k, sc.fidelity_windows, "perplexity", progress)
-    metrics = {"rolling": perplexity.summarize_rolling(sum(nll), sum(count), source, window, stride, complete)}
-    raw = {"rolling": {"window_nll": nll, "window_tokens": count}}
+    order = perplexity.window_order(len(rolling), sc.seed if sc.sequential else None)
+    raw = dict(previous) if previous else {"perplexity": {}, "fidelity_windows": []}
+    done = dict(raw["perplexity"].get("rolling") or {"window_nll": [], "window_tokens": []})
+    done.setdefault("windows", list(range(len(done["window_nll"]))))  # results from before the seeded order
+    if done["windows"] != order[: len(done["windows"])]:
+        raise ValueError("the stored WikiText-2 answers do not follow this cell's window order")
+    todo = order[len(done["windows"]): windows_for(sc, extent, len(rolling))]
+    top_k_windows = max(0, sc.fidelity_windows - len(done["windows"]))
+    nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
+                                          "perplexity", progress)
+    done = {"windows": done["windows"] + todo, "window_nll": done["window_nll"] + nll,
+            "window_tokens": done["window_tokens"] + count, "windows_total": len(rolling)}
+    raw["perplexity"] = dict(raw["perplexity"], rolling=done)
+    raw["fidelity_windows"] = raw["fidelity_windows"] + fidelity
+    metrics = {"rolling": perplexity.summarize_rolling(done["window_nll"], done["window_tokens"], len(rolling), source,
+                                                       window, stride, whole_file)}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
-        chunks = perplexity.llamacpp_windows(tokens, tok.bos)
-        nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
-        metrics["llamacpp"] = perplexity.summarize_llamacpp(sum(nll), sum(count), len(chunks))
-        raw["llamacpp"] = {"window_nll": nll, "window_tokens": count}
-    return metrics, {"perplexity": raw, "fidelity_windows": fidelity}
+        if "llamacpp" not in raw["perplexity"]:  # its own definition: every chunk, in the first round
+            chunks = perplexity.llamacpp_windows(tokens, tok.bos)
+            nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
+            raw["perplexity"]["llamacpp"] = {"window_nll": nll, "window_tokens": count}
+        lc = raw["perplexity"]["llamacpp"]
+        metrics["llamacpp"] = perplexity.summarize_llamacpp(sum(lc["window_nll"]), sum(lc["window_tokens"]),
+                                                            len(lc["window_tokens"]))
+    return metrics, raw
 
 
 def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int, progress=None, done: int = 0,
@@ -130,13 +161,9 @@ def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int, pr
 
 def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round, progress=None) -> tuple[dict, dict]:
     """(metrics, raw) after this round, the previous rounds' answers included."""
-    if rnd.previous:
-        metrics, raw = rnd.previous[0], dict(rnd.previous[1])
-        ppl_metrics = metrics["perplexity"]
-        raw["hellaswag"] = dict(raw["hellaswag"])
-    else:
-        ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, progress)
-        raw["hellaswag"] = {"items": [], "ending_logprob_sums": []}
+    previous_raw = rnd.previous[1] if rnd.previous else None
+    ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, min(rnd.upto, sc.total_items), previous_raw, progress)
+    raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
     order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
     scored = raw["hellaswag"]
     if scored["items"] != [it.index for it in order[: len(scored["items"])]]:

@@ -55,17 +55,22 @@ def discordance(ref_correct: list[bool], var_correct: list[bool]) -> tuple[int, 
     return b, c
 
 
-def perplexity_ratio(ref_nll: list[float], var_nll: list[float], tokens: list[int], z: float = Z95) -> dict:
-    """variant / reference perplexity over the same windows, with its interval."""
+def log_rate(nll: list[float], tokens: list[int]) -> tuple[float, float]:
+    """sum(nll) / sum(tokens) over windows, with the ratio estimator's standard error (windows
+    are the units; the log of a perplexity, or of a perplexity ratio when nll holds differences)."""
     m, total = len(tokens), sum(tokens)
     if m < 2 or not total:
-        raise ValueError("a perplexity ratio needs at least two windows")
-    d = [v - r for r, v in zip(ref_nll, var_nll, strict=True)]
-    log_ratio = sum(d) / total
-    resid = sum((dw - log_ratio * tw) ** 2 for dw, tw in zip(d, tokens))
-    se = math.sqrt(m / (m - 1) * resid) / total
+        raise ValueError("a perplexity interval needs at least two windows")
+    rate = sum(nll) / total
+    resid = sum((d - rate * t) ** 2 for d, t in zip(nll, tokens, strict=True))
+    return rate, math.sqrt(m / (m - 1) * resid) / total
+
+
+def perplexity_ratio(ref_nll: list[float], var_nll: list[float], tokens: list[int], z: float = Z95) -> dict:
+    """variant / reference perplexity over the same windows, with its interval."""
+    log_ratio, se = log_rate([v - r for r, v in zip(ref_nll, var_nll, strict=True)], tokens)
     return {"ratio": math.exp(log_ratio), "ci": [math.exp(log_ratio - z * se), math.exp(log_ratio + z * se)],
-            "log_se": se, "windows": m, "tokens": total}
+            "log_se": se, "windows": len(tokens), "tokens": sum(tokens)}
 
 
 def mean_interval(values: list[float]) -> dict:
