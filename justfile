@@ -39,6 +39,20 @@ compare *args: _host
 test *args: _host
     {{host}} -m pytest "$@"
 
+# The Debian packages the whole test suite needs (a browser, a Docker engine, debootstrap, an SSH
+# server; `-m slow` also qemu-user-static and an arm64 cross compiler); needs root
+system-deps *extra:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    missing=""
+    need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || missing="$missing $2"; }
+    need chromium chromium; need dockerd docker.io; need debootstrap debootstrap; need sshd openssh-server
+    for p in {{extra}}; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"; done
+    [ -z "$missing" ] && { echo "system packages: all present"; exit 0; }
+    sudo=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+    echo "installed:$missing"
+
 # Speed and memory figures, run on demand (not part of the tests)
 bench *args: _host
     {{host}} benchmarks/harness_overhead.py "$@"

@@ -3,7 +3,9 @@
 # CA certificates, made by debootstrap from Debian's package mirror and loaded with
 # `docker import`, because no image registry is reachable. Real users may pass any python:3.11
 # base (or a CUDA one) to the backend Dockerfiles instead: `--build-arg BASE=...`.
-#   docker/base.sh [amd64|arm64]   -> image deploy-eval/base:bookworm-<arch>
+#   docker/base.sh [amd64|arm64] [MIRROR_URL]   -> image deploy-eval/base:bookworm-<arch>
+# The Debian mirror is the argument, else $DEBIAN_MIRROR, else the first one this machine's own
+# apt configuration names (so it works behind a local mirror); the repo names no host.
 # arm64 runs under qemu-user-static (binfmt_misc with the F flag: see docker/qemu.sh).
 set -euo pipefail
 arch=${1:-amd64}
@@ -12,12 +14,14 @@ tag=deploy-eval/base:bookworm-$arch
 export DOCKER_HOST=unix://$sock
 if docker image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0; fi
 command -v debootstrap >/dev/null || { echo "debootstrap is not installed (Debian: apt-get install debootstrap)" >&2; exit 1; }
-mirror=${DEBIAN_MIRROR:-$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)}
-[ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
+mirror=${2:-${DEBIAN_MIRROR:-}}
+[ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $1; exit}')
+[ -n "$mirror" ] || { echo "no Debian mirror: /etc/apt names none; pass one: docker/base.sh $arch MIRROR_URL (or DEBIAN_MIRROR=...)" >&2; exit 1; }
 root=$(mktemp -d /var/tmp/deploy-eval-base.XXXXXX)
 trap 'rm -rf "$root" "$root.layer.tar" "$root.image.tar"' EXIT
 debootstrap --variant=minbase --arch="$arch" --include=python3,python3-venv,python3-pip,ca-certificates,libgomp1 \
-  bookworm "$root" "${mirror:-http://deb.debian.org/debian}" >&2
+  bookworm "$root" "$mirror" >&2
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 # `docker load` of a one-layer image whose config names its architecture: `docker import`
 # labels everything with the engine's own architecture, and builds for linux/arm64 then

@@ -149,17 +149,25 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
                mine.get((reference.backend.name, reference.variant.name, where)))
         if ref is None or ref is c:
             continue
-        ref_raw = json.loads((run_path / ref["raw"]).read_text())
-        raw = json.loads((run_path / c["raw"]).read_text())
         label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}" + (f" of run {ref['run_id']}" if theirs else "")
-        c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
-        c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
+        try:
+            ref_raw = json.loads((run_path / ref["raw"]).read_text())
+            raw = json.loads((run_path / c["raw"]).read_text())
+            c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
+            c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            # A stored answer that cannot be read or paired loses this comparison, never the report.
+            c.pop("fidelity", None)
+            c.pop("quality_gate", None)
+            c["quality_gate_error"] = f"not compared with {label}: {type(exc).__name__}: {exc}"[:500]
         store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
         updated.append(c)
     return updated
 
 
 def gate_line(c: dict) -> str:
+    if c.get("quality_gate_error"):
+        return f"quality {c['backend']}.{c['variant']}@{c['target']['name']}: {c['quality_gate_error']}"
     f, g = c["fidelity"], c["quality_gate"]
     kl = f"KL mean {f['kl_mean']:.2e}" + (f" [{f['kl_mean_ci'][0]:.2e}, {f['kl_mean_ci'][1]:.2e}]" if f.get("kl_mean_ci") else "")
     verdict = g["verdict"] + (": " + "; ".join(g["reasons"]) if g["reasons"] else "")

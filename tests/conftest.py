@@ -1,11 +1,34 @@
 """Shared fixtures: the repo's real backends, their real environments, the real model."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+# The tests build their derived models (ONNX exports, GGUF quantizations) in a cache of their own,
+# set before the evaluator is imported (store.ARTIFACTS reads it): never the user's, never the repo.
+os.environ["DEPLOY_EVAL_CACHE"] = tempfile.mkdtemp(prefix="deploy-eval-test-artifacts-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(os.environ["DEPLOY_EVAL_CACHE"], ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name each skipped suite and what would enable it: a count alone hides a missing package."""
+    groups = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        key = (rep.nodeid.split("::")[0], reason.removeprefix("Skipped: "))
+        groups[key] = groups.get(key, 0) + 1
+    if groups:
+        terminalreporter.section("skipped suites (`just system-deps` installs the packages they need)")
+        for (suite, reason), n in sorted(groups.items()):
+            terminalreporter.write_line(f"{suite}: {n} skipped: {reason}")
 
 from evaluator import envs
 from evaluator.catalog import backends

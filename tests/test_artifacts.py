@@ -2,10 +2,13 @@
 exports and their int8 quantization) are built once, keyed by content, and reused."""
 import json
 import shutil
+import subprocess
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from evaluator.catalog import models
+from evaluator.launch.process import RunnerFailure
+from tests.conftest import REPO, run_cli, start_runner
 
 FAST = ["--scenarios", "latency", "--min-iterations", "2", "--min-duration", "0", "--new-tokens", "4", "--warmup", "0",
         "--precision", "1e9"]  # plumbing, not stability: a few tiny requests scatter
@@ -80,3 +83,23 @@ def test_a_bad_synthetic_shape_is_one_line_and_exit_2(tmp_path, bad):
     done = run_cli("eval", f"synthetic:{bad}", "--reports", str(tmp_path / "r"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "synthetic shape" in done.stderr and not (tmp_path / "r").exists()
+
+
+def test_the_repository_holds_no_derived_artifact():
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    shipped = {"data/stories260k/stories260K.gguf"}  # the published model itself, not derived here
+    derived = [f for f in listed.stdout.splitlines() if f not in shipped and
+               (".deploy-eval-artifacts" in f or f.endswith((".gguf", ".onnx", ".onnx.data")))]
+    assert not derived, f"derived artifacts are committed: {derived}"
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "llamacpp"])
+def test_an_engine_that_derives_models_refuses_a_load_without_a_hash_and_a_cache(name, tmp_path):
+    model = models.resolve("stories260k")
+    fmt = "gguf" if name == "llamacpp" else "hf"
+    with start_runner(name, tmp_path) as runner:
+        with pytest.raises(RunnerFailure, match="needs model.sha256 and model.artifact_cache"):
+            runner.request("load", 120, model={"path": str(model.artifact(fmt)), "format": fmt}, options={})
+    assert not list(model.hf_path.parent.rglob(".deploy-eval-artifacts")), "nothing is written beside the source"

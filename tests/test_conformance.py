@@ -37,7 +37,8 @@ def test_backend_honours_the_contract(name, tmp_path):
         info = runner.request("describe", 60)
         assert DESCRIBE_KEYS <= set(info), f"describe lacks {DESCRIBE_KEYS - set(info)}"
         fmt = next(f for f in backend.formats if model.artifact(f))
-        spec = {"path": str(model.artifact(fmt)), "format": fmt}
+        spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model.content_hash(),
+                "artifact_cache": str(tmp_path / "artifacts")}
         if not info["available"]:
             assert info["unavailable_reason"], "an unavailable engine must say why"
             with pytest.raises(RunnerFailure) as exc:
@@ -55,7 +56,8 @@ def test_backend_honours_the_contract(name, tmp_path):
         except RunnerFailure as exc:
             assert exc.status == "unsupported" and len(exc.reason) > 30, exc.reason
             model = models.resolve("synthetic-tiny")  # the contract still holds, on a model it can run
-            spec = {"path": str(model.hf_path), "format": "hf"}
+            spec = {"path": str(model.hf_path), "format": "hf", "sha256": model.content_hash(),
+                    "artifact_cache": str(tmp_path / "artifacts")}
             runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("generate", 30, prompts=[[1, 10**6]], max_new_tokens=1)

@@ -22,13 +22,17 @@ def engine(docker_engine):
 
 
 @pytest.fixture(scope="module")
-def docker_and_local(engine, tmp_path_factory):
+def docker_run(engine, tmp_path_factory):
     reports = tmp_path_factory.mktemp("reports")
     proc = run_cli("eval", "stories260k", "--targets", "docker-local,local", "--backends", "pytorch_eager,llamacpp",
                    "--variants", "fp32-sdpa-kv,q8_0", "--reports", str(reports), *FAST, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {(c["backend"], c["target"]["name"], c["scenario"]["name"]): c
-            for c in cells(run_folder(proc.stderr, reports)).values()}
+    return run_folder(proc.stderr, reports)
+
+
+@pytest.fixture(scope="module")
+def docker_and_local(docker_run):
+    return {(c["backend"], c["target"]["name"], c["scenario"]["name"]): c for c in cells(docker_run).values()}
 
 
 @pytest.mark.parametrize("backend", ["pytorch_eager", "llamacpp"])
@@ -53,6 +57,11 @@ def test_the_image_is_tagged_by_content_and_its_id_is_in_every_result(docker_and
     assert d["image"]["tag"].startswith("deploy-eval/pytorch_eager:") and d["image"]["id"].startswith("sha256:")
     assert d["image"]["id"] in d["environment"]
     assert engine.run("image", "inspect", "-f", "{{.Id}}", d["image"]["tag"]).stdout.strip() == d["image"]["id"]
+
+
+def test_the_report_names_the_image_each_row_ran_in(docker_run, docker_and_local):
+    image = docker_and_local[("pytorch_eager", "docker-local", "latency")]["image"]
+    assert f'image {image["tag"]} ({image["id"]})' in (docker_run / "index.html").read_text()
 
 
 def test_a_hanging_runner_in_a_container_is_killed_by_name_and_the_run_goes_on(engine, tmp_path):

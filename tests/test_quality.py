@@ -209,3 +209,26 @@ def test_result_files_hold_the_discordance_recomputed_from_the_raw_sums(tmp_path
     stored = cells["q4_k_m"]["quality_gate"]["hellaswag"]["acc_norm"]
     assert (stored["gained"], stored["lost"], stored["items"]) == (b, c, 400)
     assert stored["mcnemar_p"] == pytest.approx(binomtest(b, b + c, 0.5).pvalue if b + c else 1.0)
+
+
+def test_a_malformed_stored_answer_loses_its_comparison_not_the_report(tmp_path):
+    eager = backends.select(["pytorch_eager"])[0]
+    reference = eager.variant("fp32-sdpa-kv")
+
+    def cell(variant, raw):
+        cid = store.cell_id("stories260k", "pytorch_eager", variant, "local", "quality")
+        store.write_json(tmp_path / "raw" / f"{cid}.json", raw)
+        return {"cell_id": cid, "backend": "pytorch_eager", "variant": variant, "target": {"name": "local"},
+                "scenario": {"name": "quality"}, "status": "ok", "raw": f"raw/{cid}.json"}
+
+    good = {"hellaswag": {"items": [], "ending_logprob_sums": []}, "fidelity_windows": [],
+            "perplexity": {"rolling": {"window_nll": [1.0, 2.0], "window_tokens": [10, 10]}}}
+    cells = [cell("fp32-sdpa-kv", good), cell("bf16-sdpa-kv", {"hellaswag": 3, "fidelity_windows": "?"})]
+    for c in cells:
+        store.write_json(tmp_path / "cells" / f"{c['cell_id']}.json", c)
+    store.write_json(tmp_path / "run.json", {"planned_cells": [c["cell_id"] for c in cells]})
+    (updated,) = evaluate.finish_quality(tmp_path, run.Reference(eager, reference), 0.01, Quality())
+    assert "not compared with pytorch_eager.fp32-sdpa-kv@local" in updated["quality_gate_error"]
+    assert "quality_gate" not in updated and "not compared" in evaluate.gate_line(updated)
+    stored = json.loads((tmp_path / "cells" / f"{updated['cell_id']}.json").read_text())
+    assert stored["quality_gate_error"] == updated["quality_gate_error"]

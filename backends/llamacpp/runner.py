@@ -21,7 +21,7 @@ sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, artifact_home, check_options, choice, serve  # noqa: E402
 
 CONVERTER_DIR = os.path.join(sys.prefix, "share", "llama.cpp-convert")
 CONVERTER = os.path.join(CONVERTER_DIR, "convert_hf_to_gguf.py")
@@ -70,7 +70,7 @@ class LlamaCppEngine(Engine):
 
     @staticmethod
     def _cache(model: dict) -> str:
-        cache = model.get("artifact_cache") or os.path.join(os.path.dirname(model["path"]), ".deploy-eval-artifacts")
+        cache = artifact_home(model)[1]
         os.makedirs(cache, exist_ok=True)
         return cache
 
@@ -81,7 +81,7 @@ class LlamaCppEngine(Engine):
             raise RunnerError("unsupported", f"llama.cpp's converter is missing from this environment ({CONVERTER}); "
                               "rebuild it: rm -r .venvs/llamacpp")
         tool = open(os.path.join(CONVERTER_DIR, "VERSION")).read().strip()
-        key = hashlib.sha256(f"{model.get('sha256')}|{tool} convert_hf_to_gguf|f32".encode()).hexdigest()[:24]
+        key = hashlib.sha256(f"{model['sha256']}|{tool} convert_hf_to_gguf|f32".encode()).hexdigest()[:24]
         path = os.path.join(self._cache(model), f"llamacpp-converted-f32-{key}.gguf")
         info = {"path": path, "key": key, "kind": "gguf f32 (converted)", "tool": f"convert_hf_to_gguf.py ({tool})"}
         if os.path.exists(path):
@@ -137,8 +137,7 @@ class LlamaCppEngine(Engine):
                 self.artifact = dict(self._quantized(converted["path"], converted["key"], cache, quant, threads),
                                      built_from=[converted])
         else:
-            sha = model.get("sha256") or hashlib.sha256(open(model["path"], "rb").read()).hexdigest()
-            self.artifact = self._quantized(model["path"], sha, cache, quant, threads)
+            self.artifact = self._quantized(model["path"], model["sha256"], cache, quant, threads)
         self.llm = None
         # llama.cpp keeps K and V in f16 and its CPU flash attention rounds to f16; the f32 variant
         # turns both off so that it is f32 end to end (with either, log-probabilities move by

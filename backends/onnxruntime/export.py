@@ -85,10 +85,10 @@ def _size(folder: str) -> int:
 
 def artifact(model: dict, precision: str, log=print) -> dict:
     """The ONNX folder for (source model, precision): reused from the cache or built now."""
-    source, sha = model["path"], model.get("sha256") or "unhashed"
+    # The runner checked both (artifact_home): never a constant key, never beside the source.
+    source, sha, cache = model["path"], model["sha256"], model["artifact_cache"]
     versions = _versions()
     key = hashlib.sha256(f"{sha}|{versions}|{precision}".encode()).hexdigest()[:24]
-    cache = model.get("artifact_cache") or os.path.join(source, ".deploy-eval-artifacts")
     path = os.path.join(cache, f"onnx-{precision}-{key}")
     tool = "onnxruntime.quantization.quantize_dynamic" if precision == "int8" else "torch.onnx.export(dynamo=True)"
     info = {"path": path, "key": key, "kind": f"onnx {precision}", "tool": f"{tool} ({versions})"}

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import export  # noqa: E402
-from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, artifact_home, check_options, choice, serve  # noqa: E402
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -65,6 +65,7 @@ class OrtEngine(Engine):
             raise RunnerError("unsupported", "int8 dynamic quantization uses CPU-only operators (DynamicQuantizeMatMul)")
         if not os.path.isdir(model["path"]):
             raise RunnerError("bad_request", f"model folder {model['path']} does not exist")
+        artifact_home(model)
         art = export.artifact(model, precision, log=lambda m: print(m, file=sys.stderr, flush=True))
 
         so = ort.SessionOptions()

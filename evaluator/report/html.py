@@ -181,7 +181,7 @@ def _provenance(run: dict, configs: list) -> str:
         image = next((x.get("image") for x in c.cells.values() if x.get("image")), None)
         versions = ", ".join(f"{k} {v}" for k, v in sorted((e.get("versions") or {}).items()))
         build = ", ".join(f"{k}={v}" for k, v in sorted((e.get("build") or {}).items()))
-        where = f'image {image.get("tag")} ({image.get("digest")})' if image else (env or "")
+        where = f'image {image.get("tag")} ({image.get("id")})' if image else (env or "")
         engines += (f'<tr><td class="l">{escape(c.backend)}</td><td class="l">{escape(c.target_name)}</td>'
                     f'<td class="l">{escape(str(e.get("engine", "")))} {escape(str(e.get("engine_version", "")))}</td>'
                     f'<td class="l">{escape(str(e.get("device", "")))} {escape(str(e.get("gpu") or ""))}'

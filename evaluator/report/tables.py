@@ -135,7 +135,8 @@ def _quality_cell(c: Config, base: Config | None, margin: float) -> str:
         return "reference"
     gate = c.gate(margin)
     if not gate:
-        return "–"
+        error = (c.cell("quality") or {}).get("quality_gate_error")
+        return f'<small class="gated">{escape(error)}</small>' if error else "–"
     cls = {"FAIL": "gated", "INCONCLUSIVE": "inconclusive", "PASS": "ok"}[gate["verdict"]]
     parts = []
     acc = (gate.get("hellaswag") or {}).get("acc_norm")

@@ -46,8 +46,9 @@ load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact
     -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
         "rss_bytes": int, "device_bytes": int|null}
     `sha256` is the source model's content hash and `artifact_cache` a folder for what the
-    engine derives from it (quantized or converted files): key such artifacts by (sha256,
-    tool version, options), write them atomically, reuse them, and report them under
+    engine derives from it (quantized or converted files): an engine that derives any refuses
+    a load without both (`artifact_home`), keys them by (sha256, tool version, options), never
+    writes beside the source model, writes them atomically, reuses them, and reports them under
     "artifact": {"path", "key", "kind", "tool", "reused", "build_s", "size_bytes"}.
     `options` are the variant's options from the backend manifest; an unknown option is a
     bad_request, a known one this device cannot honour is `unsupported`. Loading twice
@@ -119,6 +120,16 @@ def check_options(options: dict, allowed: set, model: dict, formats: tuple, engi
         raise RunnerError("bad_request", f"unknown load options {sorted(unknown)}; valid: {sorted(allowed)}")
     if model.get("format", "hf") not in formats:
         raise RunnerError("unsupported", f"{engine} reads {' and '.join(formats)} models, not {model.get('format')!r}")
+
+
+def artifact_home(model: dict) -> tuple[str, str]:
+    """(the source model's content hash, the artifact folder) for an engine that builds derived
+    models: both are required, so a derived artifact is never keyed by a constant nor written
+    beside the source model."""
+    missing = [k for k in ("sha256", "artifact_cache") if not model.get(k)]
+    if missing:
+        raise RunnerError("bad_request", f"load: this engine builds derived models and needs model.{' and model.'.join(missing)}")
+    return model["sha256"], model["artifact_cache"]
 
 
 def choice(options: dict, key: str, valid, default: str) -> str:
