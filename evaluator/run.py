@@ -131,6 +131,22 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
     return cells
 
 
+QUALITY_CONTEXT = 1024  # a scored window is at most this long, and a HellaSwag item far shorter
+
+
+def _context_tokens(sc, check: scenarios.Check, model_context: int | None) -> int:
+    """The longest sequence this cell's session sends: what an engine that sizes its caches up
+    front (llama.cpp's n_ctx, vLLM's max_model_len) sizes them for, instead of the model's
+    whole training context (131,072 tokens on Llama 3.1)."""
+    if isinstance(sc, quality.Quality):
+        need = max(sc.ppl_window or QUALITY_CONTEXT, QUALITY_CONTEXT)
+    else:
+        need = sc.prompt_tokens + sc.new_tokens
+        if isinstance(sc, scenarios.Latency):
+            need = max(need, 1 + check.new_tokens)  # the greedy check from BOS
+    return min(need, model_context) if model_context else need
+
+
 def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
              deadlines: Deadlines, progress, rnd: quality.Round | None) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
@@ -139,7 +155,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     fmt = _model_format(cell.backend, model)
     options = dict(cell.options, device=cell.target.device)
     spec = {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
-            "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS)}
+            "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS),
+            "context_tokens": _context_tokens(cell.scenario, check, tok.context_length)}
     try:
         result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:

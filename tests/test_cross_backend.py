@@ -44,7 +44,8 @@ def model(name: str):
 
 @functools.cache
 def answers(model_name: str, name: str, variant_name: str, tmp: str):
-    """(64 greedy tokens, log-probabilities of a 160-token window) from one backend variant."""
+    """(64 greedy tokens, log-probabilities of a 160-token window, the load's answer) from one
+    backend variant."""
     m, sha, prompt, window = model(model_name)
     backend = backends.select([name])[0]
     variant = backend.variant(variant_name)
@@ -55,17 +56,25 @@ def answers(model_name: str, name: str, variant_name: str, tmp: str):
     folder = Path(tmp) / f"{model_name}-{name}-{variant_name}"
     folder.mkdir()
     with start_runner(name, folder) as runner:
-        runner.request("load", 900, model={"path": str(m.artifact(fmt)), "format": fmt, "sha256": sha,
-                                           "artifact_cache": str(Path(tmp) / "artifacts")},
-                       options=dict(variant.options, device="cpu"))
+        loaded = runner.request("load", 900, model={"path": str(m.artifact(fmt)), "format": fmt, "sha256": sha,
+                                                    "artifact_cache": str(Path(tmp) / "artifacts")},
+                                options=dict(variant.options, device="cpu"))
         tokens = runner.request("generate", 120, prompts=[prompt], max_new_tokens=64)["tokens"][0]
         scored = runner.request("score", 120, sequences=[window], start=1, top_k=1)["results"][0]["logprobs"]
-    return tokens, scored
+    return tokens, scored, loaded
 
 
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
     return str(tmp_path_factory.mktemp("cross"))
+
+
+def test_vllm_times_without_its_prefix_cache_and_with_a_fixed_kv_reservation(tmp):
+    """A repeated prompt must not be a cache hit (MLPerf's TEST04), and the KV cache is a set size,
+    both as the engine itself took them."""
+    model_name, fp32, _ = LADDERS["vllm"]
+    settings = answers(model_name, "vllm", fp32, tmp)[2]["settings"]
+    assert settings["prefix_caching"] is False and settings["kv_cache_gib"] == 2
 
 
 def distance(a, b):
@@ -75,8 +84,8 @@ def distance(a, b):
 @pytest.mark.parametrize("name", sorted(LADDERS))
 def test_fp32_variants_agree_with_pytorch_eager(name, tmp):
     model_name, fp32, _ = LADDERS[name]
-    tokens, scored = answers(model_name, name, fp32, tmp)
-    ref_tokens, ref_scored = answers(model_name, "pytorch_eager", "fp32-sdpa-kv", tmp)
+    tokens, scored, _ = answers(model_name, name, fp32, tmp)
+    ref_tokens, ref_scored, _ = answers(model_name, "pytorch_eager", "fp32-sdpa-kv", tmp)
     assert tokens == ref_tokens, f"{name} greedy tokens differ from pytorch_eager's on {model_name}"
     assert max(abs(x - y) for x, y in zip(scored, ref_scored, strict=True)) < TOLERANCE_NATS
 

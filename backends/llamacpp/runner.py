@@ -148,17 +148,23 @@ class LlamaCppEngine(Engine):
         kv = choice(options, "kv_type", ("f16", "f32"), "f32" if quant == "f32" else "f16")
         exact = kv == "f32"
         kv_type = llama_cpp.GGML_TYPE_F32 if exact else llama_cpp.GGML_TYPE_F16
+        # The context (KV cache, logits rows) is sized for what this session sends, not for the
+        # model's training context: n_ctx=0 would mean 131,072 tokens on Llama 3.1.
+        n_ctx = int(options.get("n_ctx") or model.get("context_tokens") or 0)
         try:
-            self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=int(options.get("n_ctx") or 0),
+            self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=n_ctx,
                                        n_batch=512, n_threads=threads, n_threads_batch=threads,
                                        type_k=kv_type, type_v=kv_type, flash_attn=not exact,
                                        logits_all=True, verbose=False)
         except ValueError as exc:  # llama-cpp-python's word for "llama.cpp could not load it"
             raise RunnerError("unsupported", f"llama.cpp cannot load {self.artifact['path']}: {exc}") from None
+        settings = {"n_ctx": self.llm.n_ctx(), "n_batch": 512, "threads": threads, "kv_cache_type": "f32" if exact else "f16",
+                    "flash_attn": not exact, "logits": "last position when generating, every position when scoring"}
         return {
             "parameters": int(llama_cpp.llama_model_n_params(self.llm.model)),
             "vocab_size": self.llm.n_vocab(), "device": "cpu", "threads": threads,
-            "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": "f32" if exact else "f16", "flash_attn": not exact,
+            "n_ctx": self.llm.n_ctx(), "artifact": self.artifact, "kv_cache_type": settings["kv_cache_type"],
+            "flash_attn": not exact, "settings": settings,
         }
 
     def _check_fits(self, n: int):
@@ -171,15 +177,28 @@ class LlamaCppEngine(Engine):
         prompt = prompts[0]
         self._check_fits(len(prompt) + max_new_tokens)
         self.llm.reset()
-        self.llm.eval(prompt)
-        tokens = []
-        for step in range(max_new_tokens):
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            tokens.append(token)
-            on_token()
-            if step + 1 < max_new_tokens:
-                self.llm.eval([token])
+        self._all_logits(False)  # llama.cpp's own fast path: the output layer for the last position only
+        try:
+            self.llm.eval(prompt)
+            tokens = []
+            for step in range(max_new_tokens):
+                token = int(np.argmax(self._last_logits()))
+                tokens.append(token)
+                on_token()
+                if step + 1 < max_new_tokens:
+                    self.llm.eval([token])
+        finally:
+            self._all_logits(True)
         return [tokens]
+
+    def _all_logits(self, on: bool):
+        # llama-cpp-python reads this flag at every eval() (pinned 0.3.x): it marks which
+        # positions of a batch get logits. Scoring needs every position; generation the last.
+        self.llm._logits_all = on
+
+    def _last_logits(self) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
 
     def _entries(self, rows: np.ndarray, targets: list[int], top_k: int) -> dict:
         logprobs = _log_softmax(rows)

@@ -41,11 +41,13 @@ describe {}
     Must work before load and must not load a model. `available` false means every load
     will answer `unsupported` with the same reason.
 
-load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact_cache": str},
-      "options": {...}}
+load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact_cache": str,
+                "context_tokens": int|null}, "options": {...}}
     -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
         "rss_bytes": int, "device_bytes": int|null}
-    `sha256` is the source model's content hash and `artifact_cache` a folder for what the
+    `context_tokens` is the longest sequence the session will send (prompt plus new tokens, or a
+    scored window): an engine that sizes its KV cache or logits buffers up front sizes them for
+    it, not for the model's training context. `sha256` is the source model's content hash and `artifact_cache` a folder for what the
     engine derives from it (quantized or converted files): an engine that derives any refuses
     a load without both (`artifact_home`), keys them by (sha256, tool version, options), never
     writes beside the source model, writes them atomically, reuses them, and reports them under
