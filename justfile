@@ -53,6 +53,11 @@ system-deps *extra:
     $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
     echo "installed:$missing"
 
+# Lint: ruff (pyproject.toml's rules), and no module over 400 lines (split it where it has two concerns)
+lint: _host
+    {{host}} -m ruff check evaluator backends tests benchmarks
+    @{{host}} -c 'import pathlib, sys; big = [f"{p}: {n} lines" for d in ("evaluator", "backends", "tests", "benchmarks") for p in sorted(pathlib.Path(d).rglob("*.py")) if (n := len(p.read_text().splitlines())) > 400]; print(*big, sep="\n"); sys.exit(1 if big else 0)'
+
 # Speed and memory figures, run on demand (not part of the tests)
 bench *args: _host
     {{host}} benchmarks/harness_overhead.py "$@"

@@ -25,7 +25,6 @@ sys.path.insert(0, str(REPO))
 
 from evaluator import envs  # noqa: E402
 from evaluator.catalog import backends, models  # noqa: E402
-from evaluator.tokens import HostTokenizer  # noqa: E402
 
 # backend -> (its variant compared, does the bare loop need the harness's artifact)
 COMPARED = {"pytorch_eager": ("fp32-sdpa-kv", False), "pytorch_compile": ("fp32-default", False), "onnxruntime": ("fp32", True),
@@ -65,7 +64,6 @@ def main():
     p.add_argument("--repeats", type=int, default=3, help="timed requests per side per round")
     args = p.parse_args()
     model = models.resolve(args.model)
-    prompt = HostTokenizer(model.hf_path).prompts(PROMPT_TOKENS, 1)[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backends.split(","):

@@ -90,14 +90,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model-path", help="local Hugging Face folder (config.json, *.safetensors, tokenizer.json)")
     e.add_argument("--targets", type=_csv, default=["local"], help="comma-separated targets (default: local; see `just targets`)")
     e.add_argument("--backends", type=_csv, help="comma-separated backends (default: every default backend; see `just backends`)")
-    e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; '*' for all (default: each backend's defaults)")
+    e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; "
+                   "'*' for all (default: each backend's defaults)")
     e.add_argument("--scenarios", type=_csv, default=None,
                    help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality)")
-    e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens, help="prompt length in tokens, BOS included (default: %(default)s)")
-    e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens, help="tokens generated per request (default: %(default)s)")
+    e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens,
+                   help="prompt length in tokens, BOS included (default: %(default)s)")
+    e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens,
+                   help="tokens generated per request (default: %(default)s)")
     e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
-    e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations, help="latency: at least this many timed requests (default: %(default)s)")
-    e.add_argument("--min-duration", type=float, default=Latency.min_duration_s, help="latency: and at least this many seconds of them (default: %(default)s)")
+    e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations,
+                   help="latency: at least this many timed requests (default: %(default)s)")
+    e.add_argument("--min-duration", type=float, default=Latency.min_duration_s,
+                   help="latency: and at least this many seconds of them (default: %(default)s)")
     e.add_argument("--precision", type=float, default=100 * Latency.precision, metavar="PCT",
                    help="timing: sample until the 95%% interval of every headline median is within this share of it "
                         "(half-width, %%); a cell that cannot reach it within --max-time is invalid (default: %(default)g)")
@@ -105,17 +110,21 @@ def parser() -> argparse.ArgumentParser:
                    help="timing: the cap on a latency loop, and on each batch size of the throughput sweep "
                         f"({Throughput.max_time_s:g} s by default there), precision reached or not (default: %(default)g)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
-    e.add_argument("--check-tokens", type=_positive_int, default=256, help="greedy tokens from BOS checked before timing (default: %(default)s)")
+    e.add_argument("--check-tokens", type=_positive_int, default=256,
+                   help="greedy tokens from BOS checked before timing (default: %(default)s)")
     q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")
     q.add_argument("--quality-items", type=_quality_items, default="auto", metavar="auto|N|all",
                    help="HellaSwag items, scored in a seeded random order: auto stops once every variant's verdict "
                         "against the reference is known (or cannot be); N: the first N; all: 10,042 (default: %(default)s)")
-    q.add_argument("--limit", type=lambda t: str(_positive_int(t)), dest="quality_items", metavar="N", help="the same as --quality-items N")
+    q.add_argument("--limit", type=lambda t: str(_positive_int(t)), dest="quality_items", metavar="N",
+                   help="the same as --quality-items N")
     q.add_argument("--seed", type=int, default=1234, help="seed of the HellaSwag order (default: %(default)s)")
     q.add_argument("--ppl-window", type=_positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
     q.add_argument("--ppl-stride", type=_positive_int, help="rolling perplexity stride (default: half the window)")
-    q.add_argument("--ppl-tokens", type=_positive_int, help="score only the first N tokens of WikiText-2 test (default: all)")
-    q.add_argument("--ppl-llamacpp", action="store_true", help="also perplexity as llama-perplexity -c 512 defines it (512-token chunks, second half scored)")
+    q.add_argument("--ppl-tokens", type=_positive_int, help="only the first N tokens of WikiText-2 test (default: the whole "
+                   "file; with --quality-items auto its windows are sampled in a seeded order, as many as the verdicts need)")
+    q.add_argument("--ppl-llamacpp", action="store_true",
+                   help="also perplexity as llama-perplexity -c 512 defines it (512-token chunks, second half scored)")
     q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", metavar="BACKEND:VARIANT[@TARGET]",
                    help="what every variant's quality is compared with: on each target its own, or with @TARGET that "
                         "target's for all (default: %(default)s)")
@@ -123,8 +132,10 @@ def parser() -> argparse.ArgumentParser:
                    "of measuring it (same model, data, order and windows; refused otherwise)")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
-    e.add_argument("--request-timeout", type=float, default=Deadlines.request_s, help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
-    e.add_argument("--cell-timeout", type=float, default=Deadlines.cell_s, help="seconds for a whole cell, load and every request; then its runner is killed (default: %(default)s)")
+    e.add_argument("--request-timeout", type=float, default=Deadlines.request_s,
+                   help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
+    e.add_argument("--cell-timeout", type=float, default=Deadlines.cell_s,
+                   help="seconds for a whole cell, load and every request; then its runner is killed (default: %(default)s)")
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")
     e.add_argument("--reports", type=Path, default=store.REPORTS, help="where run folders go (default: reports/)")
     _guide_options(e)

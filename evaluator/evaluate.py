@@ -143,7 +143,7 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
             if c["scenario"]["name"] == "quality" and c["status"] == "ok"}
     theirs = {c["target"]["name"]: c for c in earlier}
     updated = []
-    for (backend, variant, target), c in mine.items():
+    for (_, _, target), c in mine.items():
         where = reference.target or target
         ref = (theirs.get(where) or next(iter(theirs.values())) if theirs else
                mine.get((reference.backend.name, reference.variant.name, where)))

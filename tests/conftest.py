@@ -13,6 +13,14 @@ import pytest
 # set before the evaluator is imported (store.ARTIFACTS reads it): never the user's, never the repo.
 os.environ["DEPLOY_EVAL_CACHE"] = tempfile.mkdtemp(prefix="deploy-eval-test-artifacts-")
 
+from evaluator import envs  # noqa: E402  (after the cache is set)
+from evaluator.catalog import backends  # noqa: E402
+from evaluator.launch import local  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STORIES = REPO / "data" / "stories260k"
+EXPECTED_GREEDY = (STORIES / "expected_greedy_t0_256.txt").read_text(encoding="utf-8").rstrip("\n")
+
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(os.environ["DEPLOY_EVAL_CACHE"], ignore_errors=True)
@@ -29,14 +37,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("skipped suites (`just system-deps` installs the packages they need)")
         for (suite, reason), n in sorted(groups.items()):
             terminalreporter.write_line(f"{suite}: {n} skipped: {reason}")
-
-from evaluator import envs
-from evaluator.catalog import backends
-from evaluator.launch import local
-
-REPO = Path(__file__).resolve().parents[1]
-STORIES = REPO / "data" / "stories260k"
-EXPECTED_GREEDY = (STORIES / "expected_greedy_t0_256.txt").read_text(encoding="utf-8").rstrip("\n")
 
 
 @pytest.fixture(scope="session")

@@ -52,13 +52,15 @@ def test_backend_honours_the_contract(name, tmp_path):
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("load", 120, model=spec, options={"no_such_option": 1})
         try:
-            runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+            loaded = runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
         except RunnerFailure as exc:
             assert exc.status == "unsupported" and len(exc.reason) > 30, exc.reason
             model = models.resolve("synthetic-tiny")  # the contract still holds, on a model it can run
             spec = {"path": str(model.hf_path), "format": "hf", "sha256": model.content_hash(),
                     "artifact_cache": str(tmp_path / "artifacts")}
-            runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+            loaded = runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
+        if not backend.fake:  # what changes a number is set deliberately and recorded
+            assert loaded["settings"]["threads"] >= 1, f"{name} records no thread count: {loaded.get('settings')}"
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("generate", 30, prompts=[[1, 10**6]], max_new_tokens=1)
         tok = HostTokenizer(model.hf_path)

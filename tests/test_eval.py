@@ -11,7 +11,7 @@ FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-
 
 
 def run_folder(stderr: str, reports):
-    line = next(l for l in stderr.splitlines() if l.startswith("run "))
+    line = next(x for x in stderr.splitlines() if x.startswith("run "))
     return reports / line.split()[1].rstrip(":")
 
 

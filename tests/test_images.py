@@ -20,8 +20,8 @@ WITH_IMAGES = sorted(name for name, b in BACKENDS.items() if b.dockerfile)
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
     text = re.sub(r"\\\n", " ", dockerfile.read_text())
-    lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
-    return [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in lines]
+    lines = [x.strip() for x in text.splitlines() if x.strip() and not x.strip().startswith("#")]
+    return [(x.split(None, 1)[0].upper(), x.split(None, 1)[1] if " " in x else "") for x in lines]
 
 
 def stage(name: str, tmp_path: Path, arch: str = "amd64", cuda: bool = False) -> tuple[Path, dict]:

@@ -1,6 +1,5 @@
 """The report: a real run's page opened in a real headless browser (Debian's chromium, driven by
 Playwright; nothing downloads a browser), the decision guide, `just compare`, and escaping."""
-import copy
 import json
 import shutil
 
@@ -82,7 +81,7 @@ def test_tables_carry_the_numbers_of_the_result_files(real_run, tmp_path):
     assert shows("latency p50", lat["metrics"]["e2e_ms"]["p50"])
     assert shows("decode", lat["metrics"]["decode_tokens_per_s"]["p50"])
     assert shows("TTFT p50", lat["metrics"]["ttft_ms"]["p50"])
-    assert ("p95", f"needs 72 requests") in shown or shows("p95", lat["metrics"]["e2e_ms"]["p95"])
+    assert ("p95", "needs 72 requests") in shown or shows("p95", lat["metrics"]["e2e_ms"]["p95"])
     assert shows("perplexity", q["metrics"]["perplexity"]["rolling"]["token_perplexity"])
     assert ("KL vs ref", tables.fmt(q["fidelity"]["kl_mean"])) in shown
     assert "Deploy " in seen["text"] and "baseline" in seen["text"]

@@ -103,7 +103,8 @@ class LlamaCppEngine(Engine):
         """The GGUF for this quantization: the cached artifact, or built now and cached."""
         key = hashlib.sha256(f"{source_sha}|llama-cpp-python {llama_cpp.__version__}|{quant}".encode()).hexdigest()[:24]
         path = os.path.join(cache, f"llamacpp-{quant}-{key}.gguf")
-        info = {"path": path, "key": key, "kind": f"gguf {quant}", "tool": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
+        info = {"path": path, "key": key, "kind": f"gguf {quant}",
+                "tool": f"llama_model_quantize (llama-cpp-python {llama_cpp.__version__})"}
         if os.path.exists(path):
             return dict(info, reused=True, build_s=None, size_bytes=os.path.getsize(path))
         params = llama_cpp.llama_model_quantize_default_params()

@@ -92,7 +92,10 @@ class OrtEngine(Engine):
         self.kv_dtype = np.float16 if "float16" in past.type else np.float32
         self.vocab = self.session.get_outputs()[0].shape[2]
         return {"parameters": None, "vocab_size": self.vocab, "device": self.provider, "threads": so.intra_op_num_threads,
-                "precision": precision, "artifact": art, "providers": self.session.get_providers()}
+                "precision": precision, "artifact": art, "providers": self.session.get_providers(),
+                "settings": {"threads": so.intra_op_num_threads, "inter_op_threads": so.inter_op_num_threads,
+                             "graph_optimization": "ORT_ENABLE_ALL", "execution_mode": str(so.execution_mode),
+                             "providers": self.session.get_providers()}}
 
     def _ort(self, array: np.ndarray):
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
@@ -109,7 +112,7 @@ class OrtEngine(Engine):
 
     def generate(self, prompts, max_new_tokens, on_token):
         ids, past, out = np.array(prompts, dtype=np.int64), None, []
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             logits, past = self._run(ids, past)
             next_ids = logits.numpy()[:, -1, :].argmax(axis=-1)
             out.append(next_ids.tolist())

@@ -53,6 +53,7 @@ class CompiledEngine(eager.TorchEngine):
             raise RunnerError("unsupported", f"torch.compile(mode={mode}) failed: {type(exc).__name__}: {exc}"[:500]) from None
         result["compile_s"] = time.perf_counter() - t0
         result["mode"] = mode
+        result["settings"] = dict(result["settings"], compile_mode=mode, dynamic=True)
         self.graphs_after_compile = _graphs()
         return result
 

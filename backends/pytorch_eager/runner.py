@@ -68,6 +68,9 @@ class TorchEngine(Engine):
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "vocab_size": self.model.config.vocab_size,
             "device": self.device,
+            "settings": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+                         "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache,
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         }
 
     @torch.no_grad()

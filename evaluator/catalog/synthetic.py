@@ -118,7 +118,7 @@ def build(cfg: dict, folder: Path, progress=None) -> Path:
     std = cfg["initializer_range"]
     with open(tmp / "model.safetensors", "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
-        for k, (name, shape, init) in enumerate(tensors):
+        for k, (_, shape, init) in enumerate(tensors):
             if init == "ones":
                 data = np.ones(shape, np.float32)
             else:

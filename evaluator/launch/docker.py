@@ -163,9 +163,9 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         if build.returncode != 0:
             # The builder's own chatter (context size, "Step n/m", layer ids) hides the error.
             chatter = ("Sending build context", "Step ", " ---> ", "Removing intermediate")
-            lines = [l for l in (build.stdout + build.stderr).strip().splitlines()
-                     if l.strip() and not l.startswith(chatter)
-                     and "buildx" not in l and "legacy builder" not in l and "BuildKit" not in l]
+            lines = [line for line in (build.stdout + build.stderr).strip().splitlines()
+                     if line.strip() and not line.startswith(chatter)
+                     and "buildx" not in line and "legacy builder" not in line and "BuildKit" not in line]
             raise ImageFailed(f"building {tag} failed: {' | '.join(lines[-6:])}")
         image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}

@@ -11,7 +11,7 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
 """
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from evaluator.errors import UserError
 from evaluator.launch.process import RunnerFailure, RunnerProcess
@@ -194,9 +194,10 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
                 raise
             per_batch.append({"batch_size": batch, "unsupported": exc.reason})
             continue
-        runs, validity = sampling.sample(
-            lambda: _timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0])),
-            ("tokens_per_s",), sc.budget())
+        def step(batch=batch, batch_prompts=batch_prompts):
+            return _timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0]))
+
+        runs, validity = sampling.sample(step, ("tokens_per_s",), sc.budget())
         per_batch.append({
             "batch_size": batch, "validity": validity,
             "tokens_per_s": summarize([r["tokens_per_s"] for r in runs], "tokens/s"),

@@ -188,6 +188,13 @@ def _provenance(run: dict, configs: list) -> str:
                     f'{escape(" driver " + str(e["driver"])) if e.get("driver") else ""}</td>'
                     f'<td class="l"><small>{escape(versions)}</small></td><td class="l"><small>{escape(build)}</small></td>'
                     f'<td class="l"><small>{escape(where)}</small></td></tr>')
+    settings = ""
+    for c in configs:
+        loaded = next(((x.get("load") or {}).get("settings") for x in c.cells.values() if (x.get("load") or {}).get("settings")), None)
+        if loaded:
+            text = ", ".join(f"{k}={v}" for k, v in sorted(loaded.items()))
+            settings += (f'<tr><td class="l">{escape(c.backend)} · {escape(c.variant)}</td><td class="l">{escape(c.target_name)}</td>'
+                         f'<td class="l"><small>{escape(text)}</small></td></tr>')
     targets = "".join(
         f'<tr><td class="l">{escape(t["name"])}</td><td class="l">{escape(str(t.get("transport")))}</td>'
         f'<td class="l">{escape(str(t.get("arch")))}</td><td class="l">{escape(str(t.get("accelerator")))} {escape(str(t.get("gpu") or ""))}</td>'
@@ -200,7 +207,9 @@ def _provenance(run: dict, configs: list) -> str:
 <dt>host packages</dt><dd>{escape(", ".join(f"{k} {v}" for k, v in host.get("packages", {}).items()))}</dd>
 </dl>
 <h3>Targets</h3><table><tr><th class="l">target</th><th class="l">transport</th><th class="l">arch</th><th class="l">device</th><th>memory</th><th>bandwidth (spec)</th></tr>{targets}</table>
-<h3>Engines</h3><table><tr><th class="l">backend</th><th class="l">target</th><th class="l">engine</th><th class="l">device</th><th class="l">versions</th><th class="l">build flags</th><th class="l">environment / image</th></tr>{engines}</table>"""
+<h3>Engines</h3><table><tr><th class="l">backend</th><th class="l">target</th><th class="l">engine</th><th class="l">device</th><th class="l">versions</th><th class="l">build flags</th><th class="l">environment / image</th></tr>{engines}</table>
+<h3>Engine settings per configuration</h3><p>Threads, caches and reservations as each engine took them at load.</p>
+<table><tr><th class="l">backend · variant</th><th class="l">target</th><th class="l">settings</th></tr>{settings}</table>"""
 
 
 def render(run: dict, cells: list[dict], constraints: guide.Constraints | None = None, inline_js: bool = True) -> str:

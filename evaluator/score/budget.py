@@ -59,7 +59,7 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
             if res is None or (_ok(res) and scored(res) < upto):
                 state[ref.id] = session(ref, Round(upto, _previous(res, raw_of)))
 
-        def advance(group):
+        def advance(group, upto=upto):
             for c in group:
                 res, ref = state[c.id], reference_of(c)
                 if res is not None and (not _ok(res) or _final(res) or scored(res) >= upto):
