@@ -8,9 +8,10 @@ A cell is model x backend variant x target x scenario. It ends in exactly one st
   out-of-memory  the engine ran out of memory
   timeout        a deadline passed; the runner was killed
   crashed        the runner died
-  protocol-error the runner broke the protocol (garbage, wrong id)
+  protocol-error the runner broke the protocol (garbage, wrong id, an answer of the wrong shape)
   invalid        it answered, but the answers are wrong (token counts, nondeterminism)
   failed         the runner answered a request with an error
+  evaluator-error  a bug in the evaluator itself (its traceback is in the cell's log)
 A failed cell carries its reason and the tail of the runner's log, never metrics, and never
 stops its siblings.
 """
@@ -19,6 +20,7 @@ import hashlib
 import json
 import platform
 import time
+import traceback
 from dataclasses import dataclass
 
 from evaluator import envs, preflight, provenance, store
@@ -35,7 +37,7 @@ from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
 
 STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
-            "crashed", "protocol-error", "invalid", "failed")
+            "crashed", "protocol-error", "invalid", "failed", "evaluator-error")
 FAILED = set(STATUSES) - {"ok", "unsupported"}
 
 
@@ -256,10 +258,14 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     except RunnerFailure as exc:
         measured, status, reason = {}, exc.status, exc.reason
         tail = runner.log_tail() if runner else log_path.read_text(errors="replace")[-2000:]
-    except (KeyError, IndexError, TypeError, ValueError) as exc:  # an answer of the wrong shape
-        measured, status = {}, "protocol-error"
-        reason = f"malformed answer from the runner: {type(exc).__name__}: {exc}"
-        tail = runner.log_tail() if runner else None
+    except Exception as exc:  # noqa: BLE001  the evaluator's own bug: this cell ends, the run goes on
+        # Runner answers were checked at the boundary (launch/answers.py), so this is not the
+        # runner's fault: say so, and keep the traceback in the cell's log.
+        measured, status = {}, "evaluator-error"
+        reason = f"evaluator bug while running the cell: {type(exc).__name__}: {exc} (traceback in logs/{cell.id}.log)"
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write("\n--- deploy-eval evaluator traceback ---\n" + traceback.format_exc())
+        tail = traceback.format_exc()[-2000:]
     finally:
         if runner:
             runner.close()

@@ -237,3 +237,27 @@ def test_truncated_safetensors_and_corrupt_gguf_fail_their_cells_with_the_reason
     assert results["llamacpp"]["status"] == "failed-load" and "complete GGUF" in results["llamacpp"]["reason"]
     assert not list((tmp_path / "cache").glob("*"))
     assert "2 of 2 cells failed" in proc.stderr
+
+
+def test_an_evaluator_bug_ends_its_cell_as_evaluator_error_not_as_the_runners(tmp_path, monkeypatch):
+    """A TypeError in the evaluator's own code, after every runner answer passed its shape check:
+    the cell says evaluator-error with the traceback in its log, never protocol-error."""
+    from evaluator import run, store
+    from evaluator.catalog import backends, models, targets
+    from evaluator.measure import scenarios
+    from evaluator.tokens import HostTokenizer
+
+    model = models.resolve("stories260k")
+    null = backends.select(["null"])[0]
+    sc = scenarios.Latency(min_iterations=2, min_duration_s=0, warmup=0, new_tokens=4, precision=1e9)
+    cell = run.Cell(store.cell_id("stories260k", "null", "none", "local", "latency"), null, null.variant("none"),
+                    targets.resolve(["local"])[0], sc, None)
+
+    def broken(*args, **kwargs):
+        return 1 + None  # the kind of slip a refactoring leaves behind
+
+    monkeypatch.setattr(scenarios, "run_latency", broken)
+    result = run.run_cell(cell, model, {"name": "stories260k"}, HostTokenizer(model.hf_path), tmp_path, "t",
+                          scenarios.Check(new_tokens=4), run.Deadlines())
+    assert result["status"] == "evaluator-error" and "TypeError" in result["reason"], result
+    assert "deploy-eval evaluator traceback" in (tmp_path / "logs" / f"{cell.id}.log").read_text()

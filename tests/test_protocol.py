@@ -1,5 +1,6 @@
 """The runner protocol spoken directly to real runner processes, and every way one can fail."""
 import json
+import re
 import subprocess
 import sys
 
@@ -119,3 +120,25 @@ def test_grouped_score_answers_each_group_as_the_shared_prefix_form_does(tmp_pat
         with pytest.raises(RunnerFailure, match="only groups and top_k"):
             runner.request("score", 30, groups=groups, start=1, top_k=0)
     assert grouped == single and [len(r["logprobs"]) for r in grouped[0]] == [2, 1]
+
+
+@pytest.mark.parametrize("op, result, request_args, says", [
+    ("generate", {"tokens": [[1, 2]], "token_ns": [1, 2], "start_ns": 0, "end_ns": 3}, {"prompts": [[1], [1]]},
+     "tokens is not one list per prompt (2)"),
+    ("generate", {"tokens": [[1, "2"]], "token_ns": [1], "start_ns": 0, "end_ns": 3}, {"prompts": [[1]]},
+     "tokens[0] is not a list of integers"),
+    ("score", {"results": [{"logprobs": "-1.0", "top": []}]}, {"sequences": [[1, 2]]}, "results[0].logprobs is not a list"),
+    ("score", {"results": [[{"logprobs": [-1.0], "top": []}]]}, {"groups": [{}, {}]}, "results has 1 groups, 2 asked"),
+    ("load", {"vocab_size": "512", "device": "cpu"}, {}, "vocab_size is not a positive integer"),
+    ("memory", [], {}, "the result is list, not an object"),
+])
+def test_an_answer_of_the_wrong_shape_is_named_at_the_boundary(op, result, request_args, says):
+    from evaluator.launch import answers
+    with pytest.raises(answers.Malformed, match=re.escape(says)):
+        answers.check(op, result, request_args)
+
+
+def test_well_formed_answers_pass_the_boundary_unchanged():
+    from evaluator.launch import answers
+    ok = {"results": [[{"logprobs": [-1.0, -2.5], "top": [[[3, -0.1]], []]}]]}
+    assert answers.check("score", ok, {"groups": [{}]}) is ok

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from evaluator.launch import answers
 from evaluator.runner.protocol import PROTOCOL_VERSION
 
 # Typed runner errors -> cell status. bad_request and internal mean the backend is broken
@@ -105,7 +106,10 @@ class RunnerProcess:
             self.kill()
             raise RunnerFailure("protocol-error", f"answer to {op} carries id {msg.get('id')!r}, expected {self._next_id}")
         if msg.get("ok"):
-            return msg.get("result", {})
+            try:
+                return answers.check(op, msg.get("result", {}), args)
+            except answers.Malformed as exc:
+                raise RunnerFailure("protocol-error", f"malformed answer to {op}: {exc}") from None
         error = msg.get("error") or {}
         raise RunnerFailure(ERROR_STATUS.get(error.get("type"), "protocol-error"),
                             f"{op}: {error.get('type', '?')}: {error.get('message', '')}")

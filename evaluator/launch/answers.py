@@ -1,0 +1,95 @@
+"""Every runner answer checked at the boundary, against the shapes protocol.py promises.
+
+The evaluator reads only answers that passed here, so a runner's wrong shape is its
+protocol-error, said where it arrived ("score: results[3].logprobs is not a list of numbers"),
+and a KeyError or TypeError deeper in the evaluator is the evaluator's own bug, never blamed
+on a runner. Only shapes are checked here; what the values mean (token counts, teacher
+forcing) is checked by the scenarios, whose failure is `invalid`.
+"""
+
+
+class Malformed(ValueError):
+    """An answer that does not have the shape its op promises."""
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise Malformed(what)
+
+
+def _ints(x, what: str) -> None:
+    _need(isinstance(x, list) and all(_is_int(v) for v in x), f"{what} is not a list of integers")
+
+
+def _entry(e, what: str) -> None:
+    _need(isinstance(e, dict), f"{what} is not an object")
+    lp = e.get("logprobs")
+    _need(isinstance(lp, list) and all(_is_number(v) for v in lp), f"{what}.logprobs is not a list of numbers")
+    top = e.get("top")
+    _need(top is None or (isinstance(top, list) and all(isinstance(t, list) for t in top)), f"{what}.top is not a list of lists")
+
+
+def _describe(r: dict, req: dict) -> None:
+    _need(isinstance(r.get("engine"), str), "engine is not a string")
+    _need(isinstance(r.get("available", True), bool), "available is not a boolean")
+
+
+def _load(r: dict, req: dict) -> None:
+    _need(_is_int(r.get("vocab_size")) and r["vocab_size"] > 0, "vocab_size is not a positive integer")
+    _need(isinstance(r.get("device"), str), "device is not a string")
+    _need(isinstance(r.get("settings", {}), dict), "settings is not an object")
+
+
+def _generate(r: dict, req: dict) -> None:
+    tokens = r.get("tokens")
+    _need(isinstance(tokens, list) and len(tokens) == len(req.get("prompts", [])),
+          f"tokens is not one list per prompt ({len(req.get('prompts', []))})")
+    for i, row in enumerate(tokens):
+        _ints(row, f"tokens[{i}]")
+    _ints(r.get("token_ns"), "token_ns")
+    _need(_is_int(r.get("start_ns")) and _is_int(r.get("end_ns")), "start_ns and end_ns are not integers")
+
+
+def _score(r: dict, req: dict) -> None:
+    results = r.get("results")
+    _need(isinstance(results, list), "results is not a list")
+    if "groups" in req:
+        _need(len(results) == len(req["groups"]), f"results has {len(results)} groups, {len(req['groups'])} asked")
+        for g, group in enumerate(results):
+            _need(isinstance(group, list), f"results[{g}] is not a list")
+            for i, e in enumerate(group):
+                _entry(e, f"results[{g}][{i}]")
+    else:
+        for i, e in enumerate(results):
+            _entry(e, f"results[{i}]")
+
+
+def _memory(r: dict, req: dict) -> None:
+    _need(_is_int(r.get("rss_bytes")) and _is_int(r.get("peak_rss_bytes")), "rss_bytes and peak_rss_bytes are not integers")
+
+
+def _energy(r: dict, req: dict) -> None:
+    joules = r.get("joules")
+    _need(joules is None or (isinstance(joules, dict) and all(_is_number(v) for v in joules.values())),
+          "joules is not an object of numbers")
+
+
+SHAPES = {"describe": _describe, "load": _load, "generate": _generate, "score": _score, "memory": _memory,
+          "energy": _energy}
+
+
+def check(op: str, result, request: dict) -> dict:
+    """The answer, if it has its op's shape; Malformed saying what is wrong otherwise."""
+    if not isinstance(result, dict):
+        raise Malformed(f"the result is {type(result).__name__}, not an object")
+    if op in SHAPES:
+        SHAPES[op](result, request)
+    return result
