@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from evaluator.catalog.backends import REPO, Backend
+from evaluator.launch import bounded
 
 VENVS = REPO / ".venvs"
 WHEELS = REPO / ".cache" / "wheels"
@@ -50,7 +51,7 @@ def python_for(backend: Backend, log=print) -> Path:
         if backend.post_install:  # e.g. fetch a converter, remove what pip dragged in
             steps.append([str(python), str(backend.post_install)])
         for step in steps:
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if _step(step, bounded.BUILD_S, f"building .venvs/{backend.name}", out, venv) != 0:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)
                 raise EnvironmentFailed(f"building .venvs/{backend.name} failed: {' | '.join(tail)}")
@@ -110,7 +111,7 @@ def wheelhouse(backend: Backend, log=print) -> Path | None:
     step = [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-cache-dir",
             "-r", str(backend.requirements), "-w", str(tmp)]
     with open(logfile, "w") as out:
-        if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, **flags)).returncode != 0:
+        if _step(step, bounded.BUILD_S, f"building {backend.name}'s wheels", out, tmp, env=dict(os.environ, **flags)) != 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tail = logfile.read_text().strip().splitlines()[-3:]
             raise EnvironmentFailed(f"building {backend.name}'s wheels failed: {' | '.join(tail)}")
@@ -120,11 +121,20 @@ def wheelhouse(backend: Backend, log=print) -> Path | None:
             name, version = wheel.name.split("-")[:2]
             step = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
                     "--no-binary", name, f"{name}=={version}", "-d", str(tmp / "sdists")]  # not :all:: build deps stay wheels
-            if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if _step(step, bounded.DOWNLOAD_S, f"fetching the sources of {name}", out, tmp) != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise EnvironmentFailed(f"fetching the sources of {name} {version} failed: see {logfile}")
     os.replace(tmp, house)  # last: a half-built wheelhouse is never reused
     return house
+
+
+def _step(argv: list, timeout_s: float, what: str, out, leftover: Path, **kwargs) -> int:
+    """One build step under its deadline, logged to `out`; an overdue one leaves nothing half-built."""
+    try:
+        return bounded.run(argv, timeout_s, what, stdout=out, stderr=subprocess.STDOUT, **kwargs).returncode
+    except bounded.Overdue as exc:
+        shutil.rmtree(leftover, ignore_errors=True)
+        raise EnvironmentFailed(str(exc)) from None
 
 
 def describe(python: Path) -> str:

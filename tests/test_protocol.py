@@ -142,3 +142,21 @@ def test_well_formed_answers_pass_the_boundary_unchanged():
     from evaluator.launch import answers
     ok = {"results": [[{"logprobs": [-1.0, -2.5], "top": [[[3, -0.1]], []]}]]}
     assert answers.check("score", ok, {"groups": [{}]}) is ok
+
+
+def test_a_tool_past_its_deadline_is_stopped_with_everything_it_started(tmp_path):
+    """pip or docker build past its deadline: Overdue names it, and its children die with it."""
+    import time
+    from pathlib import Path
+
+    from evaluator.launch import bounded
+    pidfile = tmp_path / "grandchild.pid"
+    started = time.monotonic()
+    with pytest.raises(bounded.Overdue, match="a slow build did not finish within 1 s"):
+        bounded.run(["bash", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], 1, "a slow build")
+    assert time.monotonic() - started < 30
+    stat = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    deadline = time.monotonic() + 5
+    while stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)  # gone, or a zombie waiting for its new parent to reap it: dead either way
+    assert not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z", "the build's child outlived it"

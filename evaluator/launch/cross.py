@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 from evaluator.envs import WHEELS
+from evaluator.launch import bounded
 
 TRIPLE = {"arm64": "aarch64-linux-gnu"}
 PLATFORMS = {"arm64": ["manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
@@ -73,17 +74,17 @@ def wheelhouse(packages: list[str], arch: str, cmake_args: str = "", log=print) 
     platforms = [a for p in PLATFORMS[arch] for a in ("--platform", p)]
     with open(logfile, "w") as out:
         def pip(*args, env=None):
-            if subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], stdout=out,
-                              stderr=subprocess.STDOUT, env=env).returncode != 0:
+            if _bounded([sys.executable, "-m", "pip", "--disable-pip-version-check", *args], bounded.BUILD_S,
+                        f"pip {args[0]} for {arch}", out, env=env) != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise CrossFailed(f"pip {args[0]} for {arch} failed; log: {logfile}")
 
         compiled = []
         for requirement in packages:
-            fetched = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-                                      *platforms, "--python-version", "3.11", "--implementation", "cp",
-                                      requirement, "-d", str(tmp)], stdout=out, stderr=subprocess.STDOUT)
-            if fetched.returncode != 0:  # no binary for this platform: cross-compile it
+            fetched = _bounded([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
+                                *platforms, "--python-version", "3.11", "--implementation", "cp",
+                                requirement, "-d", str(tmp)], bounded.DOWNLOAD_S, f"pip download {requirement}", out)
+            if fetched != 0:  # no binary for this platform: cross-compile it
                 compiled.append(requirement)
         for requirement in compiled:
             log(f"cross-compiling {requirement} for {arch} with {triple}-gcc (once)")
@@ -102,3 +103,10 @@ def wheelhouse(packages: list[str], arch: str, cmake_args: str = "", log=print) 
                 "--python-version", "3.11", "--implementation", "cp", "--find-links", str(tmp), requirement, "-d", str(tmp))
     os.replace(tmp, house)
     return house
+
+
+def _bounded(argv: list, timeout_s: float, what: str, out, **kwargs) -> int:
+    try:
+        return bounded.run(argv, timeout_s, what, stdout=out, stderr=subprocess.STDOUT, **kwargs).returncode
+    except bounded.Overdue as exc:
+        raise CrossFailed(str(exc)) from None

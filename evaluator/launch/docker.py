@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluator import envs
-from evaluator.launch import cross
+from evaluator.launch import bounded, cross
 from evaluator.catalog.backends import REPO, Backend
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 
@@ -68,8 +68,12 @@ class DockerEngine:
             return self.ssh("docker " + " ".join(shlex.quote(a) for a in args))
         return ["docker", "-H", f"unix://{SOCKET}", *args]
 
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True)
+    def run(self, *args: str, timeout_s: float = bounded.QUICK_S) -> subprocess.CompletedProcess:
+        """A docker command under its deadline; an overdue one is an ImageFailed naming it."""
+        try:
+            return bounded.run(self.argv(*args), timeout_s, f"docker {args[0]} ({self.where()})", capture_output=True, text=True)
+        except bounded.Overdue as exc:
+            raise ImageFailed(str(exc)) from None
 
     def where(self) -> str:
         return f"{self.host}'s Docker engine" if self.remote else "this machine's Docker engine"
@@ -121,8 +125,10 @@ def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, cuda: b
     if not pinned or cuda:  # a GPU target takes PyPI's torch: the CUDA build, its runtime libraries included
         return {}
     if not foreign:  # the CPU wheel, from pip's local index, instead of PyPI's CUDA build
-        subprocess.run([sys.executable, "-m", "pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d", str(ctx / "wheels")],
-                       check=True, capture_output=True)
+        got = bounded.run([sys.executable, "-m", "pip", "download", f"torch=={pinned}", "--no-deps", "--quiet", "-d",
+                           str(ctx / "wheels")], bounded.DOWNLOAD_S, f"pip download torch=={pinned}", capture_output=True)
+        if got.returncode != 0:
+            raise ImageFailed(f"pip download torch=={pinned} failed: {got.stderr.decode(errors='replace').strip()[-300:]}")
         return {}
     return {"TORCH_INDEX": TORCH_CPU_INDEX}  # another architecture's CPU wheel, fetched by its own engine
 
@@ -153,13 +159,10 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         log(f"building image {tag} from {backend.dockerfile.relative_to(REPO)} on {base} in {engine.where()} (once)")
         t0 = time.monotonic()
         dockerfile = f"backends/{backend.name}/{backend.dockerfile.name}"
-        tar = subprocess.Popen(["tar", "-C", str(ctx), "-c", "."], stdout=subprocess.PIPE)
         build_args = [a for k, v in {"BASE": base, **args}.items() for a in ("--build-arg", f"{k}={v}")]
-        build = subprocess.run(engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
-                                           *build_args, "-f", dockerfile, "-t", tag, "-"),
-                               stdin=tar.stdout, capture_output=True, text=True)
-        tar.stdout.close()
-        tar.wait()
+        build = _fed_a_tar(ctx, engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
+                                            *build_args, "-f", dockerfile, "-t", tag, "-"),
+                           bounded.BUILD_S, f"building {tag}")
         if build.returncode != 0:
             # The builder's own chatter (context size, "Step n/m", layer ids) hides the error.
             chatter = ("Sending build context", "Step ", " ---> ", "Removing intermediate")
@@ -179,15 +182,12 @@ def ship_model(engine: DockerEngine, folder: Path, sha256: str, log=print) -> st
     if not engine.remote:
         return str(folder)
     dest = f"{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
-    if subprocess.run(engine.ssh(f"test -f {dest}/.complete"), capture_output=True).returncode == 0:
+    if _remote(engine, f"test -f {dest}/.complete", bounded.QUICK_S).returncode == 0:
         return dest
     log(f"copying {folder.name} to {engine.host}:{dest} (once)")
-    tar = subprocess.Popen(["tar", "-C", str(folder), "-c", "."], stdout=subprocess.PIPE)
-    unpack = subprocess.run(engine.ssh(f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -x -C {dest}.tmp && "
-                                       f"touch {dest}.tmp/.complete && rm -rf {dest} && mv {dest}.tmp {dest}"),
-                            stdin=tar.stdout, capture_output=True, text=True)
-    tar.stdout.close()
-    tar.wait()
+    unpack = _fed_a_tar(folder, engine.ssh(f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -x -C {dest}.tmp && "
+                                           f"touch {dest}.tmp/.complete && rm -rf {dest} && mv {dest}.tmp {dest}"),
+                        bounded.DOWNLOAD_S, f"copying {folder.name} to {engine.host}")
     if unpack.returncode != 0:
         raise ImageFailed(f"copying the model to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
     return dest
@@ -202,7 +202,7 @@ def artifact_cache(engine: DockerEngine, local_root: Path, arch: str) -> str:
         path.chmod(0o1777)
         return str(path)
     path = f"{REMOTE_CACHE}/artifacts-{arch}"
-    made = subprocess.run(engine.ssh(f"mkdir -p {path} && chmod 1777 {path}"), capture_output=True, text=True)
+    made = _remote(engine, f"mkdir -p {path} && chmod 1777 {path}", bounded.QUICK_S)
     if made.returncode != 0:
         raise ImageFailed(f"cannot make {path} on {engine.host}: {made.stderr.strip()[-300:]}")
     return path
@@ -264,7 +264,10 @@ class ContainerRunner(RunnerProcess):
         raise ValueError(f"{path} is not mounted into container {self.name}")
 
     def oom_killed(self) -> bool:
-        return self.engine.run("inspect", "-f", "{{.State.OOMKilled}}", self.name).stdout.strip() == "true"
+        try:
+            return self.engine.run("inspect", "-f", "{{.State.OOMKilled}}", self.name).stdout.strip() == "true"
+        except ImageFailed:  # the engine did not answer in time: the crash stays a crash
+            return False
 
     def _next_line(self, timeout_s: float, what: str) -> str:
         try:
@@ -275,12 +278,20 @@ class ContainerRunner(RunnerProcess):
             raise
 
     def kill(self):
-        self.engine.run("kill", self.name)  # the container, wherever it runs, not just the client
+        self._engine_quietly("kill", self.name)  # the container, wherever it runs, not just the client
         super().kill()
 
     def close(self):
         super().close()
-        self.engine.run("rm", "-f", self.name)
+        self._engine_quietly("rm", "-f", self.name)
+
+    def _engine_quietly(self, *args: str) -> None:
+        """Best effort: an engine that does not answer in time leaves the container to the next
+        start's clean-up by name, and the client process is killed regardless."""
+        try:
+            self.engine.run(*args)
+        except ImageFailed:
+            pass
 
 
 def start(placement: Placement, target, log_path: Path, cell_id: str, startup_timeout_s: float) -> ContainerRunner:
@@ -295,3 +306,25 @@ def start(placement: Placement, target, log_path: Path, cell_id: str, startup_ti
     args.append(placement.image["tag"])
     return ContainerRunner(engine, name, placement.model_host, engine.argv(*args), log_path,
                            startup_timeout_s=startup_timeout_s)
+
+
+def _remote(engine: DockerEngine, command: str, timeout_s: float) -> subprocess.CompletedProcess:
+    try:
+        return bounded.run(engine.ssh(command), timeout_s, f"ssh {engine.host}", capture_output=True, text=True)
+    except bounded.Overdue as exc:
+        raise ImageFailed(str(exc)) from None
+
+
+def _fed_a_tar(folder: Path, argv: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
+    """argv reading a tar of `folder` on its stdin, both under the deadline."""
+    tar = subprocess.Popen(["tar", "-C", str(folder), "-c", "."], stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        return bounded.run(argv, timeout_s, what, stdin=tar.stdout, capture_output=True, text=True)
+    except bounded.Overdue as exc:
+        raise ImageFailed(str(exc)) from None
+    finally:
+        tar.stdout.close()
+        try:
+            tar.wait(timeout=bounded.REAP_S)  # it ends with its reader
+        except subprocess.TimeoutExpired:
+            bounded.kill_group(tar)

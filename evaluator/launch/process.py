@@ -17,6 +17,8 @@ from pathlib import Path
 from evaluator.launch import answers
 from evaluator.runner.protocol import PROTOCOL_VERSION
 
+REAP_S = 30  # waiting for a runner that was told to go, or killed
+
 # Typed runner errors -> cell status. bad_request and internal mean the backend is broken
 # for this cell: the cell fails with the runner's own message.
 ERROR_STATUS = {"out_of_memory": "out-of-memory", "unsupported": "unsupported",
@@ -68,8 +70,9 @@ class RunnerProcess:
             self.kill()
             raise RunnerFailure("timeout", f"no answer to {what} within {timeout_s:g} s; runner killed") from None
         if line is None:
-            code = self.proc.wait()
-            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            code = self._reap()
+            how = ("closed its output but did not exit" if code is None else
+                   f"killed by signal {-code}" if code < 0 else f"exited with code {code}")
             raise RunnerFailure("crashed", f"runner {how} during {what}")
         return line
 
@@ -99,7 +102,7 @@ class RunnerProcess:
             self.proc.stdin.write(json.dumps({"id": self._next_id, "op": op, **args}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            code = self.proc.wait()
+            code = self._reap()
             raise RunnerFailure("crashed", f"runner exited with code {code} before {op}") from None
         msg = self._parse(self._next_line(timeout_s, what), op)
         if msg.get("id") != self._next_id:
@@ -119,7 +122,14 @@ class RunnerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.proc.wait()
+        self._reap()
+
+    def _reap(self) -> int | None:
+        """The runner's exit code, waited for under a deadline (None if it will not go)."""
+        try:
+            return self.proc.wait(timeout=REAP_S)
+        except subprocess.TimeoutExpired:
+            return None
 
     def close(self):
         """Polite shutdown, then make sure: nothing the runner started outlives the cell."""
