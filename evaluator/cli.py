@@ -180,11 +180,9 @@ def _resumed(args) -> argparse.Namespace:
 
 
 def cmd_eval(args) -> int:
-    from tqdm import tqdm
-
-    from evaluator import evaluate, run
+    from evaluator import run
+    from evaluator.launch import leftovers
     from evaluator.measure import scenarios
-    from evaluator.report import html
     from evaluator.score.quality import Quality
 
     if args.resume:
@@ -227,6 +225,18 @@ def cmd_eval(args) -> int:
         raise UserError("--ppl-window must be at least 2 tokens")
     scenario_list = [chosen[s] for s in args.scenarios]
     constraints = _constraints(args)  # refused here, before anything runs
+    with leftovers.hold_machine(f"run of {args.model}"):  # before the run folder: a refusal leaves nothing
+        return _measure(args, scenario_list, constraints, deadlines, quality_left_out)
+
+
+def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out: bool) -> int:
+    """Plan the run, execute it, write the report and say how it went."""
+    from tqdm import tqdm
+
+    from evaluator import evaluate, run
+    from evaluator.measure import scenarios
+    from evaluator.report import html
+
     prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
                          args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads,
                          reference_run=args.reference_run)
@@ -240,8 +250,16 @@ def cmd_eval(args) -> int:
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
-    failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100,
-                                         bool(args.resume), say, bar)
+    try:
+        failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100,
+                                             bool(args.resume), say, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        run.store_guide(prep.path, constraints.as_dict())
+        done = len(list((prep.path / "cells").glob("*.json")))
+        print(f"interrupted: {done} of {len(prep.cells)} cells finished and kept; report: {html.build(prep.path)}\n"
+              f"go on with: just eval --resume {prep.run_id}", file=sys.stderr)
+        return 130
     bar.close()
     run.store_guide(prep.path, constraints.as_dict())
     print(f"report: {html.build(prep.path)}", file=sys.stderr)

@@ -11,11 +11,40 @@ what runs when.
 """
 import dataclasses
 import json
+import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from evaluator import run, store
+from evaluator.launch import process
 from evaluator.measure import sampling
 from evaluator.score import budget, fidelity, gate, quality
+
+
+class Stopped(Exception):
+    """The run was interrupted: a cell that ends after it is not stored (its runner was killed)."""
+
+
+@contextmanager
+def _interruptible(stopping: threading.Event):
+    """Ctrl-C stops the run promptly: the cells running on every machine have their runners
+    killed at once, no new cell starts, and KeyboardInterrupt reaches the caller, which writes
+    the report of the cells that had finished."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        stopping.set()
+        process.kill_all()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def machine_of(cell: run.Cell) -> str:
@@ -68,6 +97,11 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
             bar) -> tuple[list[dict], list[dict]]:
     """Run every cell of a prepared run; returns (failed cells, timing cells whose loop did not
     reach the asked precision: measured, with the precision they reached)."""
+    with _interruptible(stopping := threading.Event()):
+        return _execute(prep, check, deadlines, margin, resume, say, bar, stopping)
+
+
+def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tuple[list[dict], list[dict]]:
     failed, imprecise, refused = [], [], {}  # refused: (backend, variant, target) -> why its runner refused the model
 
     def kept(cell):
@@ -77,12 +111,16 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
         return result
 
     def session(cell, rnd=None, rounds=()):
+        if stopping.is_set():
+            raise Stopped
         bar.set_description(cell.id)
         same = (cell.backend.name, cell.variant.name, cell.target.name)
         if same in refused and not cell.unsupported:
             cell = dataclasses.replace(cell, unsupported=refused[same])
         result = run.run_cell(cell, prep.model, prep.model_info, prep.tok, prep.path, prep.run_id, check, deadlines,
                               log=say, progress=lambda n: bar.set_postfix_str(f"{n}"), rnd=rnd)
+        if stopping.is_set():
+            raise Stopped  # its runner was killed mid-cell: that is not a result
         if rnd is not None and result["status"] == "ok":
             order = result["metrics"]["hellaswag"]["order"]
             result["rounds"] = [*rounds, {"upto": rnd.upto, "scored": order["scored"], "stopped": order["stopped"],

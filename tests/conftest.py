@@ -39,6 +39,41 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{suite}: {n} skipped: {reason}")
 
 
+def runners_of(evaluator_pid: int, wait_s: float = 5.0) -> list[int]:
+    """Live (not zombie) processes started for the evaluator `evaluator_pid`, after waiting up to
+    wait_s for them to go."""
+    import time
+
+    from evaluator.launch.process import OWNER_ENV
+    mark = f"{OWNER_ENV}={evaluator_pid}".encode()
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and mark in (proc / "environ").read_bytes().split(b"\0") \
+                        and (proc / "stat").read_text().split(")")[-1].split()[0] != "Z":
+                    alive.append(int(proc.name))
+            except OSError:
+                continue
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def holding(folder: Path) -> list[int]:
+    """Live processes with a file open under `folder` (a runner holds its log there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().split(")")[-1].split()[0] != "Z" and any(
+                    str(fd.readlink()).startswith(str(folder)) for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 @pytest.fixture(scope="session")
 def all_backends():
     good, broken = backends.discover()

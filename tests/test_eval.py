@@ -261,3 +261,42 @@ def test_an_evaluator_bug_ends_its_cell_as_evaluator_error_not_as_the_runners(tm
                           scenarios.Check(new_tokens=4), run.Deadlines())
     assert result["status"] == "evaluator-error" and "TypeError" in result["reason"], result
     assert "deploy-eval evaluator traceback" in (tmp_path / "logs" / f"{cell.id}.log").read_text()
+
+
+def test_ctrl_c_stops_the_run_at_once_and_keeps_the_finished_cells_and_a_report(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import runners_of
+
+    args = [sys.executable, "-m", "evaluator", "eval", "stories260k", "--backends", "null", "--scenarios", "latency",
+            "--variants", "none,slow_tokens", "--min-iterations", "200", "--min-duration", "0", "--warmup", "0",
+            "--precision", "1e9", "--new-tokens", "8", "--reports", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("*/cells/*none*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # slow_tokens is mid-measurement: 200 x 8 x 20 ms
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - sent < 15, "a running cell is stopped, not waited for"
+    folder = run_folder(stderr, tmp_path)
+    assert list(cells(folder)) == ["stories260k__null.none__local__latency"]
+    assert "interrupted: 1 of 2 cells finished and kept" in stderr and (folder / "index.html").is_file()
+    assert f"just eval --resume {folder.name}" in stderr
+    assert runners_of(proc.pid) == [] and not list(folder.rglob("*.tmp"))
+
+
+def test_a_second_eval_on_the_same_machine_is_refused_before_it_writes_anything(tmp_path):
+    from evaluator.launch import leftovers
+
+    with leftovers.hold_machine("run of a test"):
+        proc = run_cli("eval", "stories260k", "--backends", "null", "--reports", str(tmp_path / "r"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "another deploy-eval run is measuring on this machine (pid" in proc.stderr
+    assert not (tmp_path / "r").exists()

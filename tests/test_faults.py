@@ -112,10 +112,10 @@ def test_results_survive_kill_9_of_the_evaluator_mid_fault_matrix(tmp_path):
     import sys
     import time
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, holding, runners_of
 
     args = [sys.executable, "-m", "evaluator", "eval", "stories260k", "--backends", "null", "--scenarios", "latency",
-            "--variants", "none,crash_on_load,hang_on_generate", "--request-timeout", "60", "--reports", str(tmp_path), *QUIET]
+            "--variants", "none,crash_on_load,hang_on_generate", "--request-timeout", "10", "--reports", str(tmp_path), *QUIET]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while len(list(tmp_path.glob("*/cells/*.json"))) < 2 and time.monotonic() < deadline:
@@ -123,6 +123,7 @@ def test_results_survive_kill_9_of_the_evaluator_mid_fault_matrix(tmp_path):
     time.sleep(1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert runners_of(proc.pid) == [] and holding(tmp_path) == [], "the hanging runner outlived its evaluator"
     (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     before = cells(folder)
     assert {c["variant"]: c["status"] for c in before.values()} == {"none": "ok", "crash_on_load": "crashed"}

@@ -5,6 +5,7 @@ waiting is a blocking get with a timeout (no busy-waiting); at expiry the runner
 process group is killed. Every way a runner can fail becomes a RunnerFailure with exactly
 one cell status and a reason a person can act on.
 """
+import ctypes
 import json
 import os
 import queue
@@ -12,12 +13,32 @@ import signal
 import subprocess
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from evaluator.launch import answers
 from evaluator.runner.protocol import PROTOCOL_VERSION
 
 REAP_S = 30  # waiting for a runner that was told to go, or killed
+_LIVE = weakref.WeakSet()  # every runner not yet closed: what Ctrl-C must take down with the run
+
+
+OWNER_ENV = "DEPLOY_EVAL_EVALUATOR_PID"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when the evaluator dies, however it dies
+    (kill -9 included), so no runner outlives its run holding the machine's memory."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the pipe's end still stops an idle runner; leftovers.py finds the rest
+
+
+def kill_all() -> None:
+    """Kill every live runner of this evaluator (Ctrl-C): their cells end now, not when done."""
+    for runner in list(_LIVE):
+        runner.kill()
 
 # Typed runner errors -> cell status. bad_request and internal mean the backend is broken
 # for this cell: the cell fails with the runner's own message.
@@ -45,10 +66,13 @@ class RunnerProcess:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.argv = argv
+        env = dict(os.environ if env is None else env, **{OWNER_ENV: str(os.getpid())})  # whose runner it is
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
             bufsize=1, env=env, cwd=cwd, start_new_session=True,  # own process group: killable whole
+            preexec_fn=_die_with_parent,
         )
+        _LIVE.add(self)
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._next_id = 0
@@ -143,6 +167,7 @@ class RunnerProcess:
         except subprocess.TimeoutExpired:
             pass
         self.kill()
+        _LIVE.discard(self)
         self._log.close()
 
     def log_tail(self, lines: int = 20) -> str:
