@@ -1,4 +1,5 @@
 """Where a number came from: host, CPU, memory, packages, git revision."""
+import functools
 import importlib.metadata
 import os
 import platform
@@ -19,7 +20,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _git_revision() -> str:
+@functools.cache
+def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
@@ -45,5 +47,5 @@ def host() -> dict:
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "python": sys.version.split()[0],
         "packages": versions,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
     }

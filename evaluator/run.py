@@ -16,6 +16,7 @@ A failed cell carries its reason and the tail of the runner's log, never metrics
 stops its siblings.
 """
 import fnmatch
+import functools
 import hashlib
 import json
 import platform
@@ -198,13 +199,31 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     return result
 
 
-def backend_fingerprint(backend: Backend) -> str:
-    """Everything of a backend that can change its answers: manifest, requirements, runner code."""
+# The evaluator's code that takes part in producing a cell's numbers (the report's does not).
+MEASURING_CODE = ("evaluator/runner", "evaluator/launch", "evaluator/measure", "evaluator/score", "evaluator/stats",
+                  "evaluator/tokens.py", "evaluator/run.py", "evaluator/envs.py")
+
+
+def _tree_hash(paths) -> str:
     h = hashlib.sha256()
-    for path in (backend.folder / "backend.toml", backend.requirements, backend.runner, backend.dockerfile):
-        if path:
-            h.update(path.name.encode() + path.read_bytes())
+    for path in sorted(paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
+        for f in files:
+            h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
+
+
+def backend_fingerprint(backend: Backend) -> str:
+    """Everything of a backend that can change its answers: every file of its folder, and of
+    each sibling backend folder its code names (a runner that runs another's, as
+    onnxruntime_gpu runs onnxruntime's)."""
+    folders = {backend.folder, *(backend.folder.parent / name for name in backend_catalog.siblings_used(backend))}
+    return _tree_hash(folders)
+
+
+@functools.cache
+def measuring_code_hash() -> str:
+    return _tree_hash(backend_catalog.REPO / p for p in MEASURING_CODE)
 
 
 def cell_key(cell: Cell, model_info: dict, check) -> str:
@@ -214,6 +233,8 @@ def cell_key(cell: Cell, model_info: dict, check) -> str:
 
     what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
             "backend": cell.backend.name, "backend_sha256": backend_fingerprint(cell.backend),
+            "evaluator_sha256": measuring_code_hash(),
+            "data": data_hashes() if isinstance(cell.scenario, quality.Quality) else None,
             "variant": cell.options, "target": vars(cell.target),
             "scenario": [cell.scenario.name, scenarios.options(cell.scenario)],
             "check_tokens": getattr(check, "new_tokens", None)}
@@ -229,6 +250,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         "variant_options": cell.variant.options, "target": vars(cell.target),
         "scenario": {"name": cell.scenario.name, "options": scenarios.options(cell.scenario)},
         "key": cell_key(cell, model_info, check), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "evaluator_revision": provenance.git_revision(),
     }
     t0 = time.monotonic()
     if cell.unsupported:

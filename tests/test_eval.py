@@ -300,3 +300,29 @@ def test_a_second_eval_on_the_same_machine_is_refused_before_it_writes_anything(
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "another deploy-eval run is measuring on this machine (pid" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monkeypatch):
+    """onnxruntime_gpu runs backends/onnxruntime's runner: a change there must not let --resume
+    keep a result measured with the old code; nor a change to the evaluator's scoring code."""
+    import shutil
+
+    from evaluator import run, store
+    from evaluator.catalog import backends, models, targets
+    from evaluator.measure import scenarios
+
+    copy = tmp_path / "backends"
+    for name in ("onnxruntime", "onnxruntime_gpu"):
+        shutil.copytree(backends.BACKENDS_DIR / name, copy / name)
+    monkeypatch.setattr(backends, "BACKENDS_DIR", copy)
+    gpu = backends.load_manifest(copy / "onnxruntime_gpu")
+    model = models.resolve("stories260k")
+    sc = scenarios.Latency()
+    cell = run.Cell(store.cell_id("stories260k", "onnxruntime_gpu", "cuda-fp16", "local", "latency"), gpu,
+                    gpu.variant("cuda-fp16"), targets.resolve(["local"])[0], sc, None)
+    info, check = {"name": "stories260k", "sha256": model.content_hash()}, scenarios.Check()
+    store.write_json(tmp_path / "cells" / f"{cell.id}.json", {"status": "ok", "key": run.cell_key(cell, info, check)})
+    assert run.finished(tmp_path, cell, info, check), "unchanged: kept"
+    runner = copy / "onnxruntime" / "runner.py"
+    runner.write_text(runner.read_text() + "\n# a change to the runner onnxruntime_gpu reuses\n")
+    assert run.finished(tmp_path, cell, info, check) is None, "the sibling changed: re-run"

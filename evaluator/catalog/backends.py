@@ -4,6 +4,7 @@ A folder without a readable, valid manifest is reported as broken, loudly; it is
 silently skipped (the trap lm-evaluation-harness fell into with malformed task YAML).
 """
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,3 +168,12 @@ def select(names: list[str] | None, root: Path = BACKENDS_DIR) -> list[Backend]:
             raise unknown("backend", name, list(good) + list(broken))
         chosen.append(good[name])
     return chosen
+
+
+def siblings_used(backend: "Backend") -> list[str]:
+    """The other backend folders this backend's code names as a quoted string: a runner that
+    runs or imports another's (onnxruntime_gpu runs onnxruntime's), whose files then decide its
+    answers too."""
+    others = {p.name for p in BACKENDS_DIR.iterdir() if p.is_dir() and p != backend.folder}
+    code = "".join(p.read_text(errors="replace") for p in backend.folder.glob("*.py"))
+    return sorted(name for name in others if re.search(rf"[\"']{re.escape(name)}[\"']", code))
