@@ -58,12 +58,15 @@ SetEnv DOCKER_HOST=unix://{sock}
 
 
 def test_a_run_over_ssh_measures_in_the_remote_engine_and_brings_results_home(lab, tmp_path):
-    subprocess.run(["rm", "-rf", "/var/tmp/deploy-eval/models"], check=True)  # the model must travel
+    home = subprocess.run(["ssh", "-o", "BatchMode=yes", *lab["options"], "root@127.0.0.1", "printf %s $HOME"],
+                          capture_output=True, text=True, check=True).stdout
+    subprocess.run(["ssh", "-o", "BatchMode=yes", *lab["options"], "root@127.0.0.1", "rm -rf ~/.cache/deploy-eval/models"],
+                   check=True)  # the model must travel
     proc = run_cli("eval", "stories260k", "--targets", "lab", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
                    "--scenarios", "latency,quality", "--reports", str(tmp_path), *FAST,
                    env={"DEPLOY_EVAL_TARGETS": str(lab["targets"])}, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "copying hf to root@127.0.0.1:/var/tmp/deploy-eval/models/" in proc.stderr
+    assert f"copying hf to root@127.0.0.1:{home}/.cache/deploy-eval/models/" in proc.stderr
     results = {c["scenario"]["name"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
     lat = results["latency"]
     assert lat["status"] == "ok" and lat["check"]["matches_reference"] is True
@@ -85,14 +88,24 @@ def test_each_format_of_a_model_reaches_the_target_on_its_own(lab, monkeypatch):
     monkeypatch.setattr(targets, "USER_FILE", lab["targets"])
     engine = docker.DockerEngine(targets.resolve(["lab"])[0])
     model = models.resolve("stories260k")
-    shipped = {}
+    shipped, who = {}, docker.owner(engine)
     for fmt in ("hf", "gguf"):
         artifact = model.artifact(fmt)
         folder = artifact if artifact.is_dir() else artifact.parent  # as evaluator/run.py ships it
-        shipped[fmt] = docker.ship_model(engine, folder, "f" * 64, log=lambda m: None)
+        shipped[fmt] = docker.ship_model(engine, folder, "f" * 64, who, log=lambda m: None)
         found = subprocess.run(engine.ssh(f"test -e {shipped[fmt]}/{artifact.relative_to(folder)}"))
         assert found.returncode == 0, f"{fmt}: {artifact.name} is not in {shipped[fmt]} on the target"
     assert shipped["hf"] != shipped["gguf"]
+    # Trusted by content, not by a marker: a file changed on the target is noticed, and sent again.
+    subprocess.run(engine.ssh(f"echo tampered >> {shipped['hf']}/config.json"), check=True)
+    said = []
+    docker.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=said.append)
+    assert said and said[0].startswith("copying hf to")
+    again = []
+    docker.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=again.append)
+    assert again == [], "an intact copy is reused"
+    mode = subprocess.run(engine.ssh(f"stat -c %a {who.home}/.cache/deploy-eval"), capture_output=True, text=True)
+    assert mode.stdout.strip() == "700", "the cache is its user's alone"
 
 
 def test_an_unknown_host_key_is_refused_in_batch_mode(lab, tmp_path):

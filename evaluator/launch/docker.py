@@ -39,9 +39,9 @@ from evaluator.launch.process import RunnerFailure, RunnerProcess
 
 SOCKET = os.environ.get("DEPLOY_EVAL_DOCKER_SOCK", "/run/deploy-eval/docker.sock")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-RUNNER_UID = "1000:1000"
+RUNNER_UID = "1000:1000"  # containers never run as root: as the user who owns the caches, or this one
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # target arch -> Docker platform
-REMOTE_CACHE = "/var/tmp/deploy-eval"  # on a remote target: models by content hash, artifacts
+REMOTE_CACHE = ".cache/deploy-eval"  # on a remote target, under the SSH user's home: models, artifacts
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch's CPU wheels for every architecture
 
 
@@ -174,35 +174,83 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
 
 
-def ship_model(engine: DockerEngine, folder: Path, sha256: str, log=print) -> str:
+@dataclass(frozen=True)
+class Owner:
+    """Who owns the caches on an engine's machine, and as whom its containers run: the user
+    (this one, or the SSH user), or RUNNER_UID when that user is root."""
+    home: str
+    user: str        # uid:gid for `docker run --user`
+    chown: bool      # root: hand the artifact cache to RUNNER_UID
+
+
+def owner(engine: DockerEngine) -> Owner:
+    if not engine.remote:
+        uid, gid, home = os.getuid(), os.getgid(), str(Path.home())
+    else:
+        got = _remote(engine, 'printf "%s %s %s" "$(id -u)" "$(id -g)" "$HOME"', bounded.QUICK_S)
+        try:
+            uid, gid, home = int(got.stdout.split()[0]), int(got.stdout.split()[1]), got.stdout.split(None, 2)[2]
+        except (IndexError, ValueError):
+            raise ImageFailed(f"cannot tell who {engine.host} logs in as: {(got.stdout + got.stderr).strip()[-200:]}") from None
+    return Owner(home, RUNNER_UID if uid == 0 else f"{uid}:{gid}", uid == 0)
+
+
+def _manifest_command(folder: str) -> str:
+    """A shell command listing a folder's files with their sha256, in a fixed order."""
+    return f"cd {shlex.quote(folder)} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"
+
+
+def _manifest(folder: Path) -> str:
+    """The same listing, computed here: what a remote copy must match to be trusted."""
+    lines = []
+    for path in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: "./" + str(p.relative_to(folder))):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        lines.append(f"{digest.hexdigest()}  ./{path.relative_to(folder)}")
+    return "\n".join(lines)
+
+
+def ship_model(engine: DockerEngine, folder: Path, sha256: str, who: Owner, log=print) -> str:
     """The model's folder as the target's engine sees it: this machine's own path locally; on
-    a remote target a copy under REMOTE_CACHE/models/<model hash>/<folder>, sent once (tar over
-    SSH, renamed into place when complete, so an interrupted copy is never used). The folder's
-    name is part of the key: one model has several (hf/, gguf/), each shipped on its own."""
+    a remote target a copy under ~/.cache/deploy-eval/models/<model hash>/<folder> of the SSH
+    user, sent once (tar over SSH into a temporary folder, renamed into place). A copy is trusted
+    by its content: every file's sha256 against this machine's, checked before each reuse and
+    after each copy. The folder's name is part of the key: one model has several (hf/, gguf/)."""
     if not engine.remote:
         return str(folder)
-    dest = f"{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
-    if _remote(engine, f"test -f {dest}/.complete", bounded.QUICK_S).returncode == 0:
+    dest = f"{who.home}/{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
+    want = _manifest(folder)
+    if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() == want:
         return dest
     log(f"copying {folder.name} to {engine.host}:{dest} (once)")
-    unpack = _fed_a_tar(folder, engine.ssh(f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -x -C {dest}.tmp && "
-                                           f"touch {dest}.tmp/.complete && rm -rf {dest} && mv {dest}.tmp {dest}"),
+    unpack = _fed_a_tar(folder, engine.ssh(f"umask 077 && mkdir -p {who.home}/{REMOTE_CACHE} && rm -rf {dest}.tmp && "
+                                           f"mkdir -p {dest}.tmp && tar -x --no-same-permissions -C {dest}.tmp && "
+                                           f"chmod -R a+rX {dest}.tmp && rm -rf {dest} && mv {dest}.tmp {dest}"),
                         bounded.DOWNLOAD_S, f"copying {folder.name} to {engine.host}")
     if unpack.returncode != 0:
         raise ImageFailed(f"copying the model to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
+    if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() != want:
+        raise ImageFailed(f"the copy of {folder.name} on {engine.host} does not match this machine's files (sha256)")
     return dest
 
 
-def artifact_cache(engine: DockerEngine, local_root: Path, arch: str) -> str:
-    """Where containers keep what they derive from models (as user 1000): per architecture,
-    sticky and world-writable like /tmp; on this machine under the artifact cache."""
+def artifact_cache(engine: DockerEngine, local_root: Path, arch: str, who: Owner) -> str:
+    """Where containers keep what they derive from models: per architecture, readable and
+    writable by the containers' user only (mode 700); on this machine under the artifact cache,
+    on a remote one under the SSH user's ~/.cache/deploy-eval."""
+    uid, gid = (int(x) for x in who.user.split(":"))
     if not engine.remote:
         path = local_root / f"containers-{arch}"
         path.mkdir(parents=True, exist_ok=True)
-        path.chmod(0o1777)
+        if who.chown:
+            os.chown(path, uid, gid)
+        path.chmod(0o700)
         return str(path)
-    path = f"{REMOTE_CACHE}/artifacts-{arch}"
-    made = _remote(engine, f"mkdir -p {path} && chmod 1777 {path}", bounded.QUICK_S)
+    path = f"{who.home}/{REMOTE_CACHE}/artifacts-{arch}"
+    made = _remote(engine, f"mkdir -p {path} && {f'chown {uid}:{gid} {path} && ' if who.chown else ''}chmod 700 {path}",
+                   bounded.QUICK_S)
     if made.returncode != 0:
         raise ImageFailed(f"cannot make {path} on {engine.host}: {made.stderr.strip()[-300:]}")
     return path
@@ -217,6 +265,7 @@ class Placement:
     model_host: Path      # the model's folder on this machine
     model_engine: str     # the same folder on the engine's machine (a remote copy, or itself)
     cache_engine: str     # the artifact cache on the engine's machine
+    user: str = RUNNER_UID  # uid:gid the containers run as: the cache's owner
 
 
 _PREPARED: dict[tuple, "Placement | ImageFailed"] = {}  # this run's outcomes: once per backend, target and model
@@ -243,8 +292,9 @@ def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cac
 def _prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
     engine = DockerEngine(target)
     image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
-    return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, log),
-                     artifact_cache(engine, local_cache, target.arch))
+    who = owner(engine)
+    return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, who, log),
+                     artifact_cache(engine, local_cache, target.arch, who), who.user)
 
 
 class ContainerRunner(RunnerProcess):
@@ -298,7 +348,7 @@ def start(placement: Placement, target, log_path: Path, cell_id: str, startup_ti
     """`docker run -i` of the backend's image: no network, the model read-only, user 1000."""
     engine = DockerEngine(target)
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
-    args = ["run", "-i", "--name", name, "--network", "none", "--user", RUNNER_UID,
+    args = ["run", "-i", "--name", name, "--network", "none", "--user", placement.user,
             "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1",  # exec: inductor loads its kernels from there
             "-v", f"{placement.model_engine}:/model:ro", "-v", f"{placement.cache_engine}:/artifacts:rw"]
     if target.accelerator == "cuda":
