@@ -76,6 +76,11 @@ def test_onnx_export_and_its_int8_quantization_are_built_once_and_reused(tmp_pat
     assert_built_then_reused(first, second, a, b, ["onnx fp32", "onnx int8"])
     assert all((tmp_path / "cache" / p.name / "model.onnx").is_file() for p in (tmp_path / "cache").glob("onnx-*"))
     assert not list((tmp_path / "cache").glob("*.tmp"))
+    # The first run exported (in a child of its runner): its measurement peak is the cached run's.
+    built, cached = (json.loads(next((tmp_path / r).glob("*/cells/*.json")).read_text()) for r in ("a", "b"))
+    assert built["memory"]["peak_since"] == cached["memory"]["peak_since"] == "load"
+    assert built["memory"]["peak_rss_bytes"] == pytest.approx(cached["memory"]["peak_rss_bytes"], rel=0.05)
+    assert built["load"]["load_peak_rss_bytes"] >= built["load"]["rss_bytes"] > 0
 
 
 @pytest.mark.parametrize("bad", ["hidden_size=abc", "colour=3"])

@@ -14,6 +14,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 EXPORT_DTYPES = ("fp32", "fp16")
@@ -105,10 +107,10 @@ def artifact(model: dict, precision: str, log=print) -> dict:
             info["built_from"] = [fp32]
             t0 = time.perf_counter()  # build_s is this step's own
             log(f"quantizing {fp32['path']} to int8")
-            _quantize_int8(fp32["path"], tmp)
+            _in_child("quantize-int8", fp32["path"], tmp)
         else:
             log(f"exporting {source} to ONNX ({precision})")
-            _export(source, tmp, precision)
+            _in_child("export", source, tmp, precision)
         with open(os.path.join(tmp, "artifact.json"), "w") as f:
             json.dump({"source": source, "source_sha256": sha, "precision": precision, "tool": info["tool"]}, f)
         shutil.rmtree(path, ignore_errors=True)
@@ -116,3 +118,18 @@ def artifact(model: dict, precision: str, log=print) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=_size(path))
+
+
+def _in_child(step: str, *args: str) -> None:
+    """One build step in a child process: what it allocates leaves with it, so the runner's own
+    memory after load is the same on a first run (which builds) as on a cached one."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), step, *args], stdout=sys.stderr,
+                          stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"{step} failed: {done.stderr.strip()[-500:]}")
+
+
+if __name__ == "__main__":
+    name, *arguments = sys.argv[1:]
+    {"export": _export, "quantize-int8": _quantize_int8}[name](*arguments)

@@ -44,7 +44,10 @@ describe {}
 load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact_cache": str,
                 "context_tokens": int|null}, "options": {...}}
     -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
-        "rss_bytes": int, "device_bytes": int|null}
+        "rss_bytes": int, "load_peak_rss_bytes": int, "device_bytes": int|null, "settings": {...}}
+    `rss_bytes` is the resident memory once loaded, `load_peak_rss_bytes` the peak while starting
+    and loading (an export or quantization done in the runner included); `settings` what the
+    engine set that changes a number (threads, caches, reservations), as the engine took them.
     `context_tokens` is the longest sequence the session will send (prompt plus new tokens, or a
     scored window): an engine that sizes its KV cache or logits buffers up front sizes them for
     it, not for the model's training context. `sha256` is the source model's content hash and `artifact_cache` a folder for what the
@@ -90,9 +93,11 @@ score {"groups": [{"prefix": [int, ...], "sequences": [[int, ...], ...]}, ...], 
     The evaluator bounds a request's size (sequences x longest x vocabulary).
 
 memory {}
-    -> {"rss_bytes": int, "peak_rss_bytes": int, "device_bytes": int|null,
-        "peak_device_bytes": int|null, "engine_stats": {...}}
-    Peaks since the process started (device peaks since load where the engine can reset them).
+    -> {"rss_bytes": int, "peak_rss_bytes": int, "peak_since": "load"|"process start",
+        "device_bytes": int|null, "peak_device_bytes": int|null, "engine_stats": {...}}
+    Peaks since load, the same definition for every engine: the runner library resets the
+    kernel's high-water mark when load answers (where the OS cannot, since the process started,
+    and `peak_since` says so); device peaks since load where the engine can reset them.
 
 energy {}
     -> {"joules": {counter: cumulative joules}, "unavailable": str|null}

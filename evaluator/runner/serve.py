@@ -44,6 +44,19 @@ def rss_bytes() -> tuple[int, int]:
     return current, max(peak, current)
 
 
+def reset_peak_rss() -> bool:
+    """Start the high-water mark afresh (Linux: 5 to /proc/self/clear_refs sets VmHWM to the
+    current RSS), so a peak read later is the measurement's, not the load's: an ONNX export or
+    a quantization done inside the runner on a first run must not make its peak differ from a
+    cached run's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _ids(value, name: str, vocab_size: int | None) -> list[list[int]]:
     if not isinstance(value, list) or not value:
         raise RunnerError("bad_request", f"{name} must be a non-empty list of token-id lists")
@@ -85,8 +98,9 @@ class _Server:
         result = dict(self.engine.load(model, options))
         result["load_s"] = time.perf_counter() - t0
         self.vocab_size = int(result["vocab_size"])
-        result["rss_bytes"] = rss_bytes()[0]
+        result["rss_bytes"], result["load_peak_rss_bytes"] = rss_bytes()
         result["device_bytes"] = self.engine.device_memory()[0]
+        self.peak_since = "load" if reset_peak_rss() else "process start"
         return result
 
     def _loaded(self, op):
@@ -132,8 +146,8 @@ class _Server:
     def memory(self, req):
         rss, peak_rss = rss_bytes()
         dev, peak_dev = self.engine.device_memory()
-        return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "device_bytes": dev, "peak_device_bytes": peak_dev,
-                "engine_stats": self.engine.stats()}
+        return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "peak_since": getattr(self, "peak_since", "process start"),
+                "device_bytes": dev, "peak_device_bytes": peak_dev, "engine_stats": self.engine.stats()}
 
     def energy(self, req):
         return energy.read()
