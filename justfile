@@ -31,6 +31,10 @@ targets *args: _host
 report *args: _host
     {{host}} -m evaluator report "$@"
 
+# A run's results as one tidy table: just export RUN_ID [--format csv|parquet|md] [--out FILE]
+export *args: _host
+    {{host}} -m evaluator export "$@"
+
 # What changed between two runs, beyond their own noise: just compare RUN_A RUN_B [--changed-only]
 compare *args: _host
     {{host}} -m evaluator compare "$@"

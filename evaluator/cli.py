@@ -155,6 +155,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("run_id", help="a folder name under reports/ (or a path to one)")
     r.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
     _guide_options(r)
+    x = sub.add_parser("export", help="a run's results as one tidy table (csv, parquet or markdown)", description=(
+        "One row per configuration x metric x statistic, with its 95% interval, unit, sample count and timing "
+        "verdict, read from the stored cells (see evaluator/report/export.py). pandas reads it directly."))
+    x.add_argument("run_id", help="a folder name under reports/ (or a path to one)")
+    x.add_argument("--format", default="csv", help="csv, parquet or md (default: %(default)s)")
+    x.add_argument("--out", type=Path, help="the file to write (default: results.<format> in the run's folder)")
+    x.add_argument("--reports", type=Path, default=store.REPORTS, help=argparse.SUPPRESS)
     c = sub.add_parser("compare", help="what changed between two runs, beyond their own noise", description=(
         "Match the cells of two runs by backend, variant, target and scenario, and mark each metric that changed "
         "by more than the runs' own noise (see evaluator/report/compare.py for the rules)."))
@@ -327,6 +334,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from evaluator.report import export
+
+    if args.format not in export.FORMATS:
+        from evaluator.errors import unknown
+        raise unknown("format", args.format, export.FORMATS)
+    path = _run_path(args.run_id, args.reports)
+    out = args.out or path / f"results.{args.format}"
+    rows = export.table(path)
+    export.write(rows, args.format, out)
+    print(f"{len(rows)} rows -> {out}")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from evaluator.report import compare
 
@@ -341,7 +362,8 @@ def main(argv=None) -> int:
     args.argv = argv[1:] if args.command == "eval" else None  # what --resume replays
     try:
         return {"eval": cmd_eval, "backends": cmd_backends, "models": cmd_models,
-                "targets": cmd_targets, "report": cmd_report, "compare": cmd_compare}[args.command](args)
+                "targets": cmd_targets, "report": cmd_report, "compare": cmd_compare,
+                "export": cmd_export}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

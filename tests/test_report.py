@@ -240,3 +240,32 @@ def test_an_inconclusive_quality_verdict_stays_a_candidate_and_says_so():
     failed = guide.decide([fast, lean], {"name": "t", "memory_gb": 8}, "b:lean",
                           guide.Constraints(max_quality_loss_pct=0.0))
     assert failed["winner"] == "b · fast", "a loss interval reaching below 0 is not a FAIL at 0%"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "md"])
+def test_export_is_one_tidy_table_pandas_reads_with_the_numbers_of_the_cells(real_run, tmp_path, fmt):
+    import pandas as pd
+
+    out = tmp_path / f"results.{fmt}"
+    proc = run_cli("export", str(real_run), "--format", fmt, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    if fmt == "md":
+        text = out.read_text()
+        assert text.startswith("| run_id | model | backend |") and "| e2e_ms | median |" in text
+        return
+    table = pd.read_csv(out) if fmt == "csv" else pd.read_parquet(out)
+    assert list(table.columns)[:3] == ["run_id", "model", "backend"]
+    cells = {(c["variant"], c["scenario"]["name"]): c for c in map(lambda p: json.loads(p.read_text()),
+                                                                   real_run.glob("cells/*.json"))}
+    row = table[(table.variant == "q8_0") & (table.metric == "e2e_ms") & (table.statistic == "median")].iloc[0]
+    latency = cells[("q8_0", "latency")]["metrics"]["e2e_ms"]
+    assert row.value == pytest.approx(latency["p50"]) and [row.ci_low, row.ci_high] == pytest.approx(latency["p50_ci"])
+    acc = table[(table.variant == "q8_0") & (table.metric == "hellaswag_acc_norm")].iloc[0]
+    assert acc.value == pytest.approx(cells[("q8_0", "quality")]["metrics"]["hellaswag"]["acc_norm"]["value"])
+    assert set(table.valid.dropna()) <= {"VALID", "INVALID"}
+
+
+def test_export_refuses_an_unknown_format_in_one_line(real_run, tmp_path):
+    proc = run_cli("export", str(real_run), "--format", "xlsx", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Available: csv, md, parquet" in proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,130 @@
+"""A run's results as one tidy table: one row per configuration x metric x statistic.
+
+Columns: run_id, model, backend, variant, target, scenario, metric, statistic, value, ci_low,
+ci_high, unit, n, valid. `ci_low`/`ci_high` are the 95% interval of that statistic where one
+was measured (empty otherwise); `n` the samples, items or windows behind it; `valid` the timing
+verdict (VALID/INVALID) of the loop it came from, empty for quality. Read only from the stored
+cells, so it is a function of the run, like the report:
+
+    just export RUN_ID --format csv|parquet|md  [--out FILE]
+
+pandas reads it as it is: pd.read_csv(path) or pd.read_parquet(path).
+"""
+import csv
+import io
+from pathlib import Path
+
+from evaluator import store
+
+COLUMNS = ("run_id", "model", "backend", "variant", "target", "scenario", "metric", "statistic", "value",
+           "ci_low", "ci_high", "unit", "n", "valid")
+FORMATS = ("csv", "parquet", "md")
+TIMED = ("e2e_ms", "ttft_ms", "tpot_ms", "itl_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
+
+
+def _ci(summary: dict, key: str) -> tuple:
+    ci = summary.get(f"{key}_ci")
+    return (ci[0], ci[1]) if ci else (None, None)
+
+
+def _timed(summary: dict, metric: str, valid) -> list[dict]:
+    rows = []
+    for stat in ("p50", "mean", "p95", "p99"):
+        if summary.get(stat) is not None:
+            lo, hi = _ci(summary, stat)
+            rows.append({"metric": metric, "statistic": "median" if stat == "p50" else stat, "value": summary[stat],
+                         "ci_low": lo, "ci_high": hi, "unit": summary.get("unit"), "n": summary.get("n"), "valid": valid})
+    return rows
+
+
+def _verdict(cell: dict):
+    validity = cell.get("validity")
+    return None if not validity else ("VALID" if validity["valid"] else "INVALID")
+
+
+def cell_rows(cell: dict) -> list[dict]:
+    """The tidy rows of one stored cell (none for a cell that did not end ok)."""
+    if cell.get("status") != "ok":
+        return []
+    m, rows = cell.get("metrics") or {}, []
+    scenario = cell["scenario"]["name"]
+    if scenario == "latency":
+        for metric in TIMED:
+            if metric in m:
+                rows += _timed(m[metric], metric, _verdict(cell))
+    elif scenario == "throughput":
+        for b in m.get("per_batch", []):
+            if "tokens_per_s" in b:
+                valid = "VALID" if b["validity"]["valid"] else "INVALID"
+                rows += _timed(b["tokens_per_s"], f"tokens_per_s@batch{b['batch_size']}", valid)
+    elif scenario == "quality":
+        hs = m.get("hellaswag") or {}
+        for name in ("acc", "acc_norm"):
+            if name in hs:
+                lo, hi = hs[name]["wilson95"]
+                rows.append({"metric": f"hellaswag_{name}", "statistic": "share", "value": hs[name]["value"],
+                             "ci_low": lo, "ci_high": hi, "unit": "share", "n": hs["items"]})
+        rolling = (m.get("perplexity") or {}).get("rolling") or {}
+        for name, unit in (("token_perplexity", ""), ("word_perplexity", ""), ("bits_per_byte", "bits")):
+            if name in rolling:
+                lo, hi = rolling.get(f"{name}_ci") or (None, None)
+                rows.append({"metric": f"wikitext2_{name}", "statistic": "value", "value": rolling[name],
+                             "ci_low": lo, "ci_high": hi, "unit": unit, "n": rolling.get("windows")})
+        fid = cell.get("fidelity") or {}
+        for name, unit in (("kl_mean", "nats"), ("top1_agreement", "share")):
+            if name in fid:
+                lo, hi = fid.get(f"{name}_ci") or (None, None)
+                rows.append({"metric": name, "statistic": "mean", "value": fid[name], "ci_low": lo, "ci_high": hi,
+                             "unit": unit})
+        gate = cell.get("quality_gate") or {}
+        for name, part in (("acc_norm", (gate.get("hellaswag") or {}).get("acc_norm")), ("perplexity", gate.get("perplexity"))):
+            if part:
+                rows.append({"metric": f"quality_loss_{name}", "statistic": part["verdict"], "value": part["loss"],
+                             "ci_low": part["loss_ci"][0], "ci_high": part["loss_ci"][1], "unit": "share of reference",
+                             "n": part.get("items") or part.get("windows")})
+    memory = cell.get("memory") or {}
+    if "peak_rss_bytes" in memory:
+        rows.append({"metric": "peak_rss", "statistic": f"peak since {memory.get('peak_since', 'process start')}",
+                     "value": memory["peak_rss_bytes"], "unit": "bytes"})
+    base = {"run_id": cell["run_id"], "model": cell["model"]["name"], "backend": cell["backend"], "variant": cell["variant"],
+            "target": cell["target"]["name"], "scenario": scenario}
+    return [{c: {**base, **r}.get(c) for c in COLUMNS} for r in rows]
+
+
+def table(run_path: Path) -> list[dict]:
+    _, cells = store.load_run(run_path)
+    return [row for cell in cells for row in cell_rows(cell)]
+
+
+def write(rows: list[dict], fmt: str, out: Path) -> None:
+    """The table to `out` in `fmt`, written atomically (nothing half-written on failure)."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tmp = out.with_name(f".{out.name}.tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=_schema(pa)), tmp)
+        tmp.replace(out)
+        return
+    store.write_atomic(out, _csv(rows) if fmt == "csv" else _markdown(rows))
+
+
+def _schema(pa):
+    number = {"value", "ci_low", "ci_high"}
+    return pa.schema([(c, pa.float64() if c in number else pa.int64() if c == "n" else pa.string()) for c in COLUMNS])
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _markdown(rows: list[dict]) -> str:
+    def cell(v):
+        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
