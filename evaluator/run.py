@@ -88,7 +88,17 @@ def _unsupported(model: models.Model, backend: Backend, variant: Variant, target
         return f"{backend.name} runs on {', '.join(backend.devices)}, target {target.name} offers {target.device}"
     if not set(backend.formats) & set(model.formats):
         return f"{backend.name} reads {', '.join(backend.formats)}; model {model.name} is available as {', '.join(model.formats)}"
+    width = _head_dim(model)
+    if backend.min_head_dim and width and width < backend.min_head_dim:
+        return (f"{backend.name}'s attention kernels take heads at least {backend.min_head_dim} wide; {model.name}'s are "
+                f"{width} (known from its config.json, so its environment is not built)")
     return variant.unsupported_reason(target.device)
+
+
+def _head_dim(model: models.Model) -> int | None:
+    config = model.config()
+    heads = config.get("num_attention_heads")
+    return config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
 
 
 def _model_format(backend: Backend, model: models.Model) -> str:
@@ -215,9 +225,9 @@ def _tree_hash(paths) -> str:
 
 def backend_fingerprint(backend: Backend) -> str:
     """Everything of a backend that can change its answers: every file of its folder, and of
-    each sibling backend folder its code names (a runner that runs another's, as
-    onnxruntime_gpu runs onnxruntime's)."""
-    folders = {backend.folder, *(backend.folder.parent / name for name in backend_catalog.siblings_used(backend))}
+    each sibling folder its runner reuses ([image] with_backends: onnxruntime_gpu runs
+    onnxruntime's runner and exporter)."""
+    folders = {backend.folder, *(backend.folder.parent / name for name in backend.with_backends)}
     return _tree_hash(folders)
 
 

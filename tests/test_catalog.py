@@ -165,3 +165,15 @@ def test_llama_cpp_is_built_only_with_the_instruction_sets_this_cpu_has(monkeypa
     assert "-DGGML_AVX512=ON" in with_512 and "-DGGML_AVX512_VNNI=ON" in with_512 and "-DGGML_AVX512_VBMI=OFF" in with_512
     assert "-DGGML_AMX_TILE=OFF" in with_512, "AMX stays off whatever the CPU advertises"
     assert "GGML_AVX512" not in envs.build_flags(llamacpp, "aarch64")["CMAKE_ARGS"]
+
+
+def test_a_runner_that_reuses_a_sibling_folder_declares_it():
+    """with_backends is what images stage and what the resume key hashes: a runner naming another
+    backend's folder without declaring it would run stale code on --resume."""
+    import re
+
+    good, _ = backends.discover()
+    for backend in good.values():
+        code = "".join(p.read_text() for p in backend.folder.glob("*.py"))
+        named = {n for n in good if n != backend.name and re.search(rf"[\"']{re.escape(n)}[\"']", code)}
+        assert named <= set(backend.with_backends), f"{backend.name} reuses {named} but declares {backend.with_backends}"

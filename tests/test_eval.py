@@ -326,3 +326,14 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     runner = copy / "onnxruntime" / "runner.py"
     runner.write_text(runner.read_text() + "\n# a change to the runner onnxruntime_gpu reuses\n")
     assert run.finished(tmp_path, cell, info, check) is None, "the sibling changed: re-run"
+
+
+def test_a_backend_that_cannot_run_the_model_is_planned_out_without_its_environment(tmp_path):
+    """vLLM's CPU kernels need heads at least 32 wide; stories260K's are 8: every vLLM cell is
+    unsupported at planning, so no runner starts and no 3 GB environment is built to say so."""
+    proc = run_cli("eval", "stories260k", "--backends", "vllm", "--scenarios", "latency", "--reports", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "setting up the vllm environment" not in proc.stderr
+    got = cells(run_folder(proc.stderr, tmp_path))
+    assert {c["status"] for c in got.values()} == {"unsupported"}
+    assert all("heads at least 32 wide; stories260k's are 8" in c["reason"] and "environment" not in c for c in got.values())

@@ -4,7 +4,6 @@ A folder without a readable, valid manifest is reported as broken, loudly; it is
 silently skipped (the trap lm-evaluation-harness fell into with malformed task YAML).
 """
 import itertools
-import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 BACKENDS_DIR = REPO / "backends"
 
 TOP_KEYS = {"name", "description", "protocol", "runner", "formats", "devices", "archs", "default", "fake",
-            "environment", "image", "variants"}
+            "environment", "image", "variants", "min_head_dim"}
 REQUIRED = ("name", "description", "protocol", "runner", "formats", "devices", "archs", "environment", "variants")
 
 
@@ -53,6 +52,7 @@ class Backend:
     with_backends: tuple = ()     # [image] with_backends: sibling folders its runner reuses (staged too)
     variants: tuple = field(default_factory=tuple)
     default_variants: tuple = ()  # what a run without --variants measures
+    min_head_dim: int | None = None  # its attention kernels refuse narrower heads: known before any environment is built
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
@@ -141,6 +141,7 @@ def load_manifest(folder: Path) -> Backend:
         post_install=post_install, dockerfile=dockerfile, engine_packages=tuple(image.get("engine_packages", ())),
         with_backends=tuple(image.get("with_backends", ())),
         reference_variant=reference, variants=variants, default_variants=defaults,
+        min_head_dim=data.get("min_head_dim"),
     )
 
 
@@ -169,11 +170,3 @@ def select(names: list[str] | None, root: Path = BACKENDS_DIR) -> list[Backend]:
         chosen.append(good[name])
     return chosen
 
-
-def siblings_used(backend: "Backend") -> list[str]:
-    """The other backend folders this backend's code names as a quoted string: a runner that
-    runs or imports another's (onnxruntime_gpu runs onnxruntime's), whose files then decide its
-    answers too."""
-    others = {p.name for p in BACKENDS_DIR.iterdir() if p.is_dir() and p != backend.folder}
-    code = "".join(p.read_text(errors="replace") for p in backend.folder.glob("*.py"))
-    return sorted(name for name in others if re.search(rf"[\"']{re.escape(name)}[\"']", code))
