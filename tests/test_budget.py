@@ -134,6 +134,8 @@ def test_perplexity_is_scored_on_the_items_share_of_the_windows_and_decides_with
     worse = gate.assess(state["reference"]["raw_data"], state["worse"]["raw_data"], 0.01, sc.design(), sc.total_items)
     assert worse["perplexity"]["verdict"] == "FAIL" and worse["hellaswag"]["acc_norm"]["verdict"] == "PASS"
     assert state["worse"]["metrics"]["hellaswag"]["order"]["stopped"] == "gate verdict FAIL at 500 items"
+    stopped_early = state["worse"]["raw_data"]["perplexity"]["rolling"]["windows"]
+    assert len(stopped_early) == windows_for(sc, 500, total), "windows go with the items, look by look"
     sample = state["worse"]["metrics"]["perplexity"]["rolling"]
     lo, hi = sample["token_perplexity_ci"]
     assert lo < sample["token_perplexity"] < hi, "a sample of windows: the whole file's perplexity lies within"

@@ -161,17 +161,23 @@ def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int, pr
 
 def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round, progress=None) -> tuple[dict, dict]:
     """(metrics, raw) after this round, the previous rounds' answers included."""
-    previous_raw = rnd.previous[1] if rnd.previous else None
-    ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, min(rnd.upto, sc.total_items), previous_raw, progress)
+    raw = dict(rnd.previous[1]) if rnd.previous else None
+    looks, stop = sc.design()["looks"], None
+    n = len(((raw or {}).get("hellaswag") or {}).get("items", []))
+    # The windows go with the items, look by look: a variant that stops at a look has scored
+    # that look's share of WikiText-2, not the round's.
+    first = min(next((look for look in looks if look > n), sc.total_items), rnd.upto, sc.total_items)
+    ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, max(first, n), raw, progress)
     raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
     order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
     scored = raw["hellaswag"]
     if scored["items"] != [it.index for it in order[: len(scored["items"])]]:
         raise ValueError("the stored HellaSwag answers do not follow this cell's item order")
-    looks, stop = sc.design()["looks"], None
     while len(scored["items"]) < min(rnd.upto, sc.total_items) and stop is None:
         n = len(scored["items"])
         end = min(next(look for look in looks if look > n), rnd.upto)
+        if end > first:
+            ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, end, raw, progress)
         block = order[n:end]
         scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
             runner, block, tok, timeout_s, vocab_size, progress, n, sc.total_items)
