@@ -94,9 +94,9 @@ def test_each_variant_stops_when_its_verdict_is_known_and_the_reference_only_as_
     assert scored["close"] > 1000 and scored["reference"] >= max(scored.values())
     assert scored["coin"] < sc.total_items, "stopped for futility, not at the end of the set"
     assert "futile" in state["coin"]["metrics"]["hellaswag"]["order"]["stopped"]
-    # Round 2 goes as far as the projection for `close` said (a planned look), and only that far.
-    assert [s for s in sessions if s[0] == "reference"] == [("reference", 1000), ("reference", scored["reference"])]
-    assert scored["reference"] in sc.design()["looks"] and scored["reference"] < sc.total_items
+    # Each later round goes one planned look further, as far as `close` needs, and no further.
+    assert [s for s in sessions if s[0] == "reference"] == [("reference", 1000), ("reference", 2000),
+                                                            ("reference", 4000)] and scored["reference"] == 4000
     assert all(s[0] in ("reference", "close") for s in sessions[5:]), "only the undecided variant goes on"
 
 

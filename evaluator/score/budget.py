@@ -5,8 +5,9 @@ FIRST_ROUND (1,000) HellaSwag items (seeded order); then each variant scores the
 gate at every planned look whether to go on (gate.judge): it stops once its verdict is
 decided, or once even the whole set would likely not decide it (futility). A variant still
 undecided when it reaches the reference's items says how many items would likely decide it;
-the next round extends the reference to the largest such need (rounded up to a planned look),
-then scores those variants further. So the reference is scored on every item some variant
+the next round extends the reference to the largest such need (rounded up to a planned look,
+and at most one look further than this round: a projection from a few disagreements is
+rough), then scores those variants further. So the reference is scored on every item some variant
 needed, and no more. Each round of a cell is one runner session (a model is never held by
 two runners at once); a cell's answers accumulate in its raw file.
 
@@ -85,7 +86,10 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
             want = max((part.get("items_to_decide") or 0 for part in (g["hellaswag"]["acc_norm"], g.get("perplexity") or {})
                         if part.get("verdict") == "INCONCLUSIVE" and not part.get("futile")), default=0)
             if want:
-                need = max(need, next((n for n in design["looks"] if n >= want), total))
+                # One planned look further at most: a projection from few disagreements is
+                # rough, and an extension is paid by the reference on every item.
+                ahead = next((n for n in design["looks"] if n > upto), total)
+                need = max(need, min(next((n for n in design["looks"] if n >= want), total), ahead))
                 still.append(c)
         if not still or need <= upto:
             return state
