@@ -10,8 +10,11 @@ import pytest
 from tests.conftest import REPO, run_cli
 from tests.test_eval import cells, run_folder
 
-pytestmark = pytest.mark.skipif(not (shutil.which("dockerd") and shutil.which("debootstrap")),
-                                reason="needs Debian's docker.io and debootstrap (.ci/run installs them)")
+# The first test's setup builds the base image and two backend images on a clean machine (torch's
+# wheel, llama.cpp's prebuilt wheel): minutes, so these tests get 30 of them instead of 10.
+pytestmark = [pytest.mark.skipif(not (shutil.which("dockerd") and shutil.which("debootstrap")),
+                                 reason="needs Debian's docker.io and debootstrap (.ci/run installs them)"),
+              pytest.mark.timeout(1800)]
 FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-tokens", "8", "--batch-sizes", "1,2",
         "--precision", "1e9", "--limit", "20", "--ppl-tokens", "2000"]
 
