@@ -48,7 +48,8 @@ def test_fp32_cell_checks_the_reference_then_measures_everything(eager_run):
     for key in ("e2e_ms", "ttft_ms", "itl_ms", "tpot_ms", "prefill_tokens_per_s", "decode_tokens_per_s"):
         assert m[key]["n"] >= 1 and m[key]["mean"] > 0 and len(m[key]["samples"]) == m[key]["n"], key
         lo, hi = m[key]["p50_ci"]
-        assert lo <= m[key]["p50"] <= hi and lo <= m[key]["mean_ci"][1] and m[key]["mean_ci"][0] <= m[key]["mean"], key
+        # Each interval holds its own estimate (a skewed sample's mean may sit below the median's interval).
+        assert lo <= m[key]["p50"] <= hi and m[key]["mean_ci"][0] <= m[key]["mean"] <= m[key]["mean_ci"][1], key
         assert (m[key]["p95"] is None) == (m[key]["n"] < 72) and (m[key]["p99"] is None) == (m[key]["n"] < 368), key
     assert c["validity"]["valid"] and c["validity"]["rules"][0] == {"rule": "at least 3 requests", "met": True,
                                                                     "value": str(c["iterations"])}
