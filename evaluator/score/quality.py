@@ -107,9 +107,19 @@ def windows_for(sc: Quality, extent: int, total_windows: int) -> int:
     return min(total_windows, max(PPL_MIN_WINDOWS, math.ceil(total_windows * extent / sc.total_items)))
 
 
-def _perplexity(runner, tok, sc: Quality, timeout_s: float, extent: int, previous: dict | None,
-                progress) -> tuple[dict, dict]:
-    """(metrics, raw) of WikiText-2, scored up to windows_for(extent), continuing `previous` raw."""
+@dataclass(frozen=True)
+class WikiText:
+    """WikiText-2 as one cell scores it, built once per cell: its windows and their order."""
+    source: str
+    tokens: list
+    whole_file: bool
+    window: int
+    stride: int
+    rolling: list
+    order: list
+
+
+def wikitext(tok, sc: Quality) -> WikiText:
     source = perplexity.text()
     tokens = tok.encode_cached("wikitext-2-test", source)
     whole_file = sc.ppl_max_tokens is None or sc.ppl_max_tokens >= len(tokens)
@@ -117,7 +127,15 @@ def _perplexity(runner, tok, sc: Quality, timeout_s: float, extent: int, previou
     window = sc.ppl_window or min(tok.context_length or 1024, 1024)
     stride = sc.ppl_stride or window // 2
     rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
-    order = perplexity.window_order(len(rolling), sc.seed if sc.sequential else None)
+    return WikiText(source, tokens, whole_file, window, stride, rolling,
+                    perplexity.window_order(len(rolling), sc.seed if sc.sequential else None))
+
+
+def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent: int, previous: dict | None,
+                progress) -> tuple[dict, dict]:
+    """(metrics, raw) of WikiText-2, scored up to windows_for(extent), continuing `previous` raw."""
+    source, tokens, whole_file, window, stride, rolling, order = (
+        wt.source, wt.tokens, wt.whole_file, wt.window, wt.stride, wt.rolling, wt.order)
     raw = dict(previous) if previous else {"perplexity": {}, "fidelity_windows": []}
     done = dict(raw["perplexity"].get("rolling") or {"window_nll": [], "window_tokens": []})
     done.setdefault("windows", list(range(len(done["window_nll"]))))  # results from before the seeded order
@@ -167,7 +185,8 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
     # The windows go with the items, look by look: a variant that stops at a look has scored
     # that look's share of WikiText-2, not the round's.
     first = min(next((look for look in looks if look > n), sc.total_items), rnd.upto, sc.total_items)
-    ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, max(first, n), raw, progress)
+    wt = wikitext(tok, sc)
+    ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress)
     raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
     order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
     scored = raw["hellaswag"]
@@ -177,7 +196,7 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
         n = len(scored["items"])
         end = min(next(look for look in looks if look > n), rnd.upto)
         if end > first:
-            ppl_metrics, raw = _perplexity(runner, tok, sc, timeout_s, end, raw, progress)
+            ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, end, raw, progress)
         block = order[n:end]
         scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
             runner, block, tok, timeout_s, vocab_size, progress, n, sc.total_items)
