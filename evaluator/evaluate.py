@@ -124,7 +124,7 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
         if rnd is not None and result["status"] == "ok":
             order = result["metrics"]["hellaswag"]["order"]
             result["rounds"] = [*rounds, {"upto": rnd.upto, "scored": order["scored"], "stopped": order["stopped"],
-                                          "wall_s": result["wall_s"]}]
+                                          "wall_s": result["wall_s"], "phases": result.get("phases")}]
         store.write_json(prep.path / "cells" / f"{cell.id}.json", result)
         if result["status"] == "unsupported" and not cell.unsupported:
             refused[same] = f"{result['reason']} (found loading {cell.id})"

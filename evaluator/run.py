@@ -25,6 +25,7 @@ import traceback
 from dataclasses import dataclass
 
 from evaluator import envs, preflight, provenance, store
+from evaluator.phases import Phases
 from evaluator.catalog import backends as backend_catalog
 from evaluator.catalog import models, targets
 from evaluator.catalog.backends import Backend, Variant
@@ -161,7 +162,7 @@ def _context_tokens(sc, check: scenarios.Check, model_context: int | None) -> in
 
 
 def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
-             deadlines: Deadlines, progress, rnd: quality.Round | None) -> dict:
+             deadlines: Deadlines, progress, rnd: quality.Round | None, phases: Phases) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
@@ -171,7 +172,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
             "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS),
             "context_tokens": _context_tokens(cell.scenario, check, tok.context_length)}
     try:
-        result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
+        with phases("load"):
+            result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
     except RunnerFailure as exc:
         if exc.status == "failed":
             exc.status = "failed-load"
@@ -179,7 +181,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     sc = cell.scenario
     if isinstance(sc, scenarios.Latency):
         # Checked against the reference before it is timed: greedy from BOS.
-        tokens = scenarios.run_check(runner, tok.bos, check, deadlines.request_s)
+        with phases("check"):
+            tokens = scenarios.run_check(runner, tok.bos, check, deadlines.request_s)
         text = tok.decode(tokens)
         result["check"] = {"prompt": "BOS", "new_tokens": check.new_tokens, "tokens": tokens, "text": text}
         if model.reference_greedy and check.new_tokens == 256:
@@ -193,18 +196,23 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         here = cell.target.transport in ("local", "docker") and cell.target.arch == platform.machine()
         probe = bandwidth.probe if here else lambda: None  # another machine's, or an emulated one's, is not ours to probe
         before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
-        result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
+        with phases("latency"):
+            result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
         result["bandwidth"] = {"before": before, "after": probe()}
         if result["engine"].get("supports", {}).get("score", True):
-            result["consistency"] = scenarios.check_consistency(runner, prompt, result["output_tokens"], deadlines.request_s)
+            with phases("check"):
+                result["consistency"] = scenarios.check_consistency(runner, prompt, result["output_tokens"],
+                                                                    deadlines.request_s)
         result["prompt_tokens"] = prompt
     elif isinstance(sc, quality.Quality):
         vocab = result["load"].get("vocab_size") or model.config().get("vocab_size") or 1
         rnd = rnd or quality.Round(sc.total_items)
-        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, rnd, progress)
+        result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, rnd, progress,
+                                                       phases)
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
-        result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
+        with phases("throughput"):
+            result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
     result["memory"] = runner.request("memory", deadlines.request_s)
     return result
 
@@ -262,30 +270,26 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         "key": cell_key(cell, model_info, check), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "evaluator_revision": provenance.git_revision(),
     }
-    t0 = time.monotonic()
+    t0, phases = time.monotonic(), Phases()
     if cell.unsupported:
         return dict(base, status="unsupported", reason=cell.unsupported, log_tail=None)
     in_docker = cell.target.transport in ("docker", "ssh-docker")
     try:
-        if in_docker:
-            artifact = model.artifact(_model_format(cell.backend, model))
-            placement = docker.prepare(cell.backend, cell.target, artifact if artifact.is_dir() else artifact.parent,
-                                       model_info["sha256"], store.ARTIFACTS, log=log)
-            base["image"] = placement.image
-        else:
-            python = envs.python_for(cell.backend, log=log)
+        with phases("environment"):
+            placement, python = _environment(cell, model, model_info, base, log, in_docker)
     except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
-        return dict(base, status="failed-preflight", reason=str(exc), log_tail=None)
+        return dict(base, status="failed-preflight", reason=str(exc), log_tail=None, phases=phases.as_dict())
     log_path = run_path / "logs" / f"{cell.id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     runner = None
     try:
-        if in_docker:
-            runner = docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
-        else:
-            runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
+        with phases("start"):
+            if in_docker:
+                runner = docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
+            else:
+                runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
-        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd)
+        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd, phases)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
         measured, status, reason = {}, exc.status, exc.reason
@@ -304,7 +308,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     out = dict(base, status=status, reason=reason, log_tail=tail,
                environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
                             else envs.describe(python)),
-               wall_s=time.monotonic() - t0, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+               wall_s=time.monotonic() - t0, phases=phases.as_dict(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "ok":
         raw = measured.pop("raw", None)
         if raw is not None:  # per-item answers, kept beside the cell so any summary can be recomputed
@@ -313,6 +317,18 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         out.update(measured)
         out["parameters"] = measured["load"].get("parameters")
     return out
+
+
+def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, log, in_docker: bool):
+    """(docker placement, None) or (None, local interpreter): built or reused, the first time
+    a cell of its backend asks."""
+    if not in_docker:
+        return None, envs.python_for(cell.backend, log=log)
+    artifact = model.artifact(_model_format(cell.backend, model))
+    placement = docker.prepare(cell.backend, cell.target, artifact if artifact.is_dir() else artifact.parent,
+                               model_info["sha256"], store.ARTIFACTS, log=log)
+    base["image"] = placement.image
+    return placement, None
 
 
 def finished(run_path, cell: Cell, model_info: dict, check) -> dict | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from evaluator.launch.process import RunnerFailure
+from evaluator.phases import Phases
 from evaluator.score import hellaswag, perplexity
 from evaluator.stats import sequential
 
@@ -164,31 +165,41 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
 
 def _score_items(runner, items: list, tok, timeout_s: float, vocab_size: int, progress=None, done: int = 0,
                  total: int = 0) -> list[list[float]]:
-    sums = []
-    for batch in _batches(hellaswag.requests(items, tok), vocab_size):
+    """Each item's ending log-probability sums, in the items' order. They are sent sorted by
+    length, so an engine that batches them pads little (lm-evaluation-harness sorts the same way)."""
+    reqs = hellaswag.requests(items, tok)
+    by_length = sorted(range(len(reqs)), key=lambda i: len(reqs[i]["prefix"]) + max(map(len, reqs[i]["sequences"])))
+    sums = [None] * len(reqs)
+    count = 0
+    for batch in _batches([reqs[i] for i in by_length], vocab_size):
         res = runner.request("score", timeout_s, groups=batch, top_k=0)["results"]
         if len(res) != len(batch):
             raise RunnerFailure("invalid", f"hellaswag: {len(batch)} groups asked, {len(res)} answered")
         for req, answers in zip(batch, res):
             lengths = [len(s) for s in req["sequences"]]
-            sums.append([sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")])
+            sums[by_length[count]] = [sum(r["logprobs"]) for r in _checked(answers, lengths, "hellaswag")]
+            count += 1
         if progress:
-            progress(f"hellaswag {done + len(sums)}/{total}")
+            progress(f"hellaswag {done + count}/{total}")
     return sums
 
 
-def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round, progress=None) -> tuple[dict, dict]:
+def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round, progress=None,
+        phases: Phases | None = None) -> tuple[dict, dict]:
     """(metrics, raw) after this round, the previous rounds' answers included."""
+    phases = phases or Phases()
     raw = dict(rnd.previous[1]) if rnd.previous else None
     looks, stop = sc.design()["looks"], None
     n = len(((raw or {}).get("hellaswag") or {}).get("items", []))
     # The windows go with the items, look by look: a variant that stops at a look has scored
     # that look's share of WikiText-2, not the round's.
     first = min(next((look for look in looks if look > n), sc.total_items), rnd.upto, sc.total_items)
-    wt = wikitext(tok, sc)
-    ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress)
+    with phases("wikitext-2"):
+        wt = wikitext(tok, sc)
+        ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress)
     raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
-    order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
+    with phases("hellaswag"):
+        order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
     scored = raw["hellaswag"]
     if scored["items"] != [it.index for it in order[: len(scored["items"])]]:
         raise ValueError("the stored HellaSwag answers do not follow this cell's item order")
@@ -196,13 +207,16 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
         n = len(scored["items"])
         end = min(next(look for look in looks if look > n), rnd.upto)
         if end > first:
-            ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, end, raw, progress)
+            with phases("wikitext-2"):
+                ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, end, raw, progress)
         block = order[n:end]
-        scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
-            runner, block, tok, timeout_s, vocab_size, progress, n, sc.total_items)
+        with phases("hellaswag"):
+            scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
+                runner, block, tok, timeout_s, vocab_size, progress, n, sc.total_items)
         scored["items"] = scored["items"] + [it.index for it in block]
         if end in looks and rnd.judge:
-            stop = rnd.judge(raw, end)
+            with phases("verdict"):
+                stop = rnd.judge(raw, end)
     n = len(scored["items"])
     # Final: the verdict is known, or nothing is left to score; otherwise a later round may go on.
     final = n >= sc.total_items or (stop is not None and stop != REFERENCE_EXHAUSTED)
