@@ -6,6 +6,7 @@ Bad input ends in one line on stderr that says what is wrong and what is valid, 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from evaluator import store
@@ -240,7 +241,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
     """Plan the run, execute it, write the report and say how it went."""
     from tqdm import tqdm
 
-    from evaluator import evaluate, run
+    from evaluator import evaluate, phases, run
     from evaluator.measure import scenarios
     from evaluator.report import html
 
@@ -257,6 +258,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
     def say(text):  # above the bar, on stderr like every other message of a run
         bar.write(text, file=sys.stderr)
 
+    started = time.monotonic()
     try:
         failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100,
                                              bool(args.resume), say, bar)
@@ -269,6 +271,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
         return 130
     bar.close()
     run.store_guide(prep.path, constraints.as_dict())
+    print(*phases.summarize(store.load_run(prep.path)[1], time.monotonic() - started), sep="\n", file=sys.stderr)
     print(f"report: {html.build(prep.path)}", file=sys.stderr)
     if imprecise:
         print(f"{len(imprecise)} timing cells did not reach ±{args.precision:g}% within --max-time {args.max_time:g} s "
