@@ -87,3 +87,23 @@ def test_shared_prefix_scoring_equals_scoring_each_full_sequence(runner, kv_cach
         assert len(s["logprobs"]) == len(e)
         assert max(abs(a - b) for a, b in zip(s["logprobs"], p["logprobs"])) < 1e-4
         assert [t[0][0] for t in s["top"]] == [t[0][0] for t in p["top"]]
+
+
+@pytest.mark.parametrize("kv_cache", ["kv", "nokv"])
+def test_many_items_in_one_grouped_request_equal_each_ending_scored_alone(runner, kv_cache):
+    """The batched form pads contexts of different lengths into one KV cache and hides the
+    padding with a mask: each ending must still see exactly its own context."""
+    from evaluator.score import hellaswag
+
+    runner.request("load", 120, model=MODEL, options={"dtype": "fp32", "kv_cache": kv_cache})
+    reqs = hellaswag.requests(hellaswag.order(hellaswag.load(), 7)[:24], TOK)
+    assert len({len(r["prefix"]) for r in reqs}) > 10  # contexts of many lengths, so padding is real
+    grouped = runner.request("score", 120, groups=reqs, top_k=0)["results"]
+    worst = 0.0
+    for req, answers in zip(reqs, grouped, strict=True):
+        alone = runner.request("score", 60, sequences=[req["prefix"] + s for s in req["sequences"]],
+                               start=len(req["prefix"]), top_k=0)["results"]
+        for g, a in zip(answers, alone, strict=True):
+            assert len(g["logprobs"]) == len(a["logprobs"])
+            worst = max(worst, max(abs(x - y) for x, y in zip(g["logprobs"], a["logprobs"])))
+    assert worst < 1e-4, f"a batched ending's log-probability moved by {worst:.2e} nats"

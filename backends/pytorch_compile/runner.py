@@ -2,8 +2,9 @@
 
 Compilation happens inside load, on the shapes the protocol will use (a prefill, one decode
 step, a scoring pass; dynamic shapes so other lengths reuse the graphs), and its duration is
-reported as `compile_s` beside `load_s`, never inside a timed request. A later shape that
-still triggers a recompile is counted (`engine_stats.recompiles_after_load` in memory answers) rather than hidden.
+reported as `compile_s` beside `load_s`, never inside a timed request. The shared-context
+scoring graphs (HellaSwag) compile on their first, untimed use, so timing cells do not pay for
+them. A later shape that still triggers a recompile is counted (`engine_stats.recompiles_after_load` in memory answers) rather than hidden.
 """
 import importlib.util
 import os

@@ -12,7 +12,7 @@ sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, check_options, choice, score_groups_as_rows, serve  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code", "weight_noise"}
@@ -100,39 +100,70 @@ class TorchEngine(Engine):
                 step_input = ids
         return [list(row) for row in zip(*out)]
 
-    @staticmethod
-    def _entry(logits, target, top_k):
-        """Log-probabilities of `target` under each row of `logits`, plus the top-k."""
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        entry = {"logprobs": logprobs.gather(1, target[:, None])[:, 0].tolist(), "top": [[] for _ in range(len(target))]}
-        if top_k:
-            values, indices = logprobs.topk(top_k, dim=-1)
-            entry["top"] = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
-        return entry
-
     @torch.inference_mode()
-    def score(self, sequences, start, top_k):
-        # One forward for the whole batch. Right padding is invisible to a causal model: real
-        # positions never attend to later ones, and padded positions are never read.
+    def _score_rows(self, sequences, starts, top_k):
+        """One forward for the whole batch, the log-probabilities gathered on the device: only
+        the asked-for numbers come back to the host, never the full logits. Right padding is
+        invisible to a causal model: real positions never attend to later ones, and padded
+        positions are never read."""
         width = max(len(s) for s in sequences)
         batch = torch.tensor([s + [0] * (width - len(s)) for s in sequences], device=self.device)
-        logits = self.model(input_ids=batch, use_cache=False).logits
-        return [self._entry(logits[i, start - 1 : len(s) - 1], batch[i, start : len(s)], top_k)
-                for i, s in enumerate(sequences)]
+        logits = self.model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        norm = torch.logsumexp(logits, dim=-1)
+        picked = (logits.gather(2, batch[:, 1:, None])[..., 0] - norm).tolist()
+        results = [{"logprobs": picked[i][start - 1: len(s) - 1], "top": [[] for _ in range(len(s) - start)]}
+                   for i, (s, start) in enumerate(zip(sequences, starts))]
+        if top_k:
+            values, indices = (logits - norm[..., None]).topk(top_k, dim=-1)
+            values, indices = values.tolist(), indices.tolist()
+            for i, (s, start) in enumerate(zip(sequences, starts)):
+                results[i]["top"] = [list(zip(indices[i][p], values[i][p])) for p in range(start - 1, len(s) - 1)]
+        return results
+
+    def score(self, sequences, start, top_k):
+        return self._score_rows(sequences, [start] * len(sequences), top_k)
+
+    def score_continuations(self, prefix, continuations, top_k):
+        return self.score_groups([(prefix, continuations)], top_k)[0]
+
+    def score_groups(self, groups, top_k):
+        """Many HellaSwag items in few forwards, each context computed once. The variant without
+        a KV cache scores every context + ending as its own row, as it would without one."""
+        if top_k or not self.kv_cache:
+            return score_groups_as_rows(groups, top_k, self._score_rows, max_tokens=SHARED_TOKENS)
+        order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))  # similar contexts pad little
+        answers = [None] * len(groups)
+        for chunk in _chunks(order, groups):
+            for i, entries in zip(chunk, self._score_shared([groups[i] for i in chunk])):
+                answers[i] = entries
+        return answers
 
     @torch.inference_mode()
-    def score_continuations(self, prefix, continuations, top_k):
-        if not self.kv_cache:  # the variant without a KV cache recomputes everything, honestly
-            return super().score_continuations(prefix, continuations, top_k)
-        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
+    def _score_shared(self, groups):
+        """The contexts as one right-padded batch into a KV cache; that cache repeated for each
+        ending, the endings as a second batch after it. An attention mask hides each context's
+        padding from its endings and position ids continue each context where it ends, so every
+        ending sees exactly its own context (checked against plain rows in the tests)."""
+        device, longest = self.device, max(len(p) for p, _ in groups)
+        contexts = torch.tensor([p + [0] * (longest - len(p)) for p, _ in groups], device=device)
+        out = self.model(input_ids=contexts, use_cache=True)
+        ends = torch.tensor([len(p) for p, _ in groups], device=device)
+        owner = torch.tensor([g for g, (_, conts) in enumerate(groups) for _ in conts], device=device)
+        last = out.logits[torch.arange(len(groups), device=device), ends - 1].float()  # predicts each first token
         cache = out.cache
-        cache.batch_repeat_interleave(len(continuations))
-        width = max(len(c) for c in continuations)
-        batch = torch.tensor([c + [0] * (width - len(c)) for c in continuations], device=self.device)
-        logits = self.model(input_ids=batch, cache=cache, use_cache=True).logits
-        first = out.logits[0, -1:]
-        return [self._entry(torch.cat([first, logits[i, : len(c) - 1]]), batch[i, : len(c)], top_k)
-                for i, c in enumerate(continuations)]
+        cache.batch_select_indices(owner)
+        rows = [c for _, conts in groups for c in conts]
+        width = max(len(c) for c in rows)
+        endings = torch.tensor([c + [0] * (width - len(c)) for c in rows], device=device)
+        visible = torch.cat([torch.arange(longest, device=device)[None, :] < ends[owner][:, None],
+                             torch.ones(len(rows), width, dtype=torch.bool, device=device)], dim=1)
+        positions = ends[owner][:, None] + torch.arange(width, device=device)[None, :]
+        logits = self.model(input_ids=endings, attention_mask=visible.long(), position_ids=positions, cache=cache,
+                            use_cache=True).logits.float()
+        logits = torch.cat([last[owner][:, None], logits[:, :-1]], dim=1)  # row j: the distribution of token j
+        picked = (logits.gather(2, endings[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)).tolist()
+        entries = iter({"logprobs": picked[r][: len(c)], "top": [[] for _ in c]} for r, c in enumerate(rows))
+        return [[next(entries) for _ in conts] for _, conts in groups]
 
     def device_memory(self):
         if self.device == "cuda":
@@ -141,6 +172,23 @@ class TorchEngine(Engine):
 
     def is_out_of_memory(self, exc):
         return isinstance(exc, torch.OutOfMemoryError)
+
+
+SHARED_TOKENS = 8192  # padded tokens per shared-context batch (contexts and endings): larger ones pad more than they save
+
+
+def _chunks(order: list[int], groups) -> list[list[int]]:
+    """Groups, taken in `order`, cut into batches of at most SHARED_TOKENS padded tokens."""
+    chunks, chunk, longest, width, rows = [], [], 0, 0, 0
+    for i in order:
+        prefix, conts = groups[i]
+        nl, nw, nr = max(longest, len(prefix)), max(width, max(len(c) for c in conts)), rows + len(conts)
+        if chunk and (len(chunk) + 1) * nl + nr * (nl + nw) > SHARED_TOKENS:
+            chunks.append(chunk)
+            chunk, nl, nw, nr = [], len(prefix), max(len(c) for c in conts), len(conts)
+        chunk.append(i)
+        longest, width, rows = nl, nw, nr
+    return chunks + [chunk] if chunk else chunks
 
 
 if __name__ == "__main__":

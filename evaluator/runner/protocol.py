@@ -147,11 +147,27 @@ def choice(options: dict, key: str, valid, default: str) -> str:
     return value
 
 
-def score_groups_as_rows(groups, top_k: int, score_rows) -> list[list[dict]]:
-    """Answer a grouped score with one batched `score_rows(sequences, starts, top_k)` call:
-    each group's prefix + continuation becomes one row that is scored from len(prefix)."""
+def score_groups_as_rows(groups, top_k: int, score_rows, max_tokens: int | None = None) -> list[list[dict]]:
+    """Answer a grouped score with batched `score_rows(sequences, starts, top_k)` calls: each
+    group's prefix + continuation becomes one row that is scored from len(prefix). Without
+    `max_tokens`, every row in one call (an engine that schedules its own batches, like vLLM);
+    with it, rows sorted by length and cut into calls of at most `max_tokens` padded tokens (an
+    engine that pads every row of a call to the longest)."""
     flat = [(prefix + c, len(prefix)) for prefix, conts in groups for c in conts]
-    rows = iter(score_rows([f for f, _ in flat], [start for _, start in flat], top_k))
+    calls = [list(range(len(flat)))]
+    if max_tokens:
+        calls, call = [], []
+        for i in sorted(range(len(flat)), key=lambda i: len(flat[i][0])):  # ascending: the last row is the longest
+            if call and (len(call) + 1) * len(flat[i][0]) > max_tokens:
+                calls.append(call)
+                call = []
+            call.append(i)
+        calls.append(call)
+    answers = [None] * len(flat)
+    for call in calls:
+        for i, entry in zip(call, score_rows([flat[i][0] for i in call], [flat[i][1] for i in call], top_k)):
+            answers[i] = entry
+    rows = iter(answers)
     return [[next(rows) for _ in conts] for _, conts in groups]
 
 
