@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from evaluator import run, store
+from evaluator import plan, run, store
 from evaluator.launch import process
 from evaluator.measure import sampling
 from evaluator.score import budget, fidelity, gate, quality
@@ -47,7 +47,7 @@ def _interruptible(stopping: threading.Event):
         signal.signal(signal.SIGINT, previous)
 
 
-def machine_of(cell: run.Cell) -> str:
+def machine_of(cell: plan.Cell) -> str:
     """Cells on one machine run one after another, so nothing disturbs another's measurement
     (this machine hosts both the `local` and the `docker` targets)."""
     return cell.target.host if cell.target.transport == "ssh-docker" else "this machine"
@@ -62,7 +62,7 @@ def _side_by_side(cells: list, work) -> None:
             done.result()
 
 
-def _line(cell: run.Cell, result: dict) -> str:
+def _line(cell: plan.Cell, result: dict) -> str:
     line = f"{result['status']:>14}  {cell.id}"
     artifact = (result.get("load") or {}).get("artifact")
     for a in [*(artifact or {}).get("built_from", []), *([artifact] if artifact else [])]:

@@ -1,4 +1,5 @@
-"""One evaluation: plan cells, run each in its own runner, store each result as it finishes.
+"""One evaluation: plan cells (evaluator/plan.py), run each in its own runner, store each result
+as it finishes.
 
 A cell is model x backend variant x target x scenario. It ends in exactly one status:
   ok             measured
@@ -15,7 +16,6 @@ A cell is model x backend variant x target x scenario. It ends in exactly one st
 A failed cell carries its reason and the tail of the runner's log, never metrics, and never
 stops its siblings.
 """
-import fnmatch
 import functools
 import hashlib
 import json
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 
 from evaluator import envs, preflight, provenance, store
 from evaluator.phases import Phases
+from evaluator.plan import Cell, plan
 from evaluator.catalog import backends as backend_catalog
 from evaluator.catalog import models, targets
-from evaluator.catalog.backends import Backend, Variant
-from evaluator.catalog.targets import Target
+from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
 from evaluator.launch import docker, local
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import bandwidth, fit, scenarios
+from evaluator.measure import bandwidth, scenarios
 from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
@@ -51,98 +51,9 @@ class Deadlines:
     cell_s: float = 7200.0     # the whole cell, from the runner's start to its last answer
 
 
-@dataclass(frozen=True)
-class Cell:
-    id: str
-    backend: Backend
-    variant: Variant
-    target: Target
-    scenario: object
-    unsupported: str | None  # known before anything runs
-    engine_options: tuple = ()  # (key, value) pairs every runner gets on top of the variant's (--threads)
-
-    @property
-    def options(self) -> dict:
-        return dict(self.variant.options, **dict(self.engine_options))
-
-
-def _variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
-    """The manifest's defaults without --variants; with it, every variant a glob matches."""
-    if not patterns:
-        return [v for v in backend.variants if v.name in backend.default_variants]
-    return [v for v in backend.variants if any(fnmatch.fnmatchcase(v.name, p) for p in patterns)]
-
-
-def _unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:
-    if target.transport in ("docker", "ssh-docker") and not backend.dockerfile:
-        return f"{backend.name} has no image recipe ([image] dockerfile in its backend.toml), so it cannot run in Docker"
-    if (target.transport == "docker" and target.arch != platform.machine() and backend.dockerfile
-            and not backend.engine_packages):
-        return (f"{backend.name} has no [image] engine_packages, so no {target.arch} image can be cross-built "
-                f"on this {platform.machine()} machine")
-    if target.transport == "ssh-docker" and not target.host:
-        return (f"target {target.name} has no host: set host = \"user@machine\" for [{target.name}] in "
-                f"~/.config/deploy-eval/targets.toml (see README, Targets)")
-    if target.arch not in backend.archs:
-        return f"{backend.name} runs on {', '.join(backend.archs)}, target {target.name} is {target.arch}"
-    if target.device not in backend.devices:
-        return f"{backend.name} runs on {', '.join(backend.devices)}, target {target.name} offers {target.device}"
-    if not set(backend.formats) & set(model.formats):
-        return f"{backend.name} reads {', '.join(backend.formats)}; model {model.name} is available as {', '.join(model.formats)}"
-    width = _head_dim(model)
-    if backend.min_head_dim and width and width < backend.min_head_dim:
-        return (f"{backend.name}'s attention kernels take heads at least {backend.min_head_dim} wide; {model.name}'s are "
-                f"{width} (known from its config.json, so its environment is not built)")
-    return variant.unsupported_reason(target.device)
-
-
-def _head_dim(model: models.Model) -> int | None:
-    config = model.config()
-    heads = config.get("num_attention_heads")
-    return config.get("head_dim") or (config["hidden_size"] // heads if heads and config.get("hidden_size") else None)
-
-
 def _model_format(backend: Backend, model: models.Model) -> str:
     """The first format the backend reads that the model has (planning made sure there is one)."""
     return next(f for f in backend.formats if model.artifact(f))
-
-
-def _fits(model: models.Model, variant: Variant, target: Target, scenario) -> str | None:
-    """Preflight: weights + KV cache against the target's memory, before any runner starts."""
-    tokens = getattr(scenario, "prompt_tokens", 0) + getattr(scenario, "new_tokens", 0)
-    if isinstance(scenario, quality.Quality):
-        tokens = scenario.ppl_window or min(model.config().get("max_position_embeddings", 1024), 1024)
-    batch = max(getattr(scenario, "batch_sizes", (1,)))
-    return fit.does_not_fit(model.config(), variant.options, tokens, batch, target.memory_gb, target.name)
-
-
-def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
-         target_list: list[Target], scenario_list: list, reference: Reference | None = None,
-         engine_options: tuple = ()) -> list[Cell]:
-    """Every cell, in run order. With a quality scenario, the reference variant's quality cell
-    is added on each target (or on the reference's own target) when the selection left it out."""
-    cells = []
-    for pattern in variant_patterns or []:
-        if not any(fnmatch.fnmatchcase(v.name, pattern) for b in backends for v in b.variants):
-            names = sorted({v.name for b in backends for v in b.variants})
-            raise UserError(f"--variants {pattern!r} matches no variant of {', '.join(b.name for b in backends)}; "
-                            f"available: {', '.join(names)}")
-    for target in target_list:
-        for backend in backends:
-            for variant in _variants(backend, variant_patterns):
-                for sc in scenario_list:
-                    cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
-                    why = _unsupported(model, backend, variant, target) or _fits(model, variant, target, sc)
-                    cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
-        quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
-        if quality_sc and reference and reference.target in (None, target.name):
-            backend, variant = reference.backend, reference.variant
-            cid = store.cell_id(model.name, backend.name, variant.name, target.name, quality_sc.name)
-            if cid not in {c.id for c in cells}:
-                first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0
-                cells.insert(first, Cell(cid, backend, variant, target, quality_sc,
-                                         _unsupported(model, backend, variant, target), engine_options))
-    return cells
 
 
 QUALITY_CONTEXT = 1024  # a scored window is at most this long, and a HellaSwag item far shorter

@@ -142,7 +142,7 @@ def test_variants_are_the_product_of_the_axes_with_device_needs():
 
 
 def test_a_run_without_variants_takes_the_manifest_defaults():
-    from evaluator.run import _variants
+    from evaluator.plan import variants as _variants
 
     eager = backends.select(["pytorch_eager"])[0]
     assert {v.name for v in _variants(eager, None)} == set(eager.default_variants)

@@ -9,7 +9,7 @@ import pytest
 
 from evaluator.catalog import backends, models, targets
 from evaluator.launch.process import RunnerFailure
-from evaluator.run import _unsupported
+from evaluator.plan import unsupported as _unsupported
 from evaluator.tokens import HostTokenizer
 from tests.conftest import EXPECTED_GREEDY, start_runner
 

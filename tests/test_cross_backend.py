@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from evaluator.catalog import backends, models, targets
-from evaluator.run import _unsupported
+from evaluator.plan import unsupported as _unsupported
 from evaluator.tokens import HostTokenizer
 from tests.conftest import start_runner
 

@@ -243,7 +243,7 @@ def test_truncated_safetensors_and_corrupt_gguf_fail_their_cells_with_the_reason
 def test_an_evaluator_bug_ends_its_cell_as_evaluator_error_not_as_the_runners(tmp_path, monkeypatch):
     """A TypeError in the evaluator's own code, after every runner answer passed its shape check:
     the cell says evaluator-error with the traceback in its log, never protocol-error."""
-    from evaluator import run, store
+    from evaluator import plan, run, store
     from evaluator.catalog import backends, models, targets
     from evaluator.measure import scenarios
     from evaluator.tokens import HostTokenizer
@@ -251,7 +251,7 @@ def test_an_evaluator_bug_ends_its_cell_as_evaluator_error_not_as_the_runners(tm
     model = models.resolve("stories260k")
     null = backends.select(["null"])[0]
     sc = scenarios.Latency(min_iterations=2, min_duration_s=0, warmup=0, new_tokens=4, precision=1e9)
-    cell = run.Cell(store.cell_id("stories260k", "null", "none", "local", "latency"), null, null.variant("none"),
+    cell = plan.Cell(store.cell_id("stories260k", "null", "none", "local", "latency"), null, null.variant("none"),
                     targets.resolve(["local"])[0], sc, None)
 
     def broken(*args, **kwargs):
@@ -308,7 +308,7 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     keep a result measured with the old code; nor a change to the evaluator's scoring code."""
     import shutil
 
-    from evaluator import run, store
+    from evaluator import plan, run, store
     from evaluator.catalog import backends, models, targets
     from evaluator.measure import scenarios
 
@@ -319,7 +319,7 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     gpu = backends.load_manifest(copy / "onnxruntime_gpu")
     model = models.resolve("stories260k")
     sc = scenarios.Latency()
-    cell = run.Cell(store.cell_id("stories260k", "onnxruntime_gpu", "cuda-fp16", "local", "latency"), gpu,
+    cell = plan.Cell(store.cell_id("stories260k", "onnxruntime_gpu", "cuda-fp16", "local", "latency"), gpu,
                     gpu.variant("cuda-fp16"), targets.resolve(["local"])[0], sc, None)
     info, check = {"name": "stories260k", "sha256": model.content_hash()}, scenarios.Check()
     store.write_json(tmp_path / "cells" / f"{cell.id}.json", {"status": "ok", "key": run.cell_key(cell, info, check)})

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from evaluator import evaluate, run, store
+from evaluator import evaluate, plan, run, store
 from evaluator.catalog import backends, models, targets
 from evaluator.catalog.backends import Variant
 from evaluator.stats.intervals import wilson_interval
@@ -125,7 +125,7 @@ def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
     sc = Quality(items="300", ppl_max_tokens=20000)
     reference = eager.variant("fp32-sdpa-kv")
     damaged = Variant("fp32-damaged", dict(reference.options, weight_noise=0.5))
-    cells = [run.Cell(store.cell_id("stories260k", "pytorch_eager", v.name, "local", "quality"), eager, v, local, sc, None)
+    cells = [plan.Cell(store.cell_id("stories260k", "pytorch_eager", v.name, "local", "quality"), eager, v, local, sc, None)
              for v in (reference, damaged)]
     store.write_json(tmp_path / "run.json", {"planned_cells": [c.id for c in cells]})
     for cell in cells:
