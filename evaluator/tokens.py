@@ -3,6 +3,7 @@
 The reference tokenizer is the `tokenizers` library with the model's tokenizer.json, special
 tokens off; BOS is added here, from config.json. (For stories260K this equals SentencePiece
 on every HellaSwag and WikiText line; transformers' AutoTokenizer does not: data/README.md.)
+llama-perplexity's definition tokenizes the way llama.cpp does instead: `encode_as_llamacpp`.
 """
 import json
 from functools import cached_property
@@ -27,16 +28,35 @@ class HostTokenizer:
             raise UserError(f"{hf_path}: config.json has no bos_token_id and the tokenizer no <s>")
         self.bos = int(bos[0] if isinstance(bos, list) else bos)
         self.context_length = config.get("max_position_embeddings")
+        self._json = hf_path / "tokenizer.json"
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def encode_cached(self, key: str, text: str) -> list[int]:
-        """Encode a large text once per run (WikiText-2 is ~800K tokens)."""
+    def encode_cached(self, key: str, text: str, encode=None) -> list[int]:
+        """Encode a large text once per run (WikiText-2 is ~800K tokens), with `encode` or encode()."""
         cache = self.__dict__.setdefault("_encoded", {})
         if key not in cache:
-            cache[key] = self.encode(text)
+            cache[key] = (encode or self.encode)(text)
         return cache[key]
+
+    def encode_as_llamacpp(self, text: str) -> list[int]:
+        """`text` as llama.cpp's tokenizer reads it (llama-perplexity's tokens): SentencePiece
+        vocabularies get no whitespace normalization and exactly one leading space (llama.cpp's
+        add_space_prefix), where tokenizer.json strips, collapses runs of spaces, and skips the
+        prefix when the text already starts with one. Byte-level vocabularies are unchanged.
+        For stories260K this equals llama.cpp's own tokenizer on all of WikiText-2 (a test)."""
+        from tokenizers import Tokenizer
+
+        spec = json.loads(self._json.read_text())
+        norm = spec.get("normalizer") or {}
+        steps = [n for n in (norm.get("normalizers") if norm.get("type") == "Sequence" else [norm]) if n
+                 and n.get("type") != "Strip" and not (n.get("type") == "Replace" and n.get("pattern") == {"Regex": " {2,}"})]
+        spec["normalizer"] = {"type": "Sequence", "normalizers": steps} if steps else None
+        pre = spec.get("pre_tokenizer") or {}
+        if pre.get("type") == "Metaspace" and pre.get("prepend_scheme") != "never":
+            pre["prepend_scheme"], text = "never", " " + text
+        return Tokenizer.from_str(json.dumps(spec)).encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

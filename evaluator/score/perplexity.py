@@ -15,11 +15,13 @@ rolling (ours): the stream is [BOS] + tokens(file). Windows of `window` tokens a
   whole file's, with its 95% interval (ratio estimator over windows); word perplexity and
   bits per byte are given for the whole file only.
 
-llamacpp (llama-perplexity's): consecutive, non-overlapping chunks of n_ctx = 512 tokens of
-  tokens(file); the first token of each chunk is replaced by BOS; only the second half is
-  scored (the tokens at positions 257..511, predicted with at least 256 tokens of context).
-  token perplexity = exp(mean NLL). Set beside llama-perplexity -c 512 (which tokenizes with
-  llama.cpp's tokenizer: a few tokens differ, data/README.md).
+llamacpp (llama-perplexity's, tools/perplexity/perplexity.cpp): the file without its final
+  newline (llama.cpp's -f drops it), tokenized as llama.cpp tokenizes it
+  (HostTokenizer.encode_as_llamacpp), BOS first; consecutive, non-overlapping chunks of
+  n_ctx = 512 tokens of that stream, the first token of each replaced by BOS; only the second
+  half scored (positions 257..511, predicted with at least 256 tokens of context).
+  token perplexity = exp(mean NLL), the number llama-perplexity -c 512 prints (checked against
+  a llama-perplexity built from the same llama.cpp source: tests/test_llama_perplexity.py).
 """
 import math
 import random
@@ -44,6 +46,12 @@ def text() -> str:
     return DATA.read_text(encoding="utf-8")
 
 
+def llamacpp_text() -> str:
+    """The file as llama-perplexity -f reads it: one trailing newline dropped."""
+    whole = text()
+    return whole[:-1] if whole.endswith("\n") else whole
+
+
 def rolling_windows(tokens: list[int], bos: int, window: int, stride: int) -> list[Window]:
     if not 1 <= stride < window:
         raise ValueError(f"stride {stride} must be in [1, window {window}): a scored token needs context")
@@ -58,8 +66,10 @@ def rolling_windows(tokens: list[int], bos: int, window: int, stride: int) -> li
         end = min(end + stride, len(stream))
 
 
-def llamacpp_windows(tokens: list[int], bos: int, n_ctx: int = LLAMACPP_CTX) -> list[Window]:
-    return [Window([bos] + tokens[i * n_ctx + 1:(i + 1) * n_ctx], n_ctx // 2 + 1) for i in range(len(tokens) // n_ctx)]
+def llamacpp_windows(stream: list[int], bos: int, n_ctx: int = LLAMACPP_CTX) -> list[Window]:
+    """llama-perplexity's chunks of `stream` (BOS + the text's tokens): every whole chunk of n_ctx,
+    its first token replaced by BOS, scored from the middle."""
+    return [Window([bos] + stream[i * n_ctx + 1:(i + 1) * n_ctx], n_ctx // 2 + 1) for i in range(len(stream) // n_ctx)]
 
 
 def window_order(count: int, seed: int | None) -> list[int]:

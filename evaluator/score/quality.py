@@ -154,7 +154,9 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
                                                        window, stride, whole_file)}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
         if "llamacpp" not in raw["perplexity"]:  # its own definition: every chunk, in the first round
-            chunks = perplexity.llamacpp_windows(tokens, tok.bos)
+            stream = [tok.bos] + tok.encode_cached("wikitext-2-test-llamacpp", perplexity.llamacpp_text(),
+                                                   tok.encode_as_llamacpp)
+            chunks = perplexity.llamacpp_windows(stream[: None if whole_file else len(tokens) + 1], tok.bos)
             nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
             raw["perplexity"]["llamacpp"] = {"window_nll": nll, "window_tokens": count}
         lc = raw["perplexity"]["llamacpp"]
