@@ -242,6 +242,22 @@ def test_an_inconclusive_quality_verdict_stays_a_candidate_and_says_so():
     assert failed["winner"] == "b · fast", "a loss interval reaching below 0 is not a FAIL at 0%"
 
 
+def test_the_vs_baseline_column_compares_quality_on_the_same_items():
+    """The budget stops each variant apart: the reference scored 8,000 items, an identical variant
+    2,000 of them. Their raw accuracies differ by item sampling alone; the paired change is zero."""
+    base, same = _config("base", 100, [99, 101], 1e8), _config("same", 100, [99, 101], 1e8)
+    base.cells["quality"] = {"status": "ok", "scenario": {"name": "quality"},
+                             "metrics": {"hellaswag": {"acc_norm": {"value": 0.2423}, "items": 8000}}}
+    acc = {"loss": 0.0, "loss_ci": [-0.005, 0.005], "verdict": "PASS", "reference": 0.2375, "variant": 0.2375}
+    same.cells["quality"] = {"status": "ok", "scenario": {"name": "quality"},
+                             "metrics": {"hellaswag": {"acc_norm": {"value": 0.2375}, "items": 2000}},
+                             "quality_gate": {"margin": 0.01, "verdict": "PASS", "hellaswag": {"acc_norm": acc},
+                                              "perplexity": {"ratio": 1.012, "loss": 0.012, "loss_ci": [0.01, 0.014]}}}
+    shown = tables.deltas(same, base)
+    assert "acc_norm" not in shown.replace("+0.0% acc_norm", ""), shown
+    assert "+1.2% ppl" in shown
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "md"])
 def test_export_is_one_tidy_table_pandas_reads_with_the_numbers_of_the_cells(real_run, tmp_path, fmt):
     import pandas as pd
