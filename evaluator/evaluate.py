@@ -192,11 +192,16 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
             ref_raw = json.loads((run_path / ref["raw"]).read_text())
             raw = json.loads((run_path / c["raw"]).read_text())
             c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
+            chunks = [(r.get("perplexity") or {}).get("llamacpp") or {} for r in (ref_raw, raw)]
+            if all(ch.get("fidelity_windows") for ch in chunks):  # --ppl-llamacpp: on llama-perplexity's positions
+                c["fidelity_llamacpp"] = dict(fidelity.compare(chunks[0]["fidelity_windows"], chunks[1]["fidelity_windows"]),
+                                              reference=label, top_k=chunks[1]["top_k"],
+                                              positions=f"the first {len(chunks[1]['fidelity_windows'])} llama-perplexity chunks")
             c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
         except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
             # A stored answer that cannot be read or paired loses this comparison, never the report.
-            c.pop("fidelity", None)
-            c.pop("quality_gate", None)
+            for key in ("fidelity", "fidelity_llamacpp", "quality_gate"):
+                c.pop(key, None)
             c["quality_gate_error"] = f"not compared with {label}: {type(exc).__name__}: {exc}"[:500]
         store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
         updated.append(c)

@@ -294,7 +294,7 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
         "reference": ref.label, "reference_run": reference_run, "data": data_hashes(), "argv": argv,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_sizes": targets.memory_sizes(),
     }
     if resume_id:  # the run keeps its identity and history; only what did not finish runs again
         previous = json.loads((path / "run.json").read_text())

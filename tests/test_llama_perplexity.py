@@ -4,7 +4,8 @@ The definition (evaluator/score/perplexity.py) has three parts that can each dri
 tool: the text (llama.cpp's -f drops one trailing newline), the tokens (llama.cpp's tokenizer,
 not the host's normalized one) and the chunks. The tokens are checked against the engine's own
 tokenizer on the whole file; the whole definition against a llama-perplexity built from the
-engine's own source and flags (benchmarks/llama_tools.py, minutes to build: `-m slow`)."""
+engine's own source and flags (benchmarks/llama_tools.py, minutes to build: `-m slow`), and the
+KL divergence on its first chunks against its --kl-divergence."""
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from evaluator import envs
 from evaluator.catalog import backends, models
 from evaluator.score import perplexity
+from evaluator.score.quality import KL_CHUNKS
 from evaluator.tokens import HostTokenizer
 from tests.conftest import REPO, run_cli
 from tests.test_eval import cells, run_folder
@@ -40,13 +42,13 @@ def test_the_llamacpp_definition_tokenizes_wikitext_exactly_as_llama_cpp_does(tm
     assert ours != [tok.bos] + tok.encode(text), "the host's own tokenization differs (whitespace): the point of this one"
 
 
-def llama_perplexity(bin_dir, gguf, chunks: int, kv_type: str, flash_attn: str) -> float:
-    (REPO / ".cache").mkdir(exist_ok=True)
+def llama_perplexity(bin_dir, gguf, chunks: int, kv_type: str, flash_attn: str, *extra: str) -> str:
+    """What llama-perplexity prints, run with the settings of the runner's variant."""
     proc = subprocess.run([str(bin_dir / "llama-perplexity"), "-m", str(gguf), "-f", str(perplexity.DATA), "-c", "512",
-                           "-b", "512", "--chunks", str(chunks), "-t", "2", "-ctk", kv_type, "-ctv", kv_type, "-fa", flash_attn],
-                          capture_output=True, text=True, timeout=900)
+                           "-b", "512", "--chunks", str(chunks), "-t", "2", "-ctk", kv_type, "-ctv", kv_type, "-fa", flash_attn,
+                           *extra], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return float(re.search(r"Final estimate: PPL = ([0-9.]+)", proc.stdout + proc.stderr).group(1))
+    return proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
@@ -65,6 +67,17 @@ def test_ppl_llamacpp_equals_llama_perplexity_built_from_the_engines_source(tmp_
         ours = results[variant]["metrics"]["perplexity"]["llamacpp"]
         chunks = int(re.search(r"(\d+) chunks", ours["definition"]).group(1))
         gguf = results[variant]["load"]["artifact"]["path"]
-        theirs = llama_perplexity(bin_dir, gguf, chunks, kv_type, flash_attn)
+        printed = llama_perplexity(bin_dir, gguf, chunks, kv_type, flash_attn)
+        theirs = float(re.search(r"Final estimate: PPL = ([0-9.]+)", printed).group(1))
         # llama-perplexity prints 4 decimals: ~1e-5 relative at a PPL of ~130
         assert ours["token_perplexity"] == pytest.approx(theirs, rel=1e-4), variant
+    # KL(f32 || q8_0) over the whole vocabulary on the same positions: llama-perplexity keeps the
+    # base's log-probabilities as 16-bit steps, so "equal" is within 2%.
+    base = tmp_path / "f32.kld"
+    llama_perplexity(bin_dir, results["f32"]["load"]["artifact"]["path"], KL_CHUNKS, "f32", "off",
+                     "--kl-divergence-base", str(base))
+    printed = llama_perplexity(bin_dir, results["q8_0"]["load"]["artifact"]["path"], KL_CHUNKS, "f16", "on",
+                               "--kl-divergence-base", str(base), "--kl-divergence")
+    theirs = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", printed).group(1))
+    ours = results["q8_0"]["fidelity_llamacpp"]
+    assert ours["top_k"] == 512 and ours["kl_mean"] == pytest.approx(theirs, rel=0.02)

@@ -146,6 +146,10 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     variants = sorted(json.loads(p.read_text())["variant"] for p in tmp_path.glob("*/cells/*.json"))
     assert variants == ["bf16-sdpa-kv", "fp32-sdpa-kv"]
     assert "quality pytorch_eager.bf16-sdpa-kv@local vs pytorch_eager.fp32-sdpa-kv@local" in proc.stderr
+    # --ppl-llamacpp on a 512-token vocabulary: the exact KL on llama-perplexity's chunks too
+    (bf16,) = [c for c in map(lambda p: json.loads(p.read_text()), tmp_path.glob("*/cells/*.json")) if c["variant"] == "bf16-sdpa-kv"]
+    kl = bf16["fidelity_llamacpp"]
+    assert kl["top_k"] == 512 and kl["positions"] == "the first 4 llama-perplexity chunks" and kl["kl_mean"] > 0
 
 
 TINY = ["--scenarios", "quality", "--limit", "50", "--ppl-tokens", "2000"]

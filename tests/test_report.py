@@ -89,11 +89,15 @@ def test_tables_carry_the_numbers_of_the_result_files(real_run, tmp_path):
         assert name in seen["text"], name
 
 
-def test_page_is_one_file_rebuilt_from_results_alone(real_run):
+def test_page_is_one_file_rebuilt_from_results_alone(real_run, tmp_path):
     before = (real_run / "index.html").read_text()
     assert "<script src" not in before and "<link" not in before and "cdn" not in before.lower().split("<script>")[0]
     (real_run / "index.html").unlink()
-    proc = run_cli("report", str(real_run))
+    # A targets file written after the run does not reach the page: it is rebuilt from the run alone.
+    later = tmp_path / "targets.toml"
+    later.write_text('[box-added-later]\ndescription = "x"\ntransport = "ssh-docker"\nhost = "u@h"\narch = "x86_64"\n'
+                     'accelerator = "none"\nmemory_gb = 13.37\n')
+    proc = run_cli("report", str(real_run), env={"DEPLOY_EVAL_TARGETS": str(later)})
     assert proc.returncode == 0, proc.stderr
     assert (real_run / "index.html").read_text() == before
 

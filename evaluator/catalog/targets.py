@@ -96,6 +96,13 @@ def _read(path: Path) -> dict:
         raise UserError(f"{path}: not valid TOML: {exc}") from None
 
 
+def memory_sizes(include_user: bool = True) -> dict[str, float]:
+    """Each known target's memory in GB, for the report's "what fits where": recorded in run.json
+    when a run starts, so a report rebuilt later does not read the user's live targets file."""
+    entries = all_targets() if include_user else _read(BUILTIN)
+    return {name: t["memory_gb"] for name, t in entries.items() if isinstance(t.get("memory_gb"), (int, float))}
+
+
 def all_targets() -> dict[str, dict]:
     entries = _read(BUILTIN)
     if "DEPLOY_EVAL_TARGETS" in os.environ and not USER_FILE.is_file():  # named, so meant: not silently skipped

@@ -229,11 +229,12 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
         comparisons += f'<p><small>Energy not measured on {escape("; ".join(no_energy))}.</small></p>'
 
 
-    from evaluator.catalog.targets import all_targets
+    from evaluator.catalog.targets import memory_sizes
+    # The devices users ask "does it fit?" about, as known when the run started (run.json): the
+    # page is a function of the stored run. Runs from before that record get the built-in catalog.
     sizes = {}
-    for name, t in all_targets().items():  # the devices users ask "does it fit?" about
-        if isinstance(t.get("memory_gb"), (int, float)):
-            sizes.setdefault(t["memory_gb"], name)
+    for name, gb in (run.get("memory_sizes") or memory_sizes(include_user=False)).items():
+        sizes.setdefault(gb, name)
     for t in run["targets"]:
         sizes[t["memory_gb"]] = t["name"]
     figures = [("Quality against speed", plots.quality_vs_speed(configs, t, constraints.margin)) for t in targets]

@@ -27,6 +27,10 @@ PPL_MIN_WINDOWS = 32  # with `auto`: enough windows for the ratio estimator's in
 REFERENCE_EXHAUSTED = "the reference has no more items"  # a judge's stop that a later round may lift
 
 
+FULL_VOCAB = 1024  # vocabularies up to this size send whole distributions for the llama.cpp chunks' KL
+KL_CHUNKS = 4      # llama.cpp chunks scored with them: 1,020 positions
+
+
 @dataclass(frozen=True)
 class Quality:
     items: str = "auto"                  # auto: stop when the verdicts are known; all; or a number N
@@ -133,7 +137,7 @@ def wikitext(tok, sc: Quality) -> WikiText:
 
 
 def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent: int, previous: dict | None,
-                progress) -> tuple[dict, dict]:
+                progress, vocab_size: int) -> tuple[dict, dict]:
     """(metrics, raw) of WikiText-2, scored up to windows_for(extent), continuing `previous` raw."""
     source, tokens, whole_file, window, stride, rolling, order = (
         wt.source, wt.tokens, wt.whole_file, wt.window, wt.stride, wt.rolling, wt.order)
@@ -157,8 +161,11 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
             stream = [tok.bos] + tok.encode_cached("wikitext-2-test-llamacpp", perplexity.llamacpp_text(),
                                                    tok.encode_as_llamacpp)
             chunks = perplexity.llamacpp_windows(stream[: None if whole_file else len(tokens) + 1], tok.bos)
-            nll, count, _ = _score_windows(runner, chunks, timeout_s, 0, 0, "llama.cpp perplexity", progress)
-            raw["perplexity"]["llamacpp"] = {"window_nll": nll, "window_tokens": count}
+            # The first chunks also with whole distributions where the vocabulary is small enough
+            # to send: the exact KL on llama-perplexity's own positions (its --kl-divergence).
+            k = vocab_size if vocab_size and vocab_size <= FULL_VOCAB else sc.top_k
+            nll, count, dists = _score_windows(runner, chunks, timeout_s, k, KL_CHUNKS, "llama.cpp perplexity", progress)
+            raw["perplexity"]["llamacpp"] = {"window_nll": nll, "window_tokens": count, "fidelity_windows": dists, "top_k": k}
         lc = raw["perplexity"]["llamacpp"]
         metrics["llamacpp"] = perplexity.summarize_llamacpp(sum(lc["window_nll"]), sum(lc["window_tokens"]),
                                                             len(lc["window_tokens"]))
@@ -198,7 +205,7 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
     first = min(next((look for look in looks if look > n), sc.total_items), rnd.upto, sc.total_items)
     with phases("wikitext-2"):
         wt = wikitext(tok, sc)
-        ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress)
+        ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress, vocab_size)
     raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
     with phases("hellaswag"):
         order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
@@ -210,7 +217,7 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
         end = min(next(look for look in looks if look > n), rnd.upto)
         if end > first:
             with phases("wikitext-2"):
-                ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, end, raw, progress)
+                ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, end, raw, progress, vocab_size)
         block = order[n:end]
         with phases("hellaswag"):
             scored["ending_logprob_sums"] = scored["ending_logprob_sums"] + _score_items(
