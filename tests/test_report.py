@@ -1,6 +1,7 @@
 """The report: a real run's page opened in a real headless browser (Debian's chromium, driven by
 Playwright; nothing downloads a browser), the decision guide, `just compare`, and escaping."""
 import json
+import math
 import shutil
 
 import pytest
@@ -183,19 +184,22 @@ def test_compare_marks_only_changes_beyond_the_runs_noise(real_run, tmp_path):
     assert rows and not any(r.changed for r in rows) and not notes
     assert any(r.metric.startswith("HellaSwag acc_norm") and "0 items right only in B, 0 only in A" in r.why for r in rows)
 
+    # Timed samples under control: the real run's loops are a few requests each (fast test
+    # settings), so their own spread would decide; here 20 requests within ±2% of 10 ms.
     def scaled(factor, name):
         out = tmp_path / name
         shutil.copytree(real_run, out)
         for path in (out / "cells").glob("*latency.json"):
             c = json.loads(path.read_text())
             if c["status"] == "ok":
-                c["metrics"]["e2e_ms"] = summarize([x * factor for x in c["metrics"]["e2e_ms"]["samples"]], "ms")
+                c["metrics"]["e2e_ms"] = summarize([factor * 10 * (1 + 0.02 * math.sin(i)) for i in range(20)], "ms")
                 store.write_json(path, c)
         return out
 
-    slower = [r for r in compare.compare(real_run, scaled(3.0, "slower"))[0] if r.metric.startswith("e2e")]
+    steady = scaled(1.0, "steady")
+    slower = [r for r in compare.compare(steady, scaled(3.0, "slower"))[0] if r.metric.startswith("e2e")]
     assert slower and all(r.changed for r in slower) and all("B/A 3.0000" in r.why for r in slower)
-    nudged = [r for r in compare.compare(real_run, scaled(1.0001, "nudged"))[0] if r.metric.startswith("e2e")]
+    nudged = [r for r in compare.compare(steady, scaled(1.0001, "nudged"))[0] if r.metric.startswith("e2e")]
     assert nudged and not any(r.changed for r in nudged)
 
 
