@@ -11,6 +11,8 @@ machine's memory bandwidth moves with host load, so the two are measured alterna
 `--rounds` times, and the ratio is the median of the per-round ratios.
 
     .venvs/host/bin/python benchmarks/llama_bench.py [--model synthetic-llama3.2-1b] [--quant q4_k_m] [--rounds 3]
+
+The deploy-eval side is backend_overhead.harness: 10 timed requests of 64 tokens after a 32-token prompt.
 """
 import argparse
 import json
@@ -23,23 +25,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import backend_overhead  # noqa: E402
 import llama_tools  # noqa: E402
 
 
-def deploy_eval(model: str, quant: str, prompt: int, new: int, reports: Path) -> dict:
-    args = [sys.executable, "-m", "evaluator", "eval", model, "--backends", "llamacpp", "--variants", quant,
-            "--scenarios", "latency", "--prompt-tokens", str(prompt), "--new-tokens", str(new), "--check-tokens", "8"]
-    done = subprocess.run([*args, "--reports", str(reports)], cwd=REPO, capture_output=True, text=True)
-    cells = sorted(reports.glob("*/cells/*__latency.json"), key=lambda p: p.stat().st_mtime)
-    if done.returncode != 0 or not cells:
-        sys.exit(f"deploy-eval run failed: {done.stderr.strip().splitlines()[-3:]}")
-    cell = json.loads(cells[-1].read_text())
-    if cell["status"] != "ok":
-        sys.exit(f"deploy-eval cell {cell['status']}: {cell.get('reason')}")
-    m = cell["metrics"]
+def deploy_eval(model: str, quant: str, reports: Path) -> dict:
+    """One latency cell through the harness (backend_overhead's), its medians and settings."""
+    cell = backend_overhead.harness(model, "llamacpp", quant, reports, repeats=10)
+    m, load = cell["metrics"], cell["load"]
     return {"decode": m["decode_tokens_per_s"]["p50"], "prefill": m["prefill_tokens_per_s"]["p50"],
-            "gguf": cell["load"]["artifact"]["path"], "threads": cell["load"]["threads"],
-            "flash_attn": cell["load"]["flash_attn"], "kv": cell["load"]["kv_cache_type"]}
+            "gguf": load["artifact"]["path"], "threads": load["threads"], "flash_attn": load["flash_attn"],
+            "kv": load["kv_cache_type"]}
 
 
 def llama_bench(bin_dir: Path, gguf: str, threads: int, flash_attn: bool, kv: str, prompt: int, new: int) -> dict:
@@ -58,16 +54,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="synthetic-llama3.2-1b")
     p.add_argument("--quant", default="q4_k_m")
-    p.add_argument("--prompt", type=int, default=32)
-    p.add_argument("--new", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     bin_dir = llama_tools.build(log=lambda m: print(m, file=sys.stderr))
     ratios = {"decode": [], "prefill": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            ours = deploy_eval(args.model, args.quant, args.prompt, args.new, Path(tmp) / f"round{r}")
-            theirs = llama_bench(bin_dir, ours["gguf"], ours["threads"], ours["flash_attn"], ours["kv"], args.prompt, args.new)
+            ours = deploy_eval(args.model, args.quant, Path(tmp) / f"round{r}")
+            theirs = llama_bench(bin_dir, ours["gguf"], ours["threads"], ours["flash_attn"], ours["kv"],
+                                 backend_overhead.PROMPT_TOKENS, backend_overhead.NEW_TOKENS)
             for k in ratios:
                 ratios[k].append(ours[k] / theirs[k])
                 print(f"round {r + 1}: {k:7s} deploy-eval {ours[k]:10.1f} tok/s  llama-bench {theirs[k]:10.1f} tok/s  "
