@@ -26,7 +26,12 @@ def build(log=print) -> Path:
     backend = backends.discover()[0]["llamacpp"]
     envs.python_for(backend, log)  # the engine first: its wheelhouse holds the sdist it was built from
     house = envs.wheelhouse(backend, log)
-    (sdist,) = (house / "sdists").glob("llama_cpp_python-*.tar.gz")
+    found = sorted((house / "sdists").glob("llama_cpp_python-*.tar.gz")) if house else []
+    if len(found) != 1:
+        sys.exit(f"no llama-cpp-python sdist in {house}/sdists: remove that folder and run again to rebuild it")
+    if not shutil.which("cmake"):
+        sys.exit("llama.cpp's tools need cmake and a C++ compiler: apt-get install cmake g++")
+    sdist = found[0]
     home = REPO / ".cache" / "llama-tools" / house.name
     bin_dir = home / "build" / "bin"  # beside the shared libraries they were linked against
     if (home / "done").is_file():
@@ -50,7 +55,7 @@ def build(log=print) -> Path:
         for step in (configure, ["cmake", "--build", str(home / "build"), "-j", str(os.cpu_count() or 2),
                                  "--target", *TOOLS]):
             if subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
-                raise RuntimeError(f"building llama.cpp's tools failed: {home / 'build.log'}")
+                sys.exit(f"building llama.cpp's tools failed; the log: {home / 'build.log'}")
     (home / "done").write_text(sdist.name + "\n")  # last: a half-built folder is never reused
     return bin_dir
 
