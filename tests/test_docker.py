@@ -3,6 +3,8 @@ base image (docker/base.sh), each backend in its own image, runners as `docker r
 .ci/run installs Debian's docker.io and debootstrap; without them these tests say why and skip."""
 import json
 import shutil
+import socket
+import subprocess
 import time
 
 import pytest
@@ -76,6 +78,27 @@ def test_a_hanging_runner_in_a_container_is_killed_by_name_and_the_run_goes_on(e
     time.sleep(1)
     left = engine.run("ps", "-a", "--filter", "name=deploy-eval-", "--format", "{{.Names}}").stdout.split()
     assert not [n for n in left if "hang_on_generate" in n], f"containers left behind: {left}"
+
+
+def test_the_next_run_removes_a_dead_runs_containers_and_refuses_beside_a_live_ones(engine):
+    from evaluator.catalog import targets
+    from evaluator.errors import UserError
+    from evaluator.launch import docker, leftovers
+
+    base = docker.base_image(targets.resolve(["docker-local"])[0])
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer exists: an evaluator killed with -9
+    label = f"{leftovers.EVALUATOR_LABEL}={socket.gethostname()}/{dead.pid}"
+    engine.run("run", "-d", "--name", "deploy-eval-orphan-probe", "--label", label, "--network", "none", base, "sleep", "600")
+    try:
+        assert leftovers.sweep_containers(engine) == ["deploy-eval-orphan-probe"]
+        assert engine.run("ps", "-aq", "--filter", "name=deploy-eval-orphan-probe").stdout.strip() == ""
+        engine.run("run", "-d", "--name", "deploy-eval-live-probe", "--label", f"{leftovers.EVALUATOR_LABEL}=another-host/1",
+                   "--network", "none", base, "sleep", "600")
+        with pytest.raises(UserError, match="deploy-eval-live-probe"):
+            leftovers.sweep_containers(engine)
+    finally:
+        engine.run("rm", "-f", "deploy-eval-orphan-probe", "deploy-eval-live-probe")
 
 
 def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root_user(engine, tmp_path):

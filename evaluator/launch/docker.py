@@ -13,7 +13,8 @@ everything that went into it, so an unchanged backend is never rebuilt, and its 
 recorded in every result.
 
 A measurement container runs with no network, the model mounted read-only, a non-root user,
-and a name per cell, so a deadline kills it by name (`docker kill`), not just the client; an
+and a name per cell, so a deadline kills it by name (`docker kill`), not just the client (a
+label names its evaluator, so the next run on that engine removes what a dead one left); an
 out-of-memory kill is read back from the container's OOMKilled state. A remote target gets the
 build context and the model as tar streams over SSH (the model once, by content hash), and the
 results come home over the runner's own stdout.
@@ -33,7 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from evaluator import envs
-from evaluator.launch import bounded, cross
+from evaluator.errors import UserError
+from evaluator.launch import bounded, cross, leftovers
 from evaluator.catalog.backends import REPO, Backend
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 
@@ -291,6 +293,11 @@ def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cac
 
 def _prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log=print) -> Placement:
     engine = DockerEngine(target)
+    try:
+        for name in leftovers.sweep_containers(engine):
+            log(f"removed {name}, a container of a run that ended without removing it")
+    except UserError as exc:
+        raise ImageFailed(str(exc)) from None
     image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
     who = owner(engine)
     return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, who, log),
@@ -348,7 +355,7 @@ def start(placement: Placement, target, log_path: Path, cell_id: str, startup_ti
     """`docker run -i` of the backend's image: no network, the model read-only, user 1000."""
     engine = DockerEngine(target)
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
-    args = ["run", "-i", "--name", name, "--network", "none", "--user", placement.user,
+    args = ["run", "-i", "--name", name, "--label", leftovers.container_label(), "--network", "none", "--user", placement.user,
             "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1",  # exec: inductor loads its kernels from there
             "-v", f"{placement.model_engine}:/model:ro", "-v", f"{placement.cache_engine}:/artifacts:rw"]
     if target.accelerator == "cuda":

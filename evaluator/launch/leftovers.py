@@ -6,10 +6,17 @@ runners whose evaluator is gone (every runner carries its evaluator's pid in its
 process.OWNER_ENV): the kernel kills a runner when its evaluator dies (PR_SET_PDEATHSIG), so
 these are rare, but one that survived would hold memory and CPU beside the new measurements,
 so the run refuses to start and names them.
+
+Containers are found the same way, on each Docker engine a run first uses: every measurement
+container carries its evaluator's host and pid in a label (EVALUATOR_LABEL). One whose
+evaluator is gone, or that has stopped, is removed; one still running for a live evaluator
+(another run on that engine, or one on another machine, which cannot be checked from here)
+makes this run refuse that engine, naming it.
 """
 import fcntl
 import os
 import re
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +25,7 @@ from evaluator.errors import UserError
 from evaluator.launch.process import OWNER_ENV
 
 LOCK = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"deploy-eval-{os.getuid()}.lock"
+EVALUATOR_LABEL = "deploy-eval.evaluator"  # "<hostname>/<pid>" of the evaluator that started a container
 _OWNER = re.compile(rb"(?:^|\0)" + OWNER_ENV.encode() + rb"=(\d+)(?:\0|$)")
 
 
@@ -58,3 +66,33 @@ def hold_machine(what: str):
                             f"{'; '.join(f'pid {pid}: {cmd}' for pid, cmd in stale)}; stop them "
                             f"(kill -9 {' '.join(str(pid) for pid, _ in stale)}) and run again")
         yield
+
+
+def container_label() -> str:
+    return f"{EVALUATOR_LABEL}={socket.gethostname()}/{os.getpid()}"
+
+
+def sweep_containers(engine) -> list[str]:
+    """Remove the containers of dead or finished runs from `engine` (a launch.docker.DockerEngine);
+    return their names. Raises UserError naming the containers a live run still holds there."""
+    listed = engine.run("ps", "-a", "--filter", f"label={EVALUATOR_LABEL}",
+                        "--format", f'{{{{.Names}}}}\t{{{{.State}}}}\t{{{{.Label "{EVALUATOR_LABEL}"}}}}')
+    if listed.returncode != 0:
+        raise UserError(f"cannot list containers on {engine.where()}: {listed.stderr.strip()[-300:]}")
+    gone, held = [], []
+    for line in listed.stdout.splitlines():
+        name, state, owner = (line.split("\t") + ["", ""])[:3]
+        host, _, pid = owner.partition("/")
+        ours = host == socket.gethostname() and pid.isdigit()
+        if ours and int(pid) == os.getpid():
+            continue
+        if state != "running" or (ours and not Path(f"/proc/{pid}").exists()):
+            gone.append(name)
+        else:
+            held.append(f"{name} (evaluator {owner})")
+    if gone:
+        engine.run("rm", "-f", *gone)
+    if held:
+        raise UserError(f"{engine.where()} is running another deploy-eval run's containers: {', '.join(held)}; "
+                        f"timing beside them would measure both: wait for that run, or `docker rm -f` them")
+    return gone

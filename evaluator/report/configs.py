@@ -152,9 +152,13 @@ class Config:
     # -- memory -------------------------------------------------------------------------
     @property
     def peak_memory_bytes(self):
-        """What must fit on the target: device memory on a GPU, resident memory on a CPU."""
-        key = "peak_device_bytes" if self.target.get("accelerator") == "cuda" else "peak_rss_bytes"
-        values = [(c.get("memory") or {}).get(key) for c in self.cells.values() if c.get("status") == "ok"]
+        """What must fit on the target: device memory on a GPU (NVML's per-process view, with the
+        CUDA context, where it could be read; the allocator's peak otherwise), resident memory on a CPU."""
+        def need(memory: dict):
+            if self.target.get("accelerator") != "cuda":
+                return memory.get("peak_rss_bytes")
+            return memory.get("process_device_bytes") or memory.get("peak_device_bytes")
+        values = [need(c.get("memory") or {}) for c in self.cells.values() if c.get("status") == "ok"]
         values = [v for v in values if v]
         return max(values) if values else None
 

@@ -47,7 +47,9 @@ METRICS = [
      lambda c: (c["fidelity"]["top1_agreement"], c["fidelity"].get("top1_agreement_ci")), "share", "higher"),
     ("Mean |Δp| of the correct token vs the reference", "quality", lambda c: c["fidelity"]["mean_abs_dp_correct"], "probability", "lower"),
     ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
-    ("Peak device memory", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
+    ("Peak device memory, allocator (live tensors)", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
+    ("Device memory held, NVML per process (CUDA context included)", None,
+     lambda c: c["memory"]["process_device_bytes"] / 2**20, "MiB", "lower"),
     ("Load time", None, lambda c: c["load"]["load_s"], "s", "lower"),
     ("of which compile time (torch.compile)", None, lambda c: c["load"]["compile_s"], "s", "lower"),
     ("Model size on disk (the artifact the engine loads)", None,
@@ -67,8 +69,10 @@ DEFINITIONS = [
     ("Inter-token latency", "every gap token_ns[i] − token_ns[i−1] of every timed request."),
     ("Decode speed", "(new_tokens − 1) / (token_ns[−1] − token_ns[0]): the first token belongs to the prefill."),
     ("Throughput", "batch × new_tokens / end-to-end time, for each batch size of the sweep; the best is shown."),
-    ("Peak memory", "peak device memory on a GPU (the engine's peak allocation), peak resident set of "
-     "the runner process on a CPU (VmHWM): what must fit on the device."),
+    ("Peak memory", "since load, the same for every engine: on a GPU the device memory the driver holds for the "
+     "runner process (NVML's per-process view: CUDA context and the allocator's cached pool included; the "
+     "allocator's own peak of live tensors where NVML cannot see the process), on a CPU the runner process's "
+     "peak resident set (VmHWM, reset when the model is loaded): what must fit on the device."),
     ("Energy per token", "energy counters (RAPL on CPUs, NVML on NVIDIA GPUs) read by the runner around the timed "
      "requests, divided by the tokens they generated; shown only where the target exposes a counter."),
     ("HellaSwag acc_norm", "per item, each ending's summed token log-probability after the context, divided by the "

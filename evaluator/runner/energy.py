@@ -2,14 +2,15 @@
 
 Cumulative joules from every counter this machine exposes: Intel/AMD RAPL through the
 kernel's powercap files (CPU package and DRAM domains), and NVIDIA GPUs through NVML's total
-energy counter (Volta and later), loaded with ctypes so no package is needed. The evaluator
+energy counter (Volta and later; nvml.py, ctypes, so no package is needed). The evaluator
 reads them before and after the timed requests and divides the difference by the tokens
 generated. Where nothing is exposed (VMs usually hide RAPL) the answer says why, and the
 report shows no energy rather than a guess.
 """
-import ctypes
 import glob
 import os
+
+from evaluator.runner import nvml
 
 POWERCAP = "/sys/class/powercap"
 
@@ -31,21 +32,16 @@ def _rapl() -> tuple[dict, str | None]:
 
 
 def _nvml() -> tuple[dict, str | None]:
+    """Each GPU this process computes on (all of them where NVML cannot tell, e.g. in a container):
+    a box's other GPUs, idle or busy with someone else's work, are not this measurement's energy."""
     try:
-        nvml = ctypes.CDLL("libnvidia-ml.so.1")
-    except OSError:
-        return {}, "no NVIDIA driver (libnvidia-ml.so.1 not found)"
-    if nvml.nvmlInit_v2() != 0:
-        return {}, "NVML failed to initialise"
-    count = ctypes.c_uint()
-    nvml.nvmlDeviceGetCount_v2(ctypes.byref(count))
-    counters = {}
-    for i in range(count.value):
-        handle, mj = ctypes.c_void_p(), ctypes.c_ulonglong()
-        if (nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) == 0
-                and nvml.nvmlDeviceGetTotalEnergyConsumption(handle, ctypes.byref(mj)) == 0):
-            counters[f"nvml:{i}"] = mj.value / 1e3
-    return counters, None if counters else "NVML exposes no energy counter on this GPU (pre-Volta)"
+        lib = nvml.library()
+        handles = dict(enumerate(nvml.devices(lib)))
+        used = nvml.process_bytes(lib)
+        counters = {f"nvml:{i}": nvml.energy_joules(lib, h) for i, h in handles.items() if not used or i in used}
+    except nvml.Unavailable as exc:
+        return {}, str(exc)
+    return counters, None if counters else "NVML lists no GPU"
 
 
 def read() -> dict:

@@ -94,10 +94,14 @@ score {"groups": [{"prefix": [int, ...], "sequences": [[int, ...], ...]}, ...], 
 
 memory {}
     -> {"rss_bytes": int, "peak_rss_bytes": int, "peak_since": "load"|"process start",
-        "device_bytes": int|null, "peak_device_bytes": int|null, "engine_stats": {...}}
+        "device_bytes": int|null, "peak_device_bytes": int|null, "process_device_bytes": int|null,
+        "process_device_unavailable": str|null, "engine_stats": {...}}
     Peaks since load, the same definition for every engine: the runner library resets the
     kernel's high-water mark when load answers (where the OS cannot, since the process started,
     and `peak_since` says so); device peaks since load where the engine can reset them.
+    `device_bytes`/`peak_device_bytes` are the framework allocator's view (live tensors);
+    `process_device_bytes` is NVML's per-process view (CUDA context and cached pool included:
+    what must fit on the card), filled by the runner library (nvml.py), with the reason where not.
 
 energy {}
     -> {"joules": {counter: cumulative joules}, "unavailable": str|null}

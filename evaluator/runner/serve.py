@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 
-from evaluator.runner import energy
+from evaluator.runner import energy, nvml
 from evaluator.runner.protocol import PROTOCOL_VERSION, Engine, RunnerError
 
 
@@ -146,8 +146,16 @@ class _Server:
     def memory(self, req):
         rss, peak_rss = rss_bytes()
         dev, peak_dev = self.engine.device_memory()
+        process_dev, why = None, "the engine uses no GPU"
+        if dev is not None:  # what the driver holds for this process, the CUDA context included
+            try:
+                process_dev = sum(nvml.process_bytes(nvml.library()).values()) or None
+                why = None if process_dev else "NVML does not list this process (in a container it shows the host's pids)"
+            except nvml.Unavailable as exc:
+                why = str(exc)
         return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "peak_since": getattr(self, "peak_since", "process start"),
-                "device_bytes": dev, "peak_device_bytes": peak_dev, "engine_stats": self.engine.stats()}
+                "device_bytes": dev, "peak_device_bytes": peak_dev, "process_device_bytes": process_dev,
+                "process_device_unavailable": why, "engine_stats": self.engine.stats()}
 
     def energy(self, req):
         return energy.read()
