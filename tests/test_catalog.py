@@ -85,8 +85,10 @@ def test_targets_describe_remote_devices():
     ('[box]\ntransport = "telnet"\n', "transport 'telnet'"),
     ('[box]\ntransport = "ssh-docker"\narch = "mips"\nmemory_gb = 8\n', "arch 'mips'"),
     ('[box]\ntransport = "ssh-docker"\narch = "aarch64"\n', "memory_gb must be a number"),
-    ('[box]\ntransport = "docker"\nbase_image = 3\n', "base_image must be an image name"),
+    ('[box]\ntransport = "docker"\nbase_image = 3\n', "base_image 3: Input should be a valid string"),
     ('[box\n', "not valid TOML"),
+    ('[box]\nmemory_gb = "8"\n', "memory_gb '8': Input should be 'auto', or Input should be a valid number"),
+    ('[box]\ntransport = "ssh-docker"\narch = "x86_64"\nmemory_gb = 8\nssh_options = "-p 22"\n', "ssh_options '-p 22'"),
 ])
 def test_user_targets_file_is_checked(tmp_path, monkeypatch, text, words):
     path = tmp_path / "targets.toml"
@@ -117,6 +119,9 @@ MANIFEST = (REPO / "backends" / "null" / "backend.toml").read_text()
     (lambda m: m.replace('reference = "none"', 'reference = "nothing"'), "reference variant"),
     (lambda m: m.replace('description = ', 'descr = '), "unknown key 'descr'"),
     (lambda m: "", "missing keys"),
+    (lambda m: m.replace("default = false", 'default = "no"'), "default 'no': Input should be a valid boolean"),
+    (lambda m: m.replace("[variants]", "[variants]\naxs = 1"), "[variants]: unknown key 'axs' (did you mean 'axes'?)"),
+    (lambda m: m.replace('devices = ["cpu"]', 'devices = ["cpu", "tpu"]'), "devices[1] 'tpu': Input should be 'cpu' or 'cuda'"),
 ])
 def test_a_broken_manifest_is_reported_loudly_never_skipped(tmp_path, edit, words):
     folder = tmp_path / "null"

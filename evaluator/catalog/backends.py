@@ -1,4 +1,5 @@
-"""Backend discovery: list backends/*/ and read each backend.toml, never importing backend code.
+"""Backend discovery: list backends/*/ and read each backend.toml (its shape: schema.Manifest),
+never importing backend code.
 
 A folder without a readable, valid manifest is reported as broken, loudly; it is never
 silently skipped (the trap lm-evaluation-harness fell into with malformed task YAML).
@@ -8,14 +9,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evaluator.errors import UserError, check_keys, unknown
+from evaluator.catalog import schema
+from evaluator.errors import UserError, unknown
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS_DIR = REPO / "backends"
 
-TOP_KEYS = {"name", "description", "protocol", "runner", "formats", "devices", "archs", "default", "fake",
-            "environment", "image", "variants", "min_head_dim"}
-REQUIRED = ("name", "description", "protocol", "runner", "formats", "devices", "archs", "environment", "variants")
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,10 @@ class Backend:
         raise unknown(f"variant of {self.name}", name, [v.name for v in self.variants])
 
 
-def _expand_variants(where: str, table: dict) -> tuple[str, tuple, tuple]:
-    check_keys(f"{where} [variants]", table, {"reference", "axes", "needs", "defaults"})
-    axes = table.get("axes")
-    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
-        raise UserError(f"{where}: [variants] axes must map each option to a non-empty list of values")
-    needs = table.get("needs", [])
-    for i, need in enumerate(needs):
-        check_keys(f"{where} [[variants.needs]] #{i + 1}", need, {"when", "devices", "why"})
-        for k, v in need.get("when", {}).items():
+def _expand_variants(where: str, table: schema.Variants) -> tuple[str, tuple, tuple]:
+    axes = table.axes
+    for need in table.needs:
+        for k, v in need.when.items():
             if k not in axes or v not in axes[k]:
                 raise UserError(f"{where}: [[variants.needs]] when {k}={v!r} matches no axis value")
     variants = []
@@ -77,15 +71,15 @@ def _expand_variants(where: str, table: dict) -> tuple[str, tuple, tuple]:
         options = dict(zip(axes, values))
         name = "-".join(str(v) for v in values)
         devices, why = (), ""
-        for need in needs:
-            if all(options.get(k) == v for k, v in need.get("when", {}).items()):
-                devices, why = tuple(need["devices"]), need.get("why", "")
+        for need in table.needs:
+            if all(options.get(k) == v for k, v in need.when.items()):
+                devices, why = tuple(need.devices), need.why
         variants.append(Variant(name, options, devices, why))
     names = [v.name for v in variants]
-    reference = table.get("reference", names[0])
+    reference = table.reference or names[0]
     if reference not in names:
         raise UserError(f"{where}: reference variant {reference!r} is not one of the variants")
-    defaults = table.get("defaults", names)
+    defaults = names if table.defaults is None else table.defaults
     unknown_defaults = [d for d in defaults if d not in names]
     if unknown_defaults:
         raise UserError(f"{where}: defaults {unknown_defaults} are not variants; valid: {', '.join(names)}")
@@ -98,50 +92,37 @@ def load_manifest(folder: Path) -> Backend:
     if not path.is_file():
         raise UserError(f"{where}: missing (every backend folder needs a manifest)")
     try:
-        data = tomllib.loads(path.read_text())
+        m = schema.parse(schema.Manifest, tomllib.loads(path.read_text()), where)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{where}: not valid TOML: {exc}") from None
-    check_keys(where, data, TOP_KEYS)
-    missing = [k for k in REQUIRED if k not in data]
-    if missing:
-        raise UserError(f"{where}: missing keys {missing}")
-    if data["name"] != folder.name:
-        raise UserError(f"{where}: name {data['name']!r} differs from its folder name {folder.name!r}")
-    if data["protocol"] != 1:
-        raise UserError(f"{where}: protocol {data['protocol']!r} is not supported; this evaluator speaks protocol 1")
-    runner = folder / data["runner"]
+    if m.name != folder.name:
+        raise UserError(f"{where}: name {m.name!r} differs from its folder name {folder.name!r}")
+    if m.protocol != 1:
+        raise UserError(f"{where}: protocol {m.protocol!r} is not supported; this evaluator speaks protocol 1")
+    runner = folder / m.runner
     if not runner.is_file():
-        raise UserError(f"{where}: runner {data['runner']!r} does not exist")
-    env = data["environment"]
-    check_keys(f"{where} [environment]", env, {"requirements", "build_env", "cpu_features", "post_install"})
-    build_env = env.get("build_env", {})
-    for arch, table in build_env.items():
-        if arch not in ("x86_64", "aarch64") or not isinstance(table, dict):
-            raise UserError(f"{where}: [environment.build_env.{arch}] must be x86_64 or aarch64, a table of variables")
-    requirements = folder / env["requirements"] if env.get("requirements") else None
+        raise UserError(f"{where}: runner {m.runner!r} does not exist")
+    env = m.environment
+    requirements = folder / env.requirements if env.requirements else None
     if requirements and not requirements.is_file():
-        raise UserError(f"{where}: requirements file {env['requirements']!r} does not exist")
-    post_install = folder / env["post_install"] if env.get("post_install") else None
+        raise UserError(f"{where}: requirements file {env.requirements!r} does not exist")
+    post_install = folder / env.post_install if env.post_install else None
     if post_install and not (post_install.is_file() and requirements):
-        raise UserError(f"{where}: post_install {env['post_install']!r} must be a file, beside a requirements file")
-    image = data.get("image", {})
-    check_keys(f"{where} [image]", image, {"dockerfile", "engine_packages", "with_backends"})
-    for sibling in image.get("with_backends", []):
+        raise UserError(f"{where}: post_install {env.post_install!r} must be a file, beside a requirements file")
+    for sibling in m.image.with_backends:
         if not (folder.parent / sibling / "runner.py").is_file():
             raise UserError(f"{where} [image]: with_backends names {sibling!r}, which is not a backend folder beside it")
-    dockerfile = folder / image["dockerfile"] if image.get("dockerfile") else None
+    dockerfile = folder / m.image.dockerfile if m.image.dockerfile else None
     if dockerfile and not dockerfile.is_file():
-        raise UserError(f"{where}: dockerfile {image['dockerfile']!r} does not exist")
-    reference, variants, defaults = _expand_variants(where, data["variants"])
+        raise UserError(f"{where}: dockerfile {m.image.dockerfile!r} does not exist")
+    reference, variants, defaults = _expand_variants(where, m.variants)
     return Backend(
-        name=data["name"], folder=folder, description=data["description"], runner=runner,
-        formats=tuple(data["formats"]), devices=tuple(data["devices"]), archs=tuple(data["archs"]),
-        default=bool(data.get("default", True)), fake=bool(data.get("fake", False)), requirements=requirements, build_env=build_env,
-        cpu_features=env.get("cpu_features", {}),
-        post_install=post_install, dockerfile=dockerfile, engine_packages=tuple(image.get("engine_packages", ())),
-        with_backends=tuple(image.get("with_backends", ())),
-        reference_variant=reference, variants=variants, default_variants=defaults,
-        min_head_dim=data.get("min_head_dim"),
+        name=m.name, folder=folder, description=m.description, runner=runner,
+        formats=tuple(m.formats), devices=tuple(m.devices), archs=tuple(m.archs),
+        default=m.default, fake=m.fake, requirements=requirements, build_env=env.build_env,
+        cpu_features=env.cpu_features, post_install=post_install, dockerfile=dockerfile,
+        engine_packages=tuple(m.image.engine_packages), with_backends=tuple(m.image.with_backends),
+        reference_variant=reference, variants=variants, default_variants=defaults, min_head_dim=m.min_head_dim,
     )
 
 

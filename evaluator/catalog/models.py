@@ -10,12 +10,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.catalog import synthetic
+from evaluator.catalog import schema, synthetic
 from evaluator.catalog.backends import REPO
-from evaluator.errors import UserError, check_keys, unknown
+from evaluator.errors import UserError, unknown
 
 CATALOG = Path(__file__).with_name("models.toml")
-ENTRY_KEYS = {"description", "path", "hub", "revision", "gguf", "reference_greedy", "license", "synthetic"}
 # What a causal LM needs; *.bin / *.pt (pickle) are left out on purpose: safetensors only.
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt"]
 
@@ -63,7 +62,7 @@ class Model:
 def catalog() -> dict[str, dict]:
     entries = tomllib.loads(CATALOG.read_text())
     for name, entry in entries.items():
-        check_keys(f"models.toml [{name}]", entry, ENTRY_KEYS)
+        schema.parse(schema.CatalogEntry, entry, f"models.toml [{name}]")
     return entries
 
 

@@ -8,15 +8,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluator.errors import UserError, check_keys, unknown
+from evaluator.catalog import schema
+from evaluator.errors import UserError, unknown
 
 BUILTIN = Path(__file__).with_name("targets.toml")
 USER_FILE = Path(os.environ.get("DEPLOY_EVAL_TARGETS", "~/.config/deploy-eval/targets.toml")).expanduser()
-KEYS = {"description", "transport", "host", "arch", "accelerator", "gpu", "memory_gb", "memory_bandwidth_gbs",
-        "ssh_options", "base_image"}
-TRANSPORTS = ("local", "docker", "ssh-docker")
 ARCHS = ("x86_64", "aarch64")
-ACCELERATORS = ("none", "cuda")
 
 
 @dataclass(frozen=True)
@@ -56,37 +53,24 @@ def _ram_gb() -> float:
 
 
 def _parse(name: str, entry: dict, where: str) -> Target:
-    check_keys(f"{where} [{name}]", entry, KEYS)
-    transport = entry.get("transport", "local")
-    if transport not in TRANSPORTS:
-        raise UserError(f"{where} [{name}]: transport {transport!r}; valid: {', '.join(TRANSPORTS)}")
-    local = transport in ("local", "docker")
-    arch = entry.get("arch", "auto")
-    arch = platform.machine() if arch == "auto" and local else arch
+    e = schema.parse(schema.TargetEntry, entry, f"{where} [{name}]")
+    local = e.transport in ("local", "docker")
+    arch = platform.machine() if e.arch == "auto" and local else e.arch
     if arch not in ARCHS:
-        raise UserError(f"{where} [{name}]: arch {arch!r}; valid: {', '.join(ARCHS)}")
-    gpu = entry.get("gpu", "")
-    accelerator = entry.get("accelerator", "none")
-    if accelerator == "auto" and local:
+        raise UserError(f"{where} [{name}]: arch {arch!r} (\"auto\" is for this machine's targets); valid: {', '.join(ARCHS)}")
+    gpu, accelerator = e.gpu, e.accelerator
+    if accelerator == "auto":
+        if not local:
+            raise UserError(f"{where} [{name}]: accelerator must be none or cuda for a remote target")
         gpu = gpu or _local_gpu()
         accelerator = "cuda" if gpu else "none"
-    if accelerator not in ACCELERATORS:
-        raise UserError(f"{where} [{name}]: accelerator {accelerator!r}; valid: {', '.join(ACCELERATORS)}")
-    memory = entry.get("memory_gb", "auto")
+    memory = e.memory_gb
     if memory == "auto":
         if not local:
             raise UserError(f"{where} [{name}]: memory_gb must be a number for a remote target")
         memory = round(_ram_gb(), 1)  # a local GPU's memory needs its driver; RAM is the CPU case
-    if not isinstance(memory, (int, float)) or memory <= 0:
-        raise UserError(f"{where} [{name}]: memory_gb must be a positive number, got {memory!r}")
-    ssh_options = entry.get("ssh_options", [])
-    if not isinstance(ssh_options, list) or not all(isinstance(o, str) for o in ssh_options):
-        raise UserError(f"{where} [{name}]: ssh_options must be a list of strings, e.g. [\"-p\", \"2222\"]")
-    base = entry.get("base_image", "")
-    if not isinstance(base, str):
-        raise UserError(f"{where} [{name}]: base_image must be an image name, e.g. \"python:3.11-slim-bookworm\"")
-    return Target(name, entry.get("description", ""), transport, entry.get("host", ""), arch, accelerator,
-                  gpu, float(memory), entry.get("memory_bandwidth_gbs"), tuple(ssh_options), base)
+    return Target(name, e.description, e.transport, e.host, arch, accelerator, gpu, float(memory),
+                  e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image)
 
 
 def _read(path: Path) -> dict:
