@@ -261,7 +261,7 @@ def test_the_vs_baseline_column_compares_quality_on_the_same_items():
                              "metrics": {"hellaswag": {"acc_norm": {"value": 0.2375}, "items": 2000}},
                              "quality_gate": {"margin": 0.01, "verdict": "PASS", "hellaswag": {"acc_norm": acc},
                                               "perplexity": {"ratio": 1.012, "loss": 0.012, "loss_ci": [0.01, 0.014]}}}
-    shown = tables.deltas(same, base)
+    shown = ", ".join(d.text for d in tables.deltas(same, base))
     assert "acc_norm" not in shown.replace("+0.0% acc_norm", ""), shown
     assert "+1.2% ppl" in shown
 

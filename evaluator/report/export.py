@@ -21,6 +21,35 @@ COLUMNS = ("run_id", "model", "backend", "variant", "target", "scenario", "metri
 FORMATS = ("csv", "parquet", "md")
 TIMED = ("e2e_ms", "ttft_ms", "tpot_ms", "itl_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
+# What the report calls each metric, and which way is better ("lower"/"higher"); its "All
+# metrics" section is this table, one block per metric and statistic.
+DESCRIBED = {
+    "e2e_ms": ("End-to-end latency", "lower"), "ttft_ms": ("Time to first token", "lower"),
+    "tpot_ms": ("Time per output token", "lower"), "itl_ms": ("Inter-token latency", "lower"),
+    "prefill_tokens_per_s": ("Prefill speed", "higher"), "decode_tokens_per_s": ("Decode speed", "higher"),
+    "timed_requests": ("Timed requests", "higher"), "tokens_per_s_best_batch": ("Throughput, best batch size", "higher"),
+    "hellaswag_acc": ("HellaSwag acc", "higher"), "hellaswag_acc_norm": ("HellaSwag acc_norm", "higher"),
+    "wikitext2_token_perplexity": ("WikiText-2 token perplexity", "lower"),
+    "wikitext2_word_perplexity": ("WikiText-2 word perplexity", "lower"),
+    "wikitext2_bits_per_byte": ("WikiText-2 bits per byte", "lower"),
+    "llamacpp_perplexity": ("WikiText-2 perplexity, llama-perplexity compatible", "lower"),
+    "kl": ("KL divergence from the reference", "lower"), "top1_agreement": ("Top-1 agreement with the reference", "higher"),
+    "mean_abs_dp_correct": ("Mean |Δp| of the correct token vs the reference", "lower"),
+    "quality_loss_acc_norm": ("Quality loss vs the reference, acc_norm", "lower"),
+    "quality_loss_perplexity": ("Quality loss vs the reference, perplexity", "lower"),
+    "peak_rss": ("Peak RSS", "lower"), "peak_device_allocator": ("Peak device memory, allocator (live tensors)", "lower"),
+    "device_held_nvml": ("Device memory held, NVML per process (CUDA context included)", "lower"),
+    "load_time": ("Load time", "lower"), "compile_time": ("of which compile time", "lower"),
+    "model_file": ("Model size on disk (the artifact the engine loads)", "lower"),
+}
+
+
+def describe(metric: str) -> tuple[str, str]:
+    """(title, better) of a metric name of this table."""
+    if metric.startswith("tokens_per_s@batch"):
+        return f"Throughput at batch {metric.removeprefix('tokens_per_s@batch')}", "higher"
+    return DESCRIBED.get(metric, (metric, "lower"))
+
 
 def _ci(summary: dict, key: str) -> tuple:
     ci = summary.get(f"{key}_ci")
@@ -70,22 +99,43 @@ def cell_rows(cell: dict) -> list[dict]:
                 lo, hi = rolling.get(f"{name}_ci") or (None, None)
                 rows.append({"metric": f"wikitext2_{name}", "statistic": "value", "value": rolling[name],
                              "ci_low": lo, "ci_high": hi, "unit": unit, "n": rolling.get("windows")})
+        llamacpp = (m.get("perplexity") or {}).get("llamacpp") or {}
+        if "token_perplexity" in llamacpp:
+            rows.append({"metric": "llamacpp_perplexity", "statistic": "value", "value": llamacpp["token_perplexity"],
+                         "unit": "", "n": llamacpp.get("chunks")})
         fid = cell.get("fidelity") or {}
-        for name, unit in (("kl_mean", "nats"), ("top1_agreement", "share")):
+        for name, stat, unit in (("kl_mean", "mean", "nats"), ("kl_median", "median", "nats"), ("kl_p99", "p99", "nats"),
+                                 ("top1_agreement", "mean", "share"), ("mean_abs_dp_correct", "mean", "probability")):
             if name in fid:
                 lo, hi = fid.get(f"{name}_ci") or (None, None)
-                rows.append({"metric": name, "statistic": "mean", "value": fid[name], "ci_low": lo, "ci_high": hi,
-                             "unit": unit})
+                rows.append({"metric": name.removesuffix("_mean").removesuffix("_median").removesuffix("_p99"),
+                             "statistic": stat, "value": fid[name], "ci_low": lo, "ci_high": hi, "unit": unit,
+                             "n": fid.get("positions")})
         gate = cell.get("quality_gate") or {}
         for name, part in (("acc_norm", (gate.get("hellaswag") or {}).get("acc_norm")), ("perplexity", gate.get("perplexity"))):
             if part:
                 rows.append({"metric": f"quality_loss_{name}", "statistic": part["verdict"], "value": part["loss"],
                              "ci_low": part["loss_ci"][0], "ci_high": part["loss_ci"][1], "unit": "share of reference",
                              "n": part.get("items") or part.get("windows")})
+    if scenario == "latency":
+        rows.append({"metric": "timed_requests", "statistic": "count", "value": cell.get("iterations"), "unit": "requests"})
+    if scenario == "throughput" and "best_tokens_per_s" in m:
+        lo, hi = m.get("best_tokens_per_s_ci") or (None, None)
+        rows.append({"metric": "tokens_per_s_best_batch", "statistic": f"median, at batch {m.get('best_batch_size')}",
+                     "value": m["best_tokens_per_s"], "ci_low": lo, "ci_high": hi, "unit": "tokens/s"})
     memory = cell.get("memory") or {}
-    if "peak_rss_bytes" in memory:
-        rows.append({"metric": "peak_rss", "statistic": f"peak since {memory.get('peak_since', 'process start')}",
-                     "value": memory["peak_rss_bytes"], "unit": "bytes"})
+    since = f"peak since {memory.get('peak_since', 'process start')}"
+    for key, metric, stat in (("peak_rss_bytes", "peak_rss", since), ("peak_device_bytes", "peak_device_allocator", since),
+                              ("process_device_bytes", "device_held_nvml", "after the timed requests")):
+        if memory.get(key) is not None:
+            rows.append({"metric": metric, "statistic": stat, "value": memory[key], "unit": "bytes"})
+    load = cell.get("load") or {}
+    for key, metric in (("load_s", "load_time"), ("compile_s", "compile_time")):
+        if load.get(key) is not None:
+            rows.append({"metric": metric, "statistic": "one reading", "value": load[key], "unit": "s"})
+    size = (load.get("artifact") or {}).get("size_bytes") or (cell.get("model") or {}).get("size_bytes")
+    if size and load:
+        rows.append({"metric": "model_file", "statistic": "size", "value": size, "unit": "bytes"})
     base = {"run_id": cell["run_id"], "model": cell["model"]["name"], "backend": cell["backend"], "variant": cell["variant"],
             "target": cell["target"]["name"], "scenario": scenario}
     return [{c: {**base, **r}.get(c) for c in COLUMNS} for r in rows]

@@ -1,60 +1,24 @@
-"""The run's HTML page: one self-contained file (plotly.js inlined, no network), every text
-escaped where it becomes HTML, and every plot's data embedded as JSON that cannot close its
-<script> element.
+"""The run's HTML page: one self-contained file (plotly.js inlined, no network), rendered from
+templates/report.html.j2 by Jinja2 with autoescaping, so every value is text unless a template
+says otherwise; the only markup that enters from Python is plot data as JSON that cannot close
+its <script> element (script_json).
 
 A pure function of reports/<run-id>/run.json and cells/*.json, so `just report RUN_ID`
-rebuilds it at any time, with other decision-guide constraints if asked.
+rebuilds it at any time, with other decision-guide constraints if asked. The "All metrics"
+section is the export table (export.py), the one `just export` writes.
 """
 import json
 from functools import cache
-from html import escape
 from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
 
 from evaluator import store
 from evaluator.report import configs as configs_mod
-from evaluator.report import guide, plots, tables
+from evaluator.report import export, guide, plots, tables
 
-# Every metric of every cell, for the reader who wants more than the comparison table:
-# (title, scenario, how to read the number from a cell, unit, better)
-def _with_ci(read_stat, metric):
-    """A latency metric's statistic and its 95% interval: (value, [lo, hi])."""
-    return lambda c: (c["metrics"][metric][read_stat], c["metrics"][metric].get(f"{read_stat}_ci"))
-
-
-METRICS = [
-    ("End-to-end latency, median", "latency", _with_ci("p50", "e2e_ms"), "ms", "lower"),
-    ("End-to-end latency, mean", "latency", _with_ci("mean", "e2e_ms"), "ms", "lower"),
-    ("End-to-end latency, p99 (where the sample supports it)", "latency", _with_ci("p99", "e2e_ms"), "ms", "lower"),
-    ("Time to first token, median", "latency", _with_ci("p50", "ttft_ms"), "ms", "lower"),
-    ("Inter-token latency, median", "latency", _with_ci("p50", "itl_ms"), "ms", "lower"),
-    ("Time per output token, median", "latency", _with_ci("p50", "tpot_ms"), "ms", "lower"),
-    ("Prefill speed, median", "latency", _with_ci("p50", "prefill_tokens_per_s"), "tokens/s", "higher"),
-    ("Decode speed, median", "latency", _with_ci("p50", "decode_tokens_per_s"), "tokens/s", "higher"),
-    ("Timed requests", "latency", lambda c: c["iterations"], "requests", "higher"),
-    ("Best throughput over batch sizes, median", "throughput",
-     lambda c: (c["metrics"]["best_tokens_per_s"], c["metrics"].get("best_tokens_per_s_ci")), "tokens/s", "higher"),
-    ("HellaSwag acc_norm", "quality", lambda c: c["metrics"]["hellaswag"]["acc_norm"]["value"], "share", "higher"),
-    ("HellaSwag acc", "quality", lambda c: c["metrics"]["hellaswag"]["acc"]["value"], "share", "higher"),
-    ("HellaSwag items scored", "quality", lambda c: c["metrics"]["hellaswag"]["items"], "items", "higher"),
-    ("WikiText-2 token perplexity (rolling)", "quality", lambda c: (c["metrics"]["perplexity"]["rolling"]["token_perplexity"],
-                                                                      c["metrics"]["perplexity"]["rolling"].get("token_perplexity_ci")), "", "lower"),
-    ("WikiText-2 word perplexity", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["word_perplexity"], "", "lower"),
-    ("WikiText-2 bits per byte", "quality", lambda c: c["metrics"]["perplexity"]["rolling"]["bits_per_byte"], "bits", "lower"),
-    ("WikiText-2 perplexity, llama-perplexity compatible", "quality", lambda c: c["metrics"]["perplexity"]["llamacpp"]["token_perplexity"], "", "lower"),
-    ("KL divergence from the reference, mean", "quality", lambda c: (c["fidelity"]["kl_mean"], c["fidelity"].get("kl_mean_ci")), "nats", "lower"),
-    ("KL divergence from the reference, p99", "quality", lambda c: c["fidelity"]["kl_p99"], "nats", "lower"),
-    ("Top-1 agreement with the reference", "quality",
-     lambda c: (c["fidelity"]["top1_agreement"], c["fidelity"].get("top1_agreement_ci")), "share", "higher"),
-    ("Mean |Δp| of the correct token vs the reference", "quality", lambda c: c["fidelity"]["mean_abs_dp_correct"], "probability", "lower"),
-    ("Peak RSS", None, lambda c: c["memory"]["peak_rss_bytes"] / 2**20, "MiB", "lower"),
-    ("Peak device memory, allocator (live tensors)", None, lambda c: c["memory"]["peak_device_bytes"] / 2**20, "MiB", "lower"),
-    ("Device memory held, NVML per process (CUDA context included)", None,
-     lambda c: c["memory"]["process_device_bytes"] / 2**20, "MiB", "lower"),
-    ("Load time", None, lambda c: c["load"]["load_s"], "s", "lower"),
-    ("of which compile time (torch.compile)", None, lambda c: c["load"]["compile_s"], "s", "lower"),
-    ("Model size on disk (the artifact the engine loads)", None,
-     lambda c: (c["load"].get("artifact") or {}).get("size_bytes", c["model"]["size_bytes"]) / 2**20, "MiB", "lower"),
-]
+TEMPLATES = Path(__file__).with_name("templates")
 
 DEFINITIONS = [
     ("End-to-end latency", "end_ns − start_ns of one request, prompt in and every new token out, on the runner's own "
@@ -94,21 +58,6 @@ DEFINITIONS = [
      "bytes; the bandwidth is probed on this machine right before and after the cell, or the target's spec."),
 ]
 
-CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1280px;color:#1a1a1a;padding:0 1em}
-h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}h3{font-size:1.05em}
-nav a{margin-right:1em}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ddd;padding:.25em .5em;text-align:right;vertical-align:top}th{background:#f4f4f4}
-td.l,th.l{text-align:left}.ok{color:#17692b}.unsupported{color:#777}.bad{color:#b00020}.gated{color:#a15c00;font-weight:600}
-.inconclusive{color:#2a4fa1;font-weight:600}.ci{color:#666}
-.good{color:#17692b}.worse{color:#b00020}.best{font-weight:700;background:#eef7ee}
-.why{font-size:12px;max-width:28em;white-space:normal;color:#444}
-pre{background:#f7f7f7;padding:.5em;white-space:pre-wrap;max-height:12em;overflow:auto;font-size:12px}
-dl{display:grid;grid-template-columns:max-content auto;gap:.1em 1em}dt{font-weight:600}
-.verdict{background:#f3f8ff;border-left:4px solid #2a6fdb;padding:.5em 1em;margin:.5em 0}
-.plot{min-height:320px}.banner{background:#fff3f3;border:1px solid #b00020;padding:.5em 1em}
-"""
-
 
 @cache
 def plotly_js() -> str:
@@ -118,121 +67,84 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
-def script_json(obj) -> str:
+def script_json(obj) -> Markup:
     """JSON safe inside <script>: no '<', '>' or '&' survive, so nothing can close the element."""
-    return (json.dumps(obj, allow_nan=False, default=str)
-            .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
+    return Markup(json.dumps(obj, allow_nan=False, default=str)
+                  .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
-def _metric_table(title, scenario, read, unit, better, cells, targets) -> str:
-    rows = {}
-    for c in cells:
-        if c["scenario"]["name"] != (scenario or "latency") or c.get("status") != "ok":
-            continue  # memory and load: one row per configuration, from its latency cell
-        try:
-            v = read(c)
-        except (KeyError, TypeError):
-            v = None
-        rows.setdefault(f'{c["backend"]} · {c["variant"]}', {})[c["target"]["name"]] = v if isinstance(v, tuple) else (v, None)
-    values = [v for r in rows.values() for v, _ in r.values() if v is not None]
-    if not values:
-        return ""
-    best = min(values) if better == "lower" else max(values)
-    head = "".join(f"<th>{escape(t)}</th>" for t in targets)
-    body = ""
-    for name, by_target in rows.items():
-        tds = "".join(f'<td class="{"best" if by_target.get(t, (None,))[0] == best else ""}">'
-                      f'{tables.fmt(by_target.get(t, (None,))[0])}{_interval(by_target.get(t, (None, None))[1])}</td>'
-                      for t in targets)
-        body += f'<tr><td class="l">{escape(name)}</td>{tds}</tr>'
-    return (f"<h3>{escape(title)} <small>({escape(unit)}, {better} is better)</small></h3>"
-            f'<table><tr><th class="l">backend · variant</th>{head}</tr>{body}</table>')
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = tables.fmt
+    env.filters["script_json"] = script_json
+    return env
 
 
-def _interval(ci) -> str:
-    return f"<br><small>[{tables.fmt(ci[0])}, {tables.fmt(ci[1])}]</small>" if ci else ""
-
-
-def _guide_html(decisions: list[dict]) -> str:
-    out = ""
-    for d in decisions:
-        c = d["constraints"]
-        asked = (f'budget {d["budget_gb"]:g} GB' if d["budget_gb"] else "no memory budget") + \
-            f', quality gate: loss ≤ {c["max_quality_loss_pct"]:g}%' + \
-            (f', p95 latency ≤ {c["max_latency_ms"]:g} ms' if c["max_latency_ms"] else "") + f', objective: {c["objective"]}'
-        winner = (f'<b>Deploy {escape(d["winner"])}</b>: {escape(d["why"])}.' if d["winner"]
-                  else f'<b>Nothing qualifies</b>: {escape(d["why"])}.')
-        notes = "".join(f"<br><small>{escape(n)}</small>" for n in d["notes"])
-        rows = "".join(f'<tr><td class="l">{escape(r["label"])}</td><td class="l">{escape(r["verdict"])}</td>'
-                       f'<td class="l">{escape(r["reason"])}</td></tr>' for r in d["rows"])
-        verdict_head = "how it compares" if any(r["verdict"] != "excluded" for r in d["rows"]) else "why it loses"
-        out += (f'<h3>On {escape(d["target"])} <small>({escape(asked)})</small></h3><div class="verdict">{winner}{notes}</div>'
-                + (f'<table><tr><th class="l">configuration</th><th class="l">verdict</th><th class="l">{verdict_head}</th></tr>'
-                   f"{rows}</table>" if rows else ""))
+def metric_blocks(cells: list[dict], targets: list[str]) -> list[dict]:
+    """The export table pivoted for reading: one block per metric and statistic, one row per
+    configuration (and scenario, where a metric comes from several), one column per target."""
+    blocks: dict[tuple, dict] = {}
+    for cell in cells:
+        for r in export.cell_rows(cell):
+            title, better = export.describe(r["metric"])
+            block = blocks.setdefault((r["metric"], r["statistic"]), {
+                "title": title, "statistic": r["statistic"], "unit": r["unit"], "better": better, "rows": {}, "scenarios": set()})
+            block["scenarios"].add(r["scenario"])
+            row = block["rows"].setdefault((r["backend"], r["variant"], r["scenario"]), {})
+            row[r["target"]] = r
+    out = []
+    for block in blocks.values():
+        mib = block["unit"] == "bytes"  # memory reads better in MiB
+        scale = 2**20 if mib else 1
+        values = [r["value"] / scale for row in block["rows"].values() for r in row.values() if r["value"] is not None]
+        best = (min if block["better"] == "lower" else max)(values) if values else None
+        rows = []
+        for (backend, variant, scenario), by_target in block["rows"].items():
+            label = f"{backend} · {variant}" + (f" ({scenario})" if len(block["scenarios"]) > 1 else "")
+            shown = []
+            for t in targets:
+                r = by_target.get(t)
+                value = None if r is None or r["value"] is None else r["value"] / scale
+                ci = None if r is None or r["ci_low"] is None else (r["ci_low"] / scale, r["ci_high"] / scale)
+                shown.append({"best": value is not None and value == best, "value": value, "ci": ci})
+            rows.append({"label": label, "values": shown})
+        out.append(dict(block, unit="MiB" if mib else block["unit"], rows=rows))
     return out
 
 
-def _provenance(run: dict, configs: list) -> str:
-    host = run["host"]
-    engines = ""
-    seen = set()
+def _asked(d: dict) -> str:
+    c = d["constraints"]
+    return ((f'budget {d["budget_gb"]:g} GB' if d["budget_gb"] else "no memory budget")
+            + f', quality gate: loss ≤ {c["max_quality_loss_pct"]:g}%'
+            + (f', p95 latency ≤ {c["max_latency_ms"]:g} ms' if c["max_latency_ms"] else "") + f', objective: {c["objective"]}')
+
+
+def _engines(configs: list) -> tuple[list[dict], list[dict]]:
+    """Per backend and target, the engine and where it ran; per configuration, its load settings."""
+    engines, settings, seen = [], [], set()
     for c in configs:
         e = c.engine
-        if not e or (c.backend, c.target_name) in seen:
-            continue
-        seen.add((c.backend, c.target_name))
-        env = next((x.get("environment") for x in c.cells.values() if x.get("environment")), None)
-        image = next((x.get("image") for x in c.cells.values() if x.get("image")), None)
-        versions = ", ".join(f"{k} {v}" for k, v in sorted((e.get("versions") or {}).items()))
-        build = ", ".join(f"{k}={v}" for k, v in sorted((e.get("build") or {}).items()))
-        where = f'image {image.get("tag")} ({image.get("id")})' if image else (env or "")
-        engines += (f'<tr><td class="l">{escape(c.backend)}</td><td class="l">{escape(c.target_name)}</td>'
-                    f'<td class="l">{escape(str(e.get("engine", "")))} {escape(str(e.get("engine_version", "")))}</td>'
-                    f'<td class="l">{escape(str(e.get("device", "")))} {escape(str(e.get("gpu") or ""))}'
-                    f'{escape(" driver " + str(e["driver"])) if e.get("driver") else ""}</td>'
-                    f'<td class="l"><small>{escape(versions)}</small></td><td class="l"><small>{escape(build)}</small></td>'
-                    f'<td class="l"><small>{escape(where)}</small></td></tr>')
-    settings = ""
-    for c in configs:
+        if e and (c.backend, c.target_name) not in seen:
+            seen.add((c.backend, c.target_name))
+            env = next((x.get("environment") for x in c.cells.values() if x.get("environment")), None)
+            image = next((x.get("image") for x in c.cells.values() if x.get("image")), None)
+            engines.append({
+                "backend": c.backend, "target": c.target_name,
+                "engine": f'{e.get("engine", "")} {e.get("engine_version", "")}',
+                "device": f'{e.get("device", "")} {e.get("gpu") or ""}' + (f' driver {e["driver"]}' if e.get("driver") else ""),
+                "versions": ", ".join(f"{k} {v}" for k, v in sorted((e.get("versions") or {}).items())),
+                "build": ", ".join(f"{k}={v}" for k, v in sorted((e.get("build") or {}).items())),
+                "where": f'image {image.get("tag")} ({image.get("id")})' if image else (env or "")})
         loaded = next(((x.get("load") or {}).get("settings") for x in c.cells.values() if (x.get("load") or {}).get("settings")), None)
         if loaded:
-            text = ", ".join(f"{k}={v}" for k, v in sorted(loaded.items()))
-            settings += (f'<tr><td class="l">{escape(c.backend)} · {escape(c.variant)}</td><td class="l">{escape(c.target_name)}</td>'
-                         f'<td class="l"><small>{escape(text)}</small></td></tr>')
-    targets = "".join(
-        f'<tr><td class="l">{escape(t["name"])}</td><td class="l">{escape(str(t.get("transport")))}</td>'
-        f'<td class="l">{escape(str(t.get("arch")))}</td><td class="l">{escape(str(t.get("accelerator")))} {escape(str(t.get("gpu") or ""))}</td>'
-        f'<td>{tables.fmt(t.get("memory_gb"))} GB</td><td>{tables.fmt(t.get("memory_bandwidth_gbs"))} GB/s</td></tr>'
-        for t in run["targets"])
-    return f"""<dl>
-<dt>host</dt><dd>{escape(host["cpu"])}, {host["cpus"]} CPUs, {host["memory_gb"]} GB, {escape(host["os"])}, {escape(host["arch"])}, Python {escape(host["python"])}</dd>
-<dt>git revision</dt><dd>{escape(host["git_revision"])}</dd>
-<dt>command</dt><dd><code>just eval {escape(" ".join(run.get("argv") or []))}</code></dd>
-<dt>host packages</dt><dd>{escape(", ".join(f"{k} {v}" for k, v in host.get("packages", {}).items()))}</dd>
-</dl>
-<h3>Targets</h3><table><tr><th class="l">target</th><th class="l">transport</th><th class="l">arch</th><th class="l">device</th><th>memory</th><th>bandwidth (spec)</th></tr>{targets}</table>
-<h3>Engines</h3><table><tr><th class="l">backend</th><th class="l">target</th><th class="l">engine</th><th class="l">device</th><th class="l">versions</th><th class="l">build flags</th><th class="l">environment / image</th></tr>{engines}</table>
-<h3>Engine settings per configuration</h3><p>Threads, caches and reservations as each engine took them at load.</p>
-<table><tr><th class="l">backend · variant</th><th class="l">target</th><th class="l">settings</th></tr>{settings}</table>"""
+            settings.append({"label": c.label, "target": c.target_name,
+                             "text": ", ".join(f"{k}={v}" for k, v in sorted(loaded.items()))})
+    return engines, settings
 
 
-def render(run: dict, cells: list[dict], constraints: guide.Constraints | None = None, inline_js: bool = True) -> str:
-    constraints = constraints or guide.Constraints(**run.get("guide", {}))
-    configs = configs_mod.group(cells)
-    targets = [t["name"] for t in run["targets"]]
-    scenario_names = [s["name"] for s in run.get("scenarios", [])] or sorted({c["scenario"]["name"] for c in cells})
-    model = run["model"]
-    reference = run.get("reference")
-
-    decisions = [guide.decide(configs, t, reference, constraints) for t in run["targets"]]
-    comparisons = "".join(f"<h3>On {escape(t)}</h3>{tables.comparison(configs, t, reference, constraints.margin)}"
-                          for t in targets)
-    no_energy = sorted({f'{c.target_name}: {(c.cell("latency").get("energy") or {}).get("unavailable")}'
-                        for c in configs if c.cell("latency") and (c.cell("latency").get("energy") or {}).get("unavailable")})
-    if no_energy:
-        comparisons += f'<p><small>Energy not measured on {escape("; ".join(no_energy))}.</small></p>'
-
-
+def _figures(run: dict, configs: list, targets: list[str], margin: float) -> list[dict]:
     from evaluator.catalog.targets import memory_sizes
     # The devices users ask "does it fit?" about, as known when the run started (run.json): the
     # page is a function of the stored run. Runs from before that record get the built-in catalog.
@@ -241,83 +153,48 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
         sizes.setdefault(gb, name)
     for t in run["targets"]:
         sizes[t["memory_gb"]] = t["name"]
-    figures = [("Quality against speed", plots.quality_vs_speed(configs, t, constraints.margin)) for t in targets]
+    figures = [("Quality against speed", plots.quality_vs_speed(configs, t, margin)) for t in targets]
     figures += [("What fits where", plots.memory_fit(configs, {v: k for k, v in sizes.items()})),
                 ("Latency distribution", plots.latency_distribution(configs)),
                 ("Throughput against batch size", plots.throughput_vs_batch(configs)),
                 ("Against the hardware's limit", plots.bandwidth_ceiling(configs))]
-    figures = [(title, fig) for title, fig in figures if fig]
-    plot_divs = "".join(f'<div class="plot" id="plot-{i}"></div>'
-                        f'<script type="application/json" id="plot-{i}-data">{script_json(fig)}</script>'
-                        for i, (_, fig) in enumerate(figures))
+    return [{"title": title, "figure": fig} for title, fig in figures if fig]
 
-    tables_html = "".join(_metric_table(*m, cells, targets) for m in METRICS)
-    scopes = ""
-    for c in cells:
-        if c["scenario"]["name"] != "quality" or c.get("status") != "ok":
-            continue
-        hs, ppl = c["metrics"]["hellaswag"], c["metrics"]["perplexity"]
-        order = hs.get("order") or {}
-        subset = (f'the first {hs["items"]:,} in the seeded order (seed {order.get("seed")}; items: {order.get("mode")}; '
-                  f'stopped: {order.get("stopped")})' if hs["items"] < hs["of"] else "the whole validation set")
-        defs = "; ".join(f'{k}: {v["definition"]}' for k, v in ppl.items())
-        scopes += (f'<li>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}: HellaSwag '
-                   f'{hs["items"]:,} of {hs["of"]:,} items ({escape(subset)}); perplexity {escape(defs)}</li>')
-    texts = "".join(
-        f'<h3>{escape(c["backend"])} · {escape(c["variant"])} · {escape(c["target"]["name"])}</h3>'
-        f'<pre>{escape(c["check"]["text"])}</pre>'
-        for c in cells if c.get("status") == "ok" and c.get("check"))
-    banners = ""
-    if model.get("synthetic"):
-        banners += ('<p class="banner">Synthetic model: a real architecture with seeded random weights, for speed and '
-                    'memory only. Its greedy text is gibberish and its quality numbers mean nothing.</p>')
-    missing = [cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}]
-    if missing:
-        banners += (f'<p class="banner">{len(missing)} planned cells have no result (the run was interrupted; '
-                    f'<code>just eval --resume {escape(run["run_id"])}</code> finishes it): {escape(", ".join(missing))}</p>')
-    failed = [c for c in cells if c["status"] not in ("ok", "unsupported")]
-    if failed:
-        banners += f'<p class="banner">{len(failed)} cells failed; each says why in the matrix below.</p>'
-    definitions = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in DEFINITIONS)
-    js = (f"<script>{plotly_js()}</script>" if inline_js else "")
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>deploy-eval · {escape(model["name"])} · {escape(run["run_id"])}</title>
-<style>{CSS}</style>{js}</head><body>
-<h1>deploy-eval: {escape(model["name"])}</h1>
-<p>run {escape(run["run_id"])}, started {escape(run["started_at"])} · {escape(model["source"])},
-{model["size_bytes"] / 2**20:,.2f} MiB of weights, sha256 {escape(model["sha256"][:16])}… · targets {escape(", ".join(targets))}</p>
-<nav><a href="#guide">Decision guide</a><a href="#compare">Comparison</a><a href="#plots">Plots</a><a href="#matrix">Every cell</a>
-<a href="#metrics">All metrics</a><a href="#definitions">Definitions</a><a href="#provenance">Provenance</a></nav>
-{banners}
-<h2 id="guide">Decision guide</h2>
-<p>The configurations measured in this run, held to the constraints below (set them with <code>just eval</code> or
-<code>just report RUN_ID --memory-budget GB --max-quality-loss PCT --max-latency-ms MS --objective
-{escape("|".join(guide.OBJECTIVES))}</code>).</p>
-{_guide_html(decisions)}
-<h2 id="compare">Comparison</h2>
-<p>Per configuration, against the baseline row (the reference variant, {escape(reference or "none")}).</p>
-{comparisons}
-<h2 id="plots">Plots</h2>
-{plot_divs}
-<h2 id="matrix">Every cell</h2>
-{tables.status_matrix(configs, targets, scenario_names, constraints.margin)}
-<h2 id="metrics">All metrics</h2>
-<details><summary>Every metric per configuration and target (best in bold)</summary>{tables_html}</details>
-{f"<h3>What the quality numbers cover</h3><ul>{scopes}</ul>" if scopes else ""}
-<h3>Greedy output from BOS (the check run before timing)</h3>
-{texts}
-<h2 id="definitions">Definitions</h2>
-<dl>{definitions}</dl>
-<h2 id="provenance">Provenance</h2>
-{_provenance(run, configs)}
-<script>
-document.querySelectorAll("div.plot").forEach(function (div) {{
-  var fig = JSON.parse(document.getElementById(div.id + "-data").textContent);
-  Plotly.newPlot(div, fig.data, fig.layout, {{responsive: true, displaylogo: false}});
-}});
-</script>
-</body></html>
-"""
+
+def _scope(c: dict) -> str:
+    hs, ppl = c["metrics"]["hellaswag"], c["metrics"]["perplexity"]
+    order = hs.get("order") or {}
+    subset = (f'the first {hs["items"]:,} in the seeded order (seed {order.get("seed")}; items: {order.get("mode")}; '
+              f'stopped: {order.get("stopped")})' if hs["items"] < hs["of"] else "the whole validation set")
+    defs = "; ".join(f'{k}: {v["definition"]}' for k, v in ppl.items())
+    return (f'{c["backend"]} · {c["variant"]} · {c["target"]["name"]}: HellaSwag {hs["items"]:,} of {hs["of"]:,} items '
+            f'({subset}); perplexity {defs}')
+
+
+def render(run: dict, cells: list[dict], constraints: guide.Constraints | None = None, inline_js: bool = True) -> str:
+    constraints = constraints or guide.Constraints(**run.get("guide", {}))
+    configs = configs_mod.group(cells)
+    targets = [t["name"] for t in run["targets"]]
+    scenario_names = [s["name"] for s in run.get("scenarios", [])] or sorted({c["scenario"]["name"] for c in cells})
+    reference = run.get("reference")
+    no_energy = sorted({f'{c.target_name}: {(c.cell("latency").get("energy") or {}).get("unavailable")}'
+                        for c in configs if c.cell("latency") and (c.cell("latency").get("energy") or {}).get("unavailable")})
+    engines, settings = _engines(configs)
+    decisions = [dict(d, asked=_asked(d)) for d in (guide.decide(configs, t, reference, constraints) for t in run["targets"])]
+    return _environment().get_template("report.html.j2").render(
+        run=run, model=run["model"], host=run["host"], targets=targets, reference=reference,
+        objectives="|".join(guide.OBJECTIVES), decisions=decisions,
+        comparisons=[{"target": t, "columns": [(h, u) for h, _, u in tables.COLUMNS],
+                      "rows": tables.comparison(configs, t, reference, constraints.margin)} for t in targets],
+        no_energy="; ".join(no_energy), figures=_figures(run, configs, targets, constraints.margin),
+        matrix=tables.status_matrix(configs, targets, scenario_names, constraints.margin), scenarios=scenario_names,
+        metric_blocks=metric_blocks(cells, targets),
+        scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
+        texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
+        missing=[cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}],
+        failed=[c for c in cells if c["status"] not in ("ok", "unsupported")],
+        definitions=DEFINITIONS, engines=engines, settings=settings,
+        css=(TEMPLATES / "report.css").read_text(), plotly_js=plotly_js() if inline_js else "")
 
 
 def build(path: Path, constraints: guide.Constraints | None = None) -> Path:

@@ -47,7 +47,7 @@ def compare(reference: list[dict], variant: list[dict]) -> dict:
     return {
         "positions": len(kls), "windows": len(window_kl),
         "kl_mean": sum(kls) / len(kls), "kl_mean_ci": paired.mean_interval(window_kl)["ci"],
-        "kl_p99": percentile(kls_sorted, 99),
+        "kl_median": percentile(kls_sorted, 50), "kl_p99": percentile(kls_sorted, 99),
         "top1_agreement": agree / len(kls), "top1_agreement_ci": paired.mean_interval(window_agree)["ci"],
         "mean_abs_dp_correct": sum(dp) / len(dp),
         "kl_definition": "KL(reference || variant) over the tokens in both top-k lists plus one bucket for the rest: "
