@@ -58,12 +58,12 @@ def test_ppl_llamacpp_equals_llama_perplexity_built_from_the_engines_source(tmp_
     import llama_tools
 
     bin_dir = llama_tools.build()
-    proc = run_cli("eval", "stories260k", "--backends", "llamacpp", "--variants", "f32,q8_0", "--scenarios", "quality",
+    proc = run_cli("eval", "stories260k", "--backends", "llamacpp", "--variants", "f32,q8_0,q4_k_m", "--scenarios", "quality",
                    "--reference", "llamacpp:f32", "--limit", "20", "--ppl-tokens", "30000", "--ppl-llamacpp",
                    "--reports", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {c["variant"]: c for c in cells(run_folder(proc.stderr, tmp_path)).values()}
-    for variant, kv_type, flash_attn in (("f32", "f32", "off"), ("q8_0", "f16", "on")):
+    for variant, kv_type, flash_attn in (("f32", "f32", "off"), ("q8_0", "f16", "on"), ("q4_k_m", "f16", "on")):
         ours = results[variant]["metrics"]["perplexity"]["llamacpp"]
         chunks = int(re.search(r"(\d+) chunks", ours["definition"]).group(1))
         gguf = results[variant]["load"]["artifact"]["path"]
@@ -71,13 +71,14 @@ def test_ppl_llamacpp_equals_llama_perplexity_built_from_the_engines_source(tmp_
         theirs = float(re.search(r"Final estimate: PPL = ([0-9.]+)", printed).group(1))
         # llama-perplexity prints 4 decimals: ~1e-5 relative at a PPL of ~130
         assert ours["token_perplexity"] == pytest.approx(theirs, rel=1e-4), variant
-    # KL(f32 || q8_0) over the whole vocabulary on the same positions: llama-perplexity keeps the
-    # base's log-probabilities as 16-bit steps, so "equal" is within 2%.
+    # KL(f32 || variant) over the whole vocabulary on the same positions: llama-perplexity keeps
+    # the base's log-probabilities as 16-bit steps, so "equal" is within 2%.
     base = tmp_path / "f32.kld"
     llama_perplexity(bin_dir, results["f32"]["load"]["artifact"]["path"], KL_CHUNKS, "f32", "off",
                      "--kl-divergence-base", str(base))
-    printed = llama_perplexity(bin_dir, results["q8_0"]["load"]["artifact"]["path"], KL_CHUNKS, "f16", "on",
-                               "--kl-divergence-base", str(base), "--kl-divergence")
-    theirs = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", printed).group(1))
-    ours = results["q8_0"]["fidelity_llamacpp"]
-    assert ours["top_k"] == 512 and ours["kl_mean"] == pytest.approx(theirs, rel=0.02)
+    for variant in ("q8_0", "q4_k_m"):
+        printed = llama_perplexity(bin_dir, results[variant]["load"]["artifact"]["path"], KL_CHUNKS, "f16", "on",
+                                   "--kl-divergence-base", str(base), "--kl-divergence")
+        theirs = float(re.search(r"Mean\s+KLD:\s+([0-9.]+)", printed).group(1))
+        ours = results[variant]["fidelity_llamacpp"]
+        assert ours["top_k"] == 512 and ours["kl_mean"] == pytest.approx(theirs, rel=0.02), variant

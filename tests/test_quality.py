@@ -72,6 +72,36 @@ def test_fidelity_of_identical_answers_is_perfect_and_of_different_ones_is_not()
     assert diff["kl_mean"] > 0.1 and diff["top1_agreement"] == 0.5 and diff["mean_abs_dp_correct"] == pytest.approx(0.15)
 
 
+def test_kl_over_the_references_top_ids_is_exact_with_the_whole_vocabulary_and_a_lower_bound_below_it():
+    import random
+    rng = random.Random(7)
+
+    def softmax(xs):
+        z = sum(math.exp(x) for x in xs)
+        return [math.log(math.exp(x) / z) for x in xs]
+    vocab, windows = 40, []
+    ref_lp = [softmax([rng.gauss(0, 2) for _ in range(vocab)]) for _ in range(30)]
+    var_lp = [[lp + rng.gauss(0, 0.3) for lp in row] for row in ref_lp]
+    var_lp = [softmax(row) for row in var_lp]
+    exact = sum(sum(math.exp(p) * (p - q) for p, q in zip(r, v)) for r, v in zip(ref_lp, var_lp)) / len(ref_lp)
+
+    def window(rows, k, want_from=None):
+        tops = [sorted(enumerate(r), key=lambda t: -t[1])[:k] for r in rows]
+        w = {"logprobs": [r[0] for r in rows], "top": [[[i, lp] for i, lp in t] for t in tops]}
+        if want_from:
+            w["wanted"] = [[row[i] for i, _ in top] for row, top in zip(rows, want_from["top"])]
+        return w
+    for k in (vocab, 5):
+        ref = window(ref_lp, k)
+        shared = fidelity.compare([ref], [window(var_lp, k, want_from=ref)])
+        own = fidelity.compare([ref], [window(var_lp, k)])
+        assert shared["kl_partition"] == "shared" and own["kl_partition"] == "each side's top-k"
+        if k == vocab:
+            assert shared["kl_mean"] == pytest.approx(exact, rel=1e-9) and shared["reference_mass_covered"] == pytest.approx(1)
+        else:
+            assert own["kl_mean"] <= shared["kl_mean"] < exact
+
+
 def _raw(correct: list[bool], nll: list[float]) -> dict:
     """Raw answers for the first len(correct) items of the default order: right or wrong by choice."""
     items = hellaswag.order(hellaswag.load(), 1234)[: len(correct)]
@@ -150,6 +180,8 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     (bf16,) = [c for c in map(lambda p: json.loads(p.read_text()), tmp_path.glob("*/cells/*.json")) if c["variant"] == "bf16-sdpa-kv"]
     kl = bf16["fidelity_llamacpp"]
     assert kl["top_k"] == 512 and kl["positions"] == "the first 4 llama-perplexity chunks" and kl["kl_mean"] > 0
+    # the variant scored after the reference was sent its top ids: one shared partition
+    assert bf16["fidelity"]["kl_partition"] == "shared" and 0 < bf16["fidelity"]["reference_mass_covered"] < 1
 
 
 TINY = ["--scenarios", "quality", "--limit", "50", "--ppl-tokens", "2000"]

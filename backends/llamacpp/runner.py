@@ -201,21 +201,24 @@ class LlamaCppEngine(Engine):
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
 
-    def _entries(self, rows: np.ndarray, targets: list[int], top_k: int) -> dict:
+    def _entries(self, rows: np.ndarray, targets: list[int], top_k: int, want=None) -> dict:
         logprobs = _log_softmax(rows)
         entry = {"logprobs": logprobs[np.arange(len(targets)), targets].tolist(), "top": [[] for _ in targets]}
+        if want:
+            entry["wanted"] = np.take_along_axis(logprobs, np.array(want), axis=-1).astype(float).tolist()
         if top_k:
             idx = np.argsort(-logprobs, axis=-1, kind="stable")[:, :top_k]
             entry["top"] = [[[int(i), float(row[i])] for i in ids] for row, ids in zip(logprobs, idx)]
         return entry
 
-    def score(self, sequences, start, top_k):
+    def score(self, sequences, start, top_k, want=None):
         results = []
-        for seq in sequences:
+        for i, seq in enumerate(sequences):
             self._check_fits(len(seq))
             self.llm.reset()
             self.llm.eval(seq)
-            results.append(self._entries(self.llm.scores[start - 1: len(seq) - 1], seq[start:], top_k))
+            results.append(self._entries(self.llm.scores[start - 1: len(seq) - 1], seq[start:], top_k,
+                                         want[i] if want else None))
         return results
 
     def score_continuations(self, prefix, continuations, top_k):

@@ -97,16 +97,16 @@ class NullEngine(Engine):
             on_token()
         return out
 
-    def score(self, sequences, start, top_k):
+    def score(self, sequences, start, top_k, want=None):
         import math
         if self.fault == "malformed_score":
             return [{"logprobs": None, "top": None} for _ in sequences]
         if self.fault == "inconsistent_tokens":  # token 0 is certain; everything else is impossible
             return [{"logprobs": [0.0 if t == 0 else -30.0 for t in s[start:]],
                      "top": [[[0, 0.0]][:top_k] for _ in range(len(s) - start)]} for s in sequences]
-        lp = -math.log(self.vocab_size)
-        return [{"logprobs": [lp] * (len(s) - start),
-                 "top": [[[i, lp] for i in range(top_k)] for _ in range(len(s) - start)]} for s in sequences]
+        lp = -math.log(self.vocab_size)  # uniform: every id, chosen or not, has this log-probability
+        return [{"logprobs": [lp] * (len(s) - start), "top": [[[i, lp] for i in range(top_k)] for _ in range(len(s) - start)],
+                 **({"wanted": [[lp] * len(ids) for ids in want[n]]} if want else {})} for n, s in enumerate(sequences)]
 
 
 if __name__ == "__main__":

@@ -121,9 +121,11 @@ class OrtEngine(Engine):
         return [list(row) for row in zip(*out)]
 
     @staticmethod
-    def _entry(rows: np.ndarray, targets: list[int], top_k: int) -> dict:
+    def _entry(rows: np.ndarray, targets: list[int], top_k: int, want=None) -> dict:
         logprobs = _log_softmax(rows)
         entry = {"logprobs": logprobs[np.arange(len(targets)), targets].astype(float).tolist(), "top": [[] for _ in targets]}
+        if want:
+            entry["wanted"] = np.take_along_axis(logprobs, np.array(want), axis=-1).astype(float).tolist()
         if top_k:
             idx = np.argpartition(-logprobs, top_k - 1, axis=-1)[:, :top_k]
             vals = np.take_along_axis(logprobs, idx, axis=-1)
@@ -132,11 +134,12 @@ class OrtEngine(Engine):
             entry["top"] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.astype(float).tolist())]
         return entry
 
-    def score(self, sequences, start, top_k):
+    def score(self, sequences, start, top_k, want=None):
         width = max(len(s) for s in sequences)
         batch = np.array([s + [0] * (width - len(s)) for s in sequences], dtype=np.int64)
         logits = self._run(batch, None)[0].numpy()
-        return [self._entry(logits[i, start - 1: len(s) - 1], s[start:], top_k) for i, s in enumerate(sequences)]
+        return [self._entry(logits[i, start - 1: len(s) - 1], s[start:], top_k, want[i] if want else None)
+                for i, s in enumerate(sequences)]
 
     def score_continuations(self, prefix, continuations, top_k):
         # The prefix once, its cache repeated for each continuation, the continuations as a batch.

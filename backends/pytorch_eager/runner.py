@@ -101,7 +101,7 @@ class TorchEngine(Engine):
         return [list(row) for row in zip(*out)]
 
     @torch.inference_mode()
-    def _score_rows(self, sequences, starts, top_k):
+    def _score_rows(self, sequences, starts, top_k, want=None):
         """One forward for the whole batch, the log-probabilities gathered on the device: only
         the asked-for numbers come back to the host, never the full logits. Right padding is
         invisible to a causal model: real positions never attend to later ones, and padded
@@ -118,10 +118,15 @@ class TorchEngine(Engine):
             values, indices = values.tolist(), indices.tolist()
             for i, (s, start) in enumerate(zip(sequences, starts)):
                 results[i]["top"] = [list(zip(indices[i][p], values[i][p])) for p in range(start - 1, len(s) - 1)]
+        for i, (s, start) in enumerate(zip(sequences, starts)):
+            if want:  # chosen ids per position, gathered on the device like the rest
+                rows = logits[i, start - 1: len(s) - 1]
+                ids = torch.tensor(want[i], device=self.device)
+                results[i]["wanted"] = (rows.gather(1, ids) - norm[i, start - 1: len(s) - 1, None]).tolist()
         return results
 
-    def score(self, sequences, start, top_k):
-        return self._score_rows(sequences, [start] * len(sequences), top_k)
+    def score(self, sequences, start, top_k, want=None):
+        return self._score_rows(sequences, [start] * len(sequences), top_k, want)
 
     def score_continuations(self, prefix, continuations, top_k):
         return self.score_groups([(prefix, continuations)], top_k)[0]

@@ -70,6 +70,12 @@ def _score(r: dict, req: dict) -> None:
     else:
         for i, e in enumerate(results):
             _entry(e, f"results[{i}]")
+            if "want" in req:  # the chosen ids' log-probabilities: one number per id asked, per position
+                _need(i < len(req["want"]), f"results has {len(results)} entries, {len(req['want'])} sequences asked")
+                wanted = e.get("wanted")
+                _need(isinstance(wanted, list) and [len(w) if isinstance(w, list) else -1 for w in wanted]
+                      == [len(ids) for ids in req["want"][i]] and all(_is_number(v) for w in wanted for v in w),
+                      f"results[{i}].wanted does not hold one number per id asked at each position")
 
 
 def _memory(r: dict, req: dict) -> None:

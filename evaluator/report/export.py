@@ -35,6 +35,7 @@ DESCRIBED = {
     "llamacpp_perplexity": ("WikiText-2 perplexity, llama-perplexity compatible", "lower"),
     "kl": ("KL divergence from the reference", "lower"), "top1_agreement": ("Top-1 agreement with the reference", "higher"),
     "mean_abs_dp_correct": ("Mean |Δp| of the correct token vs the reference", "lower"),
+    "reference_mass_covered": ("Reference's probability mass in the KL's own buckets (1: exact KL)", "higher"),
     "quality_loss_acc_norm": ("Quality loss vs the reference, acc_norm", "lower"),
     "quality_loss_perplexity": ("Quality loss vs the reference, perplexity", "lower"),
     "peak_rss": ("Peak RSS", "lower"), "peak_device_allocator": ("Peak device memory, allocator (live tensors)", "lower"),
@@ -105,7 +106,8 @@ def cell_rows(cell: dict) -> list[dict]:
                          "unit": "", "n": llamacpp.get("chunks")})
         fid = cell.get("fidelity") or {}
         for name, stat, unit in (("kl_mean", "mean", "nats"), ("kl_median", "median", "nats"), ("kl_p99", "p99", "nats"),
-                                 ("top1_agreement", "mean", "share"), ("mean_abs_dp_correct", "mean", "probability")):
+                                 ("top1_agreement", "mean", "share"), ("mean_abs_dp_correct", "mean", "probability"),
+                                 ("reference_mass_covered", "mean", "share")):
             if name in fid:
                 lo, hi = fid.get(f"{name}_ci") or (None, None)
                 rows.append({"metric": name.removesuffix("_mean").removesuffix("_median").removesuffix("_p99"),

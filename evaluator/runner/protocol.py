@@ -77,6 +77,11 @@ score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
     first (top_k 0 gives empty lists). `start` must be >= 1 (the first token has no
     context) and < len(s). Sequences may differ in length. The log-probabilities are of the
     full softmax over the vocabulary, no temperature, no penalties.
+    Optional "want": [[[int, ...] per scored position] per sequence] adds "wanted": the
+    log-probabilities of exactly those ids at each position, in the order asked. The evaluator
+    sends the reference's top ids, so a variant's KL is computed over one shared partition of
+    the vocabulary (a tight bound where the vocabulary is too large to send whole). An engine
+    whose score() takes no `want` argument answers `unsupported`.
 
 score {"prefix": [int, ...], "sequences": [[int, ...], ...], "top_k": int}
     The shared-context form (HellaSwag's four endings after one context). Each sequence is a

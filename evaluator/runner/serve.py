@@ -3,6 +3,7 @@
 A backend's runner.py builds its Engine and calls serve(engine). Argument checking lives here,
 once, so every backend refuses bad requests the same way.
 """
+import inspect
 import json
 import os
 import platform
@@ -141,7 +142,17 @@ class _Server:
         start = _int(req, "start", 1, default=1)
         if any(start >= len(s) for s in sequences):
             raise RunnerError("bad_request", f"start={start} must be < the length of every sequence")
-        return {"results": self.engine.score(sequences, start, top_k)}
+        if "want" not in req:
+            return {"results": self.engine.score(sequences, start, top_k)}
+        want = req["want"]
+        if not (isinstance(want, list) and len(want) == len(sequences)
+                and all(isinstance(w, list) and len(w) == len(s) - start for w, s in zip(want, sequences))):
+            raise RunnerError("bad_request", "want must hold, per sequence, one list of token ids per scored position")
+        for w in want:
+            _ids(w, "want", self.vocab_size)
+        if "want" not in inspect.signature(self.engine.score).parameters:
+            raise RunnerError("unsupported", "this engine cannot return the log-probabilities of chosen tokens (want)")
+        return {"results": self.engine.score(sequences, start, top_k, want=want)}
 
     def memory(self, req):
         rss, peak_rss = rss_bytes()

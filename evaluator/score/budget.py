@@ -66,8 +66,10 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
                 if res is not None and (not _ok(res) or _final(res) or scored(res) >= upto):
                     continue
                 ref_res = state[ref.id] if ref else None
-                judge = gate.judge(raw_of(ref_res), margin, design, total) if _ok(ref_res) else None
-                state[c.id] = session(c, Round(upto, _previous(res, raw_of), judge))
+                ref_raw = raw_of(ref_res) if _ok(ref_res) else None
+                judge = gate.judge(ref_raw, margin, design, total) if ref_raw else None
+                state[c.id] = session(c, Round(upto, _previous(res, raw_of), judge,
+                                               ref_raw.get("fidelity_windows") if ref_raw else None))
 
         by_machine = {}
         for c in pending:

@@ -4,11 +4,15 @@ In one run, the reference variant (pytorch_eager fp32-sdpa-kv by default) and ev
 variant score the same WikiText-2 windows with top-k log-probabilities. Per variant, over
 every scored position:
 
-- KL(reference || variant), mean and p99. Runners return only their top-k, so the KL is
-  taken over a coarser partition of the vocabulary that both sides know exactly: each token
-  in BOTH top-k lists is its own bucket, all the remaining mass is one bucket. By the
-  data-processing inequality this is a lower bound of the full-vocabulary KL; it is zero
-  only when the two distributions agree on every shared token.
+- KL(reference || variant), mean, median and p99, over a partition of the vocabulary that
+  both sides know exactly: each of the reference's top-k tokens is its own bucket and all the
+  remaining mass is one bucket. The variant is scored after the reference and is sent the
+  reference's top ids (the protocol's `want`), so it returns its own log-probabilities for
+  exactly those tokens: one shared partition. By the data-processing inequality this is a lower
+  bound of the full-vocabulary KL, tight where the reference's top-k holds most of its mass
+  (the share it holds is reported), and exact where k is the whole vocabulary (the llama.cpp
+  chunks of a small-vocabulary model). An engine that cannot return chosen ids gets the
+  looser partition of the tokens in BOTH top-k lists plus the rest, and the result says so.
 - top-1 agreement: share of positions where both put the same token first.
 - mean |Δp| of the correct token: |P_ref(token) - P_variant(token)| for the token that is
   actually there.
@@ -31,13 +35,27 @@ def _position_kl(ref_top, var_top) -> float:
     return sum(p * math.log(p / max(q, EPS)) for p, q in shared if p > 0) + p_rest * math.log(p_rest / q_rest)
 
 
+def _shared_kl(ref_top, wanted) -> float:
+    """KL over {each of the reference's top ids} + {the rest}, the variant's probabilities of
+    those very ids given (`wanted`, in the same order)."""
+    p = [math.exp(lp) for _, lp in ref_top]
+    q = [math.exp(lp) for lp in wanted]
+    p_rest, q_rest = max(EPS, 1 - sum(p)), max(EPS, 1 - sum(q))
+    return sum(pi * math.log(pi / max(qi, EPS)) for pi, qi in zip(p, q) if pi > 0) + p_rest * math.log(p_rest / q_rest)
+
+
 def compare(reference: list[dict], variant: list[dict]) -> dict:
-    """Both are the raw windows a quality cell stored: [{"logprobs": [...], "top": [...]}, ...]."""
-    kls, agree, dp, window_kl, window_agree = [], 0, [], [], []
+    """Both are the raw windows a quality cell stored: [{"logprobs": [...], "top": [...]}, ...];
+    a variant's windows may hold "wanted": its log-probabilities of the reference's top ids."""
+    kls, agree, dp, window_kl, window_agree, covered = [], 0, [], [], [], []
+    shared = all("wanted" in w for w in variant)
     for ref_w, var_w in zip(reference, variant, strict=True):
         start, agreed = len(kls), agree
-        for r_lp, v_lp, r_top, v_top in zip(ref_w["logprobs"], var_w["logprobs"], ref_w["top"], var_w["top"], strict=True):
-            kls.append(_position_kl(r_top, v_top))
+        wanted = var_w["wanted"] if shared else [None] * len(var_w["logprobs"])
+        for r_lp, v_lp, r_top, v_top, v_want in zip(ref_w["logprobs"], var_w["logprobs"], ref_w["top"], var_w["top"],
+                                                    wanted, strict=True):
+            kls.append(_shared_kl(r_top, v_want) if shared else _position_kl(r_top, v_top))
+            covered.append(sum(math.exp(lp) for _, lp in r_top))
             agree += r_top[0][0] == v_top[0][0]
             dp.append(abs(math.exp(r_lp) - math.exp(v_lp)))
         if len(kls) > start:
@@ -50,6 +68,10 @@ def compare(reference: list[dict], variant: list[dict]) -> dict:
         "kl_median": percentile(kls_sorted, 50), "kl_p99": percentile(kls_sorted, 99),
         "top1_agreement": agree / len(kls), "top1_agreement_ci": paired.mean_interval(window_agree)["ci"],
         "mean_abs_dp_correct": sum(dp) / len(dp),
-        "kl_definition": "KL(reference || variant) over the tokens in both top-k lists plus one bucket for the rest: "
-                         "a lower bound of the full KL; intervals over windows (Student's t)",
+        "kl_partition": "shared" if shared else "each side's top-k",
+        "reference_mass_covered": sum(covered) / len(covered),
+        "kl_definition": (f"KL(reference || variant) over the reference's top-{len(reference[0]['top'][0])} tokens (the variant's "
+                          "probabilities of those very tokens) plus one bucket for the rest"
+                          if shared else "KL(reference || variant) over the tokens in both top-k lists plus one bucket for the rest")
+                         + ": a lower bound of the full KL (exact where k is the vocabulary); intervals over windows (Student's t)",
     }

@@ -62,6 +62,7 @@ class Round:
     upto: int
     previous: tuple[dict, dict] | None = None
     judge: Callable | None = None
+    reference_fidelity: list | None = None  # the reference's fidelity windows: their top ids are asked for (`want`)
 
 
 def _checked(results: list, lengths: list[int], what: str) -> list:
@@ -71,12 +72,15 @@ def _checked(results: list, lengths: list[int], what: str) -> list:
     return results
 
 
-def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows: int, what: str, progress):
-    """(NLL per window, tokens per window, the answers of the first `top_k_windows` windows, with top-k)."""
+def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows: int, what: str, progress,
+                   want: list | None = None):
+    """(NLL per window, tokens per window, the answers of the first `top_k_windows` windows, with
+    top-k, and with the log-probabilities of want[i]'s ids at each position where given)."""
     nll, count, kept = [], [], []
     for i, w in enumerate(windows):
         k = top_k if i < top_k_windows else 0
-        (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=k)["results"],
+        asked = {"want": [want[i]]} if want and i < len(want) and k else {}
+        (res,) = _checked(runner.request("score", timeout_s, sequences=[w.tokens], start=w.start, top_k=k, **asked)["results"],
                           [len(w.tokens) - w.start], what)
         nll.append(-sum(res["logprobs"]))
         count.append(len(res["logprobs"]))
@@ -136,8 +140,13 @@ def wikitext(tok, sc: Quality) -> WikiText:
                     perplexity.window_order(len(rolling), sc.seed if sc.sequential else None))
 
 
+def _reference_ids(reference_fidelity: list, first: int, count: int) -> list:
+    """The reference's top ids at every position of its fidelity windows first .. first+count."""
+    return [[[t for t, _ in top] for top in w["top"]] for w in reference_fidelity[first: first + count]]
+
+
 def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent: int, previous: dict | None,
-                progress, vocab_size: int) -> tuple[dict, dict]:
+                progress, vocab_size: int, reference_fidelity: list | None = None) -> tuple[dict, dict]:
     """(metrics, raw) of WikiText-2, scored up to windows_for(extent), continuing `previous` raw."""
     source, tokens, whole_file, window, stride, rolling, order = (
         wt.source, wt.tokens, wt.whole_file, wt.window, wt.stride, wt.rolling, wt.order)
@@ -148,8 +157,20 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
         raise ValueError("the stored WikiText-2 answers do not follow this cell's window order")
     todo = order[len(done["windows"]): windows_for(sc, extent, len(rolling))]
     top_k_windows = max(0, sc.fidelity_windows - len(done["windows"]))
-    nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
-                                          "perplexity", progress)
+    want = None
+    if reference_fidelity and top_k_windows:
+        want = _reference_ids(reference_fidelity, len(raw["fidelity_windows"]), top_k_windows)
+    try:
+        nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
+                                              "perplexity", progress, want)
+    except RunnerFailure as exc:
+        if not (want and exc.status == "unsupported"):
+            raise
+        # an engine that cannot return chosen ids (vLLM's prompt log-probabilities): each side's
+        # own top-k, the looser bound, and the cell says so
+        raw["fidelity_partition"] = f"each side's own top-{sc.top_k} ({exc.reason})"
+        nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
+                                              "perplexity", progress)
     done = {"windows": done["windows"] + todo, "window_nll": done["window_nll"] + nll,
             "window_tokens": done["window_tokens"] + count, "windows_total": len(rolling)}
     raw["perplexity"] = dict(raw["perplexity"], rolling=done)
@@ -205,7 +226,8 @@ def run(runner, tok, sc: Quality, timeout_s: float, vocab_size: int, rnd: Round,
     first = min(next((look for look in looks if look > n), sc.total_items), rnd.upto, sc.total_items)
     with phases("wikitext-2"):
         wt = wikitext(tok, sc)
-        ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress, vocab_size)
+        ppl_metrics, raw = _perplexity(runner, tok, sc, wt, timeout_s, max(first, n), raw, progress, vocab_size,
+                                       rnd.reference_fidelity)
     raw["hellaswag"] = dict(raw.get("hellaswag") or {"items": [], "ending_logprob_sums": []})
     with phases("hellaswag"):
         order = hellaswag.order(hellaswag.load(), sc.seed)[: sc.total_items]
