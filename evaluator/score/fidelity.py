@@ -17,12 +17,15 @@ every scored position:
 - mean |Δp| of the correct token: |P_ref(token) - P_variant(token)| for the token that is
   actually there.
 The mean KL and the top-1 agreement carry a 95% interval over windows (positions inside a
-window are not independent; windows are the units).
+window are not independent; windows are the units); the median and p99 a percentile bootstrap
+that resamples whole windows (a cluster bootstrap, seeded).
 """
 import math
 
+import numpy as np
+
 from evaluator.stats import paired
-from evaluator.stats.intervals import percentile
+from evaluator.stats.intervals import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, CONFIDENCE, percentile
 
 EPS = 1e-12  # floor for a bucket's probability: a lower bound stays finite
 
@@ -44,13 +47,26 @@ def _shared_kl(ref_top, wanted) -> float:
     return sum(pi * math.log(pi / max(qi, EPS)) for pi, qi in zip(p, q) if pi > 0) + p_rest * math.log(p_rest / q_rest)
 
 
+def _window_bootstrap(per_window: list[list[float]], qs: tuple) -> list:
+    """95% intervals of the pooled percentiles `qs`, resampling whole windows."""
+    arrays = [np.asarray(w) for w in per_window if w]
+    if len(arrays) < 2:
+        return [None] * len(qs)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    stats = np.array([np.percentile(np.concatenate([arrays[i] for i in rng.integers(0, len(arrays), len(arrays))]), qs)
+                      for _ in range(BOOTSTRAP_RESAMPLES)])
+    lo, hi = np.quantile(stats, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], axis=0)
+    return [[float(a), float(b)] for a, b in zip(lo, hi)]
+
+
 def compare(reference: list[dict], variant: list[dict]) -> dict:
     """Both are the raw windows a quality cell stored: [{"logprobs": [...], "top": [...]}, ...];
     a variant's windows may hold "wanted": its log-probabilities of the reference's top ids."""
-    kls, agree, dp, window_kl, window_agree, covered = [], 0, [], [], [], []
+    kls, agree, dp, window_kl, window_agree, covered, starts = [], 0, [], [], [], [], []
     shared = all("wanted" in w for w in variant)
     for ref_w, var_w in zip(reference, variant, strict=True):
         start, agreed = len(kls), agree
+        starts.append(start)
         wanted = var_w["wanted"] if shared else [None] * len(var_w["logprobs"])
         for r_lp, v_lp, r_top, v_top, v_want in zip(ref_w["logprobs"], var_w["logprobs"], ref_w["top"], var_w["top"],
                                                     wanted, strict=True):
@@ -62,10 +78,12 @@ def compare(reference: list[dict], variant: list[dict]) -> dict:
             window_kl.append(sum(kls[start:]) / (len(kls) - start))
             window_agree.append((agree - agreed) / (len(kls) - start))
     kls_sorted = sorted(kls)
+    median_ci, p99_ci = _window_bootstrap([kls[a:b] for a, b in zip(starts, starts[1:] + [len(kls)])], (50, 99))
     return {
         "positions": len(kls), "windows": len(window_kl),
         "kl_mean": sum(kls) / len(kls), "kl_mean_ci": paired.mean_interval(window_kl)["ci"],
-        "kl_median": percentile(kls_sorted, 50), "kl_p99": percentile(kls_sorted, 99),
+        "kl_median": percentile(kls_sorted, 50), "kl_median_ci": median_ci,
+        "kl_p99": percentile(kls_sorted, 99), "kl_p99_ci": p99_ci,
         "top1_agreement": agree / len(kls), "top1_agreement_ci": paired.mean_interval(window_agree)["ci"],
         "mean_abs_dp_correct": sum(dp) / len(dp),
         "kl_partition": "shared" if shared else "each side's top-k",
