@@ -76,6 +76,18 @@ def test_backend_honours_the_contract(name, tmp_path):
         scored = runner.request("score", 60, sequences=[[tok.bos] + tokens[:16]], start=1, top_k=1)["results"][0]
         # Greedy tokens are the argmax, so each is its position's top-1.
         assert [t[0][0] for t in scored["top"]] == tokens[:16]
+        # `want`: the log-probabilities of chosen ids, the same numbers as the full softmax gives
+        # them elsewhere in the answer (each actual token; each top-5 id), or a plain unsupported.
+        seq = [tok.bos] + tokens[:16]
+        asked = [[t, *(i for i, _ in top[:4])] for t, top in
+                 zip(seq[1:], runner.request("score", 60, sequences=[seq], start=1, top_k=4)["results"][0]["top"])]
+        try:
+            got = runner.request("score", 60, sequences=[seq], start=1, top_k=4, want=[asked])["results"][0]
+        except RunnerFailure as exc:
+            assert exc.status == "unsupported" and "want" in exc.reason
+            return
+        assert [w[0] for w in got["wanted"]] == pytest.approx(got["logprobs"], abs=1e-5)
+        assert [lp for w in got["wanted"] for lp in w[1:]] == pytest.approx([lp for top in got["top"] for _, lp in top], abs=1e-5)
 
 
 def test_a_backend_for_another_machine_says_why_it_cannot_run_here(tmp_path):
@@ -91,15 +103,3 @@ def test_a_backend_for_another_machine_says_why_it_cannot_run_here(tmp_path):
     if Path("/dev/nvidia0").exists():
         pytest.skip("this machine has a GPU")
     assert reason and "cuda" in reason
-        # `want`: the log-probabilities of chosen ids, the same numbers as the full softmax gives
-        # them elsewhere in the answer (each actual token; each top-5 id), or a plain unsupported.
-        seq = [tok.bos] + tokens[:16]
-        asked = [[t, *(i for i, _ in top[:4])] for t, top in
-                 zip(seq[1:], runner.request("score", 60, sequences=[seq], start=1, top_k=4)["results"][0]["top"])]
-        try:
-            got = runner.request("score", 60, sequences=[seq], start=1, top_k=4, want=[asked])["results"][0]
-        except RunnerFailure as exc:
-            assert exc.status == "unsupported" and "want" in exc.reason
-            return
-        assert [w[0] for w in got["wanted"]] == pytest.approx(got["logprobs"], abs=1e-5)
-        assert [lp for w in got["wanted"] for lp in w[1:]] == pytest.approx([lp for top in got["top"] for _, lp in top], abs=1e-5)

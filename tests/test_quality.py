@@ -79,7 +79,7 @@ def test_kl_over_the_references_top_ids_is_exact_with_the_whole_vocabulary_and_a
     def softmax(xs):
         z = sum(math.exp(x) for x in xs)
         return [math.log(math.exp(x) / z) for x in xs]
-    vocab, windows = 40, []
+    vocab = 40
     ref_lp = [softmax([rng.gauss(0, 2) for _ in range(vocab)]) for _ in range(30)]
     var_lp = [[lp + rng.gauss(0, 0.3) for lp in row] for row in ref_lp]
     var_lp = [softmax(row) for row in var_lp]
