@@ -59,8 +59,8 @@ system-deps *extra:
 
 # Lint: ruff (pyproject.toml's rules), and no module over 400 lines (split it where it has two concerns)
 lint: _host
-    {{host}} -m ruff check evaluator backends tests benchmarks
-    @{{host}} -c 'import pathlib, sys; big = [f"{p}: {n} lines" for d in ("evaluator", "backends", "tests", "benchmarks") for p in sorted(pathlib.Path(d).rglob("*.py")) if (n := len(p.read_text().splitlines())) > 400]; print(*big, sep="\n"); sys.exit(1 if big else 0)'
+    {{host}} -m ruff check evaluator backends tests benchmarks recipes
+    @{{host}} -c 'import pathlib, sys; big = [f"{p}: {n} lines" for d in ("evaluator", "backends", "tests", "benchmarks", "recipes") for p in sorted(pathlib.Path(d).rglob("*.py")) if (n := len(p.read_text().splitlines())) > 400]; print(*big, sep="\n"); sys.exit(1 if big else 0)'
 
 # Speed and memory figures, run on demand (not part of the tests)
 bench *args: _host
@@ -69,6 +69,13 @@ bench *args: _host
 # Each backend through the harness next to a bare loop of the same engine, on a >= 1 B synthetic model
 bench-backends *args: _host
     {{host}} benchmarks/backend_overhead.py "$@"
+
+# Rebuild data/stories260k-student (the distilled student every CPU engine runs) with its recipe, in pytorch_eager's environment
+distill *args: _host
+    #!/usr/bin/env bash
+    set -euo pipefail
+    py=$({{host}} -c 'import sys; from evaluator import envs; from evaluator.catalog import backends; print(envs.python_for(backends.select(["pytorch_eager"])[0], log=lambda m: print(m, file=sys.stderr)))')
+    "$py" recipes/distill.py "$@"
 
 # Build (or reuse) the evaluator's environment; rebuilt when pyproject.toml changes
 _host:

@@ -45,9 +45,6 @@ def unsupported(model: models.Model, backend: Backend, variant: Variant, target:
             and not backend.engine_packages):
         return (f"{backend.name} has no [image] engine_packages, so no {target.arch} image can be cross-built "
                 f"on this {platform.machine()} machine")
-    if target.transport == "ssh-docker" and not target.host:
-        return (f"target {target.name} has no host: set host = \"user@machine\" for [{target.name}] in "
-                f"~/.config/deploy-eval/targets.toml (see README, Targets)")
     if target.arch not in backend.archs:
         return f"{backend.name} runs on {', '.join(backend.archs)}, target {target.name} is {target.arch}"
     if target.device not in backend.devices:

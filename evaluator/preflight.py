@@ -20,8 +20,12 @@ def reachable(target) -> None:
             raise UserError(f"target {target.name}: this machine's Docker engine does not answer on {SOCKET} "
                             f"(start it with docker/dockerd.sh, or set DEPLOY_EVAL_DOCKER_SOCK)")
         return
-    if target.transport != "ssh-docker" or not target.host:
+    if target.transport != "ssh-docker":
         return
+    if not target.host:  # the mission's targets ship without one: a run there cannot start, so say how
+        from evaluator.catalog.targets import USER_FILE
+        raise UserError(f"target {target.name} has no host: set host = \"user@machine\" under [{target.name}] in "
+                        f"{USER_FILE} (README, Targets)")
     engine = DockerEngine(target)  # the same ssh command line every later step uses
     host = engine.host
     try:

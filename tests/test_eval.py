@@ -158,12 +158,13 @@ def test_bad_input_gives_one_line_and_exit_2_and_writes_nothing(tmp_path, args, 
     assert not list(tmp_path.iterdir()), "a refused run writes nothing"
 
 
-def test_a_remote_target_without_a_host_is_unsupported_with_how_to_set_it(tmp_path):
-    proc = run_cli("eval", "stories260k", "--backends", "null", "--variants", "none", "--targets", "rpi5",
+def test_a_remote_target_without_a_host_is_bad_input_naming_the_file_and_key(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "null", "--variants", "none", "--targets", "local,rtx3090",
                    "--scenarios", "latency", "--reports", str(tmp_path), *FAST)
-    assert proc.returncode == 0, proc.stderr
-    (c,) = cells(run_folder(proc.stderr, tmp_path)).values()
-    assert c["status"] == "unsupported" and "has no host" in c["reason"] and "targets.toml" in c["reason"]
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "target rtx3090 has no host" in lines[0] and "[rtx3090]" in lines[0] and "targets.toml" in lines[0]
+    assert not list(tmp_path.iterdir()), "a refused run writes nothing"
 
 
 def test_backends_command_lists_every_backend():
