@@ -131,6 +131,10 @@ def parser() -> argparse.ArgumentParser:
                         "target's for all (default: %(default)s)")
     q.add_argument("--reference-run", metavar="RUN_ID", help="take the reference's quality from an earlier run instead "
                    "of measuring it (same model, data, order and windows; refused otherwise)")
+    e.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",
+                   help="run BACKEND's runner with this interpreter, an environment you prepared (offline GPU boxes, "
+                        "another transformers): used as it is, nothing is built; checked once before the run; local "
+                        "targets (repeat for several backends)")
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s,
@@ -247,7 +251,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
 
     prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
                          args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads,
-                         reference_run=args.reference_run)
+                         reference_run=args.reference_run, pythons=args.python)
     check = scenarios.Check(new_tokens=min(args.check_tokens, (prep.tok.context_length or 10**9) - 1))
     if quality_left_out:
         print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",

@@ -25,7 +25,10 @@ class EnvironmentFailed(Exception):
 
 
 def python_for(backend: Backend, log=print) -> Path:
-    """The interpreter that runs this backend's runner, building its environment if needed."""
+    """The interpreter that runs this backend's runner, building its environment if needed (a
+    prepared one the user gave with --python is used as it is: nothing is built)."""
+    if backend.given_python:
+        return Path(backend.given_python[0])
     if backend.requirements is None:
         return Path(sys.executable)
     venv = VENVS / backend.name
@@ -139,3 +142,23 @@ def _step(argv: list, timeout_s: float, what: str, out, leftover: Path, **kwargs
 
 def describe(python: Path) -> str:
     return str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python)
+
+
+def given(backends: list[Backend], pythons: list[str]) -> list[Backend]:
+    """The backends with the interpreters given as --python BACKEND=PATH, each checked once: it
+    must start, and what it holds (Python version, every installed package) becomes part of
+    the backend's fingerprint, so a changed environment never reuses an older cell."""
+    from dataclasses import replace
+
+    from evaluator.errors import UserError, unknown
+    from evaluator.preflight import interpreter
+
+    chosen = {}
+    for item in pythons:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise UserError(f"--python {item!r}: give BACKEND=PATH, e.g. pytorch_eager=/opt/envs/torch/bin/python")
+        if name not in {b.name for b in backends}:
+            raise unknown("backend for --python (one of this run's)", name, [b.name for b in backends])
+        chosen[name] = (str(Path(path).expanduser()), interpreter(f"--python {item}", Path(path).expanduser()))
+    return [replace(b, given_python=chosen[b.name]) if b.name in chosen else b for b in backends]

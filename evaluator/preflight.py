@@ -2,6 +2,7 @@
 engine answers, a remote target's host answers over SSH (batch mode: no password prompt, host
 keys checked), and there is disk for the run's results and derived artifacts. Each failure is
 one line for the user."""
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -36,6 +37,23 @@ def reachable(target) -> None:
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise UserError(f"target {target.name}: {host} is unreachable over SSH or has no Docker engine: {why}")
+
+
+# What a given interpreter holds: its version and every installed distribution, one per line
+PROBE = ("import sys, importlib.metadata as m; print(sys.version.split()[0]); "
+         "print(*sorted(f'{d.metadata[\"Name\"]}=={d.version}' for d in m.distributions()), sep='\\n')")
+
+
+def interpreter(what: str, path: Path) -> str:
+    """A fingerprint of the Python at `path` (its version and packages), or one line saying it
+    does not start."""
+    try:
+        proc = subprocess.run([str(path), "-c", PROBE], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"{what}: does not start ({type(exc).__name__}: {exc})") from None
+    if proc.returncode != 0:
+        raise UserError(f"{what}: does not start ({(proc.stderr.strip().splitlines() or ['no message'])[-1]})")
+    return f"python {proc.stdout.split()[0]}, sha256 {hashlib.sha256(proc.stdout.encode()).hexdigest()[:16]}"
 
 
 def disk_space(paths: list[Path], model_bytes: int) -> None:

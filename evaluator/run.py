@@ -147,7 +147,8 @@ def backend_fingerprint(backend: Backend) -> str:
     each sibling folder its runner reuses ([image] with_backends: onnxruntime_gpu runs
     onnxruntime's runner and exporter)."""
     folders = {backend.folder, *(backend.folder.parent / name for name in backend.with_backends)}
-    return _tree_hash(folders)
+    given = f"|given {backend.given_python[0]} ({backend.given_python[1]})" if backend.given_python else ""
+    return _tree_hash(folders) + given
 
 
 @functools.cache
@@ -218,6 +219,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
             runner.close()
     out = dict(base, status=status, reason=reason, log_tail=tail,
                environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
+                            else f"given: {python} ({cell.backend.given_python[1]})" if cell.backend.given_python
                             else envs.describe(python)),
                wall_s=time.monotonic() - t0, phases=phases.as_dict(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     if status == "ok":
@@ -264,11 +266,11 @@ def store_guide(run_path, constraints: dict) -> None:
 def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
               variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
               reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None,
-              threads: int | None = None, reference_run: str | None = None):
+              threads: int | None = None, reference_run: str | None = None, pythons: list[str] = ()):
     """Preflight: every name and option checked before any runner starts."""
     model = models.resolve(model_name, model_path)
     target_list = targets.resolve(target_names)
-    backends = backend_catalog.select(backend_names)
+    backends = envs.given(backend_catalog.select(backend_names), list(pythons))
     ref = parse_reference(reference, [t.name for t in target_list])
     for target in target_list:
         preflight.reachable(target)

@@ -11,6 +11,7 @@ Artifacts are folders (model.onnx + model.onnx.data, so models over protobuf's 2
 built in a temporary folder and renamed into place: a killed export leaves nothing reusable.
 """
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -46,6 +47,8 @@ def _export(source: str, dest: str, dtype: str) -> None:
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype]
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa").eval()
     layers, kv_heads, head_dim = layout(model.config)
+    # transformers 5.24 renamed the forward's past_key_values (and its output field) to cache
+    cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     class Decoder(torch.nn.Module):
         """The model with its cache as plain tensors, the only form an ONNX graph can carry."""
@@ -56,8 +59,8 @@ def _export(source: str, dest: str, dtype: str) -> None:
 
         def forward(self, input_ids, past):
             cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(layers)], config=self.inner.config)
-            out = self.inner(input_ids=input_ids, cache=cache, use_cache=True)
-            return (out.logits, *[t for layer in out.cache.layers for t in (layer.keys, layer.values)])
+            out = self.inner(input_ids=input_ids, **{cache_name: cache}, use_cache=True)
+            return (out.logits, *[t for layer in getattr(out, cache_name).layers for t in (layer.keys, layer.values)])
 
     # Example sizes above 1 everywhere: torch.export specializes dimensions it sees as 0 or 1.
     batch, seq, past_len = 2, 5, 3

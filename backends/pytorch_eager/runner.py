@@ -3,7 +3,12 @@
 Greedy decoding is a hand-written loop rather than model.generate(), so the runner sees each
 step's token the moment it exists (for TTFT and inter-token latency) and so "KV cache off"
 means exactly that: the whole sequence is recomputed at every step.
+
+It runs on every transformers 5.x a prepared environment may hold: 5.24 renamed the forward's
+`past_key_values` (and its output field) to `cache`, so the name is read from the loaded
+model's signature, never assumed from a pin.
 """
+import inspect
 import os
 import sys
 
@@ -23,6 +28,7 @@ class TorchEngine(Engine):
         self.model = None
         self.device = "cpu"
         self.kv_cache = True
+        self.cache_name = "cache"  # the forward's KV-cache keyword and output field (past_key_values before 5.24)
 
     def describe(self):
         cuda = torch.cuda.is_available()
@@ -60,6 +66,7 @@ class TorchEngine(Engine):
             use_safetensors=not options.get("allow_pickle"),
             trust_remote_code=bool(options.get("trust_remote_code")),
         ).to(self.device).eval()
+        self.cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         if options.get("weight_noise"):
             self._damage(float(options["weight_noise"]))
         if self.device == "cuda":
@@ -69,7 +76,7 @@ class TorchEngine(Engine):
             "vocab_size": self.model.config.vocab_size,
             "device": self.device,
             "settings": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-                         "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache,
+                         "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache, "cache_keyword": self.cache_name,
                          "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         }
 
@@ -89,12 +96,12 @@ class TorchEngine(Engine):
         past = None
         step_input = ids
         for _ in range(max_new_tokens):
-            result = self.model(input_ids=step_input, cache=past, use_cache=self.kv_cache, logits_to_keep=1)
+            result = self.model(input_ids=step_input, **{self.cache_name: past}, use_cache=self.kv_cache, logits_to_keep=1)
             next_ids = result.logits[:, -1, :].argmax(dim=-1, keepdim=True)
             out.append(next_ids.squeeze(1).tolist())  # .tolist() waits for the device
             on_token()
             if self.kv_cache:
-                past, step_input = result.cache, next_ids
+                past, step_input = getattr(result, self.cache_name), next_ids
             else:
                 ids = torch.cat([ids, next_ids], dim=1)
                 step_input = ids
@@ -155,7 +162,7 @@ class TorchEngine(Engine):
         ends = torch.tensor([len(p) for p, _ in groups], device=device)
         owner = torch.tensor([g for g, (_, conts) in enumerate(groups) for _ in conts], device=device)
         last = out.logits[torch.arange(len(groups), device=device), ends - 1].float()  # predicts each first token
-        cache = out.cache
+        cache = getattr(out, self.cache_name)
         cache.batch_select_indices(owner)
         rows = [c for _, conts in groups for c in conts]
         width = max(len(c) for c in rows)
@@ -163,8 +170,8 @@ class TorchEngine(Engine):
         visible = torch.cat([torch.arange(longest, device=device)[None, :] < ends[owner][:, None],
                              torch.ones(len(rows), width, dtype=torch.bool, device=device)], dim=1)
         positions = ends[owner][:, None] + torch.arange(width, device=device)[None, :]
-        logits = self.model(input_ids=endings, attention_mask=visible.long(), position_ids=positions, cache=cache,
-                            use_cache=True).logits.float()
+        logits = self.model(input_ids=endings, attention_mask=visible.long(), position_ids=positions,
+                            **{self.cache_name: cache}, use_cache=True).logits.float()
         logits = torch.cat([last[owner][:, None], logits[:, :-1]], dim=1)  # row j: the distribution of token j
         picked = (logits.gather(2, endings[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)).tolist()
         entries = iter({"logprobs": picked[r][: len(c)], "top": [[] for _ in c]} for r, c in enumerate(rows))

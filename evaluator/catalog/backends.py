@@ -52,6 +52,7 @@ class Backend:
     variants: tuple = field(default_factory=tuple)
     default_variants: tuple = ()  # what a run without --variants measures
     min_head_dim: int | None = None  # its attention kernels refuse narrower heads: known before any environment is built
+    given_python: tuple = ()  # (path, fingerprint of its packages): an environment the user gave (--python), used as is
 
     def variant(self, name: str) -> Variant:
         for v in self.variants:
