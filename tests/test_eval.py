@@ -167,9 +167,18 @@ def test_a_remote_target_without_a_host_is_bad_input_naming_the_file_and_key(tmp
     assert not list(tmp_path.iterdir()), "a refused run writes nothing"
 
 
+def test_tensorrt_llm_cells_here_are_unsupported_with_the_reason_and_build_nothing(tmp_path):
+    proc = run_cli("eval", "stories260k", "--backends", "tensorrt_llm", "--scenarios", "latency", "--reports", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    found = cells(run_folder(proc.stderr, tmp_path)).values()
+    assert {c["variant"] for c in found} == {"bf16-pytorch", "bf16-engine"}
+    assert all(c["status"] == "unsupported" and "cuda" in c["reason"] for c in found)
+    assert "setting up the tensorrt_llm environment" not in proc.stderr
+
+
 def test_backends_command_lists_every_backend():
     proc = run_cli("backends")
-    assert proc.returncode == 0 and "pytorch_eager" in proc.stdout and "null" in proc.stdout
+    assert proc.returncode == 0 and "pytorch_eager" in proc.stdout and "null" in proc.stdout and "tensorrt_llm" in proc.stdout
     assert "BROKEN" not in proc.stderr
 
 

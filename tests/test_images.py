@@ -96,3 +96,11 @@ def test_cpu_and_gpu_images_of_one_backend_have_different_tags(tmp_path):
     cpu_ctx, cpu_args = stage("pytorch_eager", tmp_path / "a")
     gpu_ctx, gpu_args = stage("pytorch_eager", tmp_path / "b", cuda=True)
     assert docker._content_hash(cpu_ctx, "b", "amd64", cpu_args) != docker._content_hash(gpu_ctx, "b", "amd64", gpu_args)
+
+
+def test_tensorrt_llm_builds_on_nvidias_image_whatever_the_targets_base():
+    from evaluator.catalog import targets
+
+    rtx = targets.resolve(["rtx3090"])[0]
+    assert docker.base_image(rtx, BACKENDS["tensorrt_llm"]).startswith("nvcr.io/nvidia/tensorrt-llm/release:")
+    assert docker.base_image(rtx, BACKENDS["vllm_cuda"]) == rtx.base_image == "python:3.11-slim-bookworm"

@@ -48,6 +48,7 @@ class Backend:
     dockerfile: Path | None
     reference_variant: str
     engine_packages: tuple = ()   # [image] engine_packages: an image for another architecture
+    base_image: str = ""          # [image] base_image: its vendor's image, which its own images build on
     with_backends: tuple = ()     # [image] with_backends: sibling folders its runner reuses (staged too)
     variants: tuple = field(default_factory=tuple)
     default_variants: tuple = ()  # what a run without --variants measures
@@ -123,6 +124,7 @@ def load_manifest(folder: Path) -> Backend:
         default=m.default, fake=m.fake, requirements=requirements, build_env=env.build_env,
         cpu_features=env.cpu_features, post_install=post_install, dockerfile=dockerfile,
         engine_packages=tuple(m.image.engine_packages), with_backends=tuple(m.image.with_backends),
+        base_image=m.image.base_image or "",
         reference_variant=reference, variants=variants, default_variants=defaults, min_head_dim=m.min_head_dim,
     )
 

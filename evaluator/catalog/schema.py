@@ -50,6 +50,7 @@ class Variants(Strict):
 
 class Image(Strict):
     dockerfile: str | None = None
+    base_image: str | None = None   # the engine ships in its vendor's image: built on that, whatever the target says
     engine_packages: list[str] = []
     with_backends: list[str] = []
 

@@ -81,12 +81,13 @@ class DockerEngine:
         return f"{self.host}'s Docker engine" if self.remote else "this machine's Docker engine"
 
 
-def base_image(target) -> str:
-    """The image every backend image builds on: $DEPLOY_EVAL_BASE_IMAGE, else the target's
-    base_image (a Debian-like python image from its registry), else the offline Debian base
-    docker/base.sh makes. Backends bring their own CUDA libraries as pip packages, so a GPU
-    target needs no CUDA base: the driver comes from the host (--gpus)."""
-    return (os.environ.get("DEPLOY_EVAL_BASE_IMAGE") or target.base_image
+def base_image(target, backend: Backend | None = None) -> str:
+    """The image a backend's image builds on: its manifest's own (an engine that ships in its
+    vendor's image: TensorRT-LLM), else $DEPLOY_EVAL_BASE_IMAGE, else the target's base_image (a
+    Debian-like python image from its registry), else the offline Debian base docker/base.sh
+    makes. Other backends bring their CUDA libraries as pip packages, so a GPU target needs no
+    CUDA base: the driver comes from the host (--gpus)."""
+    return ((backend.base_image if backend else "") or os.environ.get("DEPLOY_EVAL_BASE_IMAGE") or target.base_image
             or f"deploy-eval/base:bookworm-{ARCH[target.arch]}")
 
 
@@ -298,7 +299,7 @@ def _prepare(backend: Backend, target, model_folder: Path, sha256: str, local_ca
             log(f"removed {name}, a container of a run that ended without removing it")
     except UserError as exc:
         raise ImageFailed(str(exc)) from None
-    image = ensure_image(backend, base_image(target), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
+    image = ensure_image(backend, base_image(target, backend), ARCH[target.arch], engine, cuda=target.accelerator == "cuda", log=log)
     who = owner(engine)
     return Placement(backend, image, model_folder, ship_model(engine, model_folder, sha256, who, log),
                      artifact_cache(engine, local_cache, target.arch, who), who.user)
