@@ -146,8 +146,17 @@ def _energy(before: dict, after: dict, tokens: int, duration_s: float) -> dict:
     common = sorted(set(before.get("joules") or {}) & set(after.get("joules") or {}))
     if not common:
         return {"unavailable": after.get("unavailable") or "no energy counter"}
-    # RAPL counters wrap around; a negative difference is a wrap, and that reading is dropped.
-    spent = {k: after["joules"][k] - before["joules"][k] for k in common if after["joules"][k] >= before["joules"][k]}
+    # RAPL counters restart from 0 past their range (max_energy_range_uj): a smaller reading after
+    # is one wrap, unwrapped with that range (a timed loop is far shorter than two wraps). A
+    # counter with no known range that went backwards is dropped, never counted negative.
+    wraps = after.get("wrap_joules") or {}
+    spent = {}
+    for k in common:
+        delta = after["joules"][k] - before["joules"][k]
+        if delta < 0 and wraps.get(k):
+            delta += wraps[k]
+        if delta >= 0:
+            spent[k] = delta
     # CPU packages plus their DRAM domains, and every GPU: core/uncore sub-domains are inside
     # the package's count already.
     counted = {k: v for k, v in spent.items()

@@ -15,20 +15,26 @@ from evaluator.runner import nvml
 POWERCAP = "/sys/class/powercap"
 
 
-def _rapl() -> tuple[dict, str | None]:
-    counters = {}
+def _rapl() -> tuple[dict, dict, str | None]:
+    """({counter: joules}, {counter: joules at which it wraps to 0}, why none)."""
+    counters, wraps = {}, {}
     for zone in sorted(glob.glob(f"{POWERCAP}/intel-rapl:*")):  # packages and their sub-domains (dram)
         try:
             name = open(os.path.join(zone, "name")).read().strip()
             joules = int(open(os.path.join(zone, "energy_uj")).read()) / 1e6
         except (OSError, ValueError):
             continue
-        counters[f"rapl:{os.path.basename(zone)}:{name}"] = joules
+        key = f"rapl:{os.path.basename(zone)}:{name}"
+        counters[key] = joules
+        try:  # the counter's range: it restarts from 0 past it (every few minutes to hours at full load)
+            wraps[key] = int(open(os.path.join(zone, "max_energy_range_uj")).read()) / 1e6
+        except (OSError, ValueError):
+            pass
     if counters:
-        return counters, None
+        return counters, wraps, None
     why = (f"{POWERCAP} is missing (no RAPL exposed: usual on VMs)" if not os.path.isdir(POWERCAP)
            else "RAPL energy files are not readable (root or the powercap group is needed)")
-    return {}, why
+    return {}, {}, why
 
 
 def _nvml() -> tuple[dict, str | None]:
@@ -45,8 +51,8 @@ def _nvml() -> tuple[dict, str | None]:
 
 
 def read() -> dict:
-    """{"joules": {counter: cumulative J}, "unavailable": reason or None}"""
-    rapl, why_rapl = _rapl()
+    """{"joules": {counter: cumulative J}, "wrap_joules": {counter: its range}, "unavailable": reason or None}"""
+    rapl, wraps, why_rapl = _rapl()
     nvml, why_nvml = _nvml()
     counters = {**rapl, **nvml}
-    return {"joules": counters, "unavailable": None if counters else f"{why_rapl}; {why_nvml}"}
+    return {"joules": counters, "wrap_joules": wraps, "unavailable": None if counters else f"{why_rapl}; {why_nvml}"}

@@ -1,6 +1,8 @@
-"""NVML readings (evaluator/runner/nvml.py) against a library that answers the way NVML's API
-reference documents its C calls: return codes, outputs written through the pointers passed.
-No NVIDIA driver here; on a GPU box the same code calls libnvidia-ml.so.1 itself."""
+"""Energy and device-memory readings on fixtures in each source's documented format: RAPL as the
+kernel's powercap files lay it out (Documentation/power/powercap), NVML through a library that
+answers the way NVML's API reference documents its C calls (return codes, outputs written
+through the pointers passed). No RAPL and no NVIDIA driver on this VM; on a machine with them
+the same code reads the real ones."""
 import os
 
 import pytest
@@ -102,3 +104,38 @@ def test_no_driver_says_so():
     nvml._LIB = None
     with pytest.raises(nvml.Unavailable, match="no NVIDIA driver"):
         nvml.library()
+
+
+def powercap(root, zones: dict) -> None:
+    """zones: {"intel-rapl:0": (name, energy_uj, max_energy_range_uj)} as the kernel lays them out."""
+    for zone, (name, energy_uj, range_uj) in zones.items():
+        folder = root / zone
+        folder.mkdir(parents=True)
+        (folder / "name").write_text(name + "\n")
+        (folder / "energy_uj").write_text(f"{energy_uj}\n")
+        (folder / "max_energy_range_uj").write_text(f"{range_uj}\n")
+
+
+def test_a_rapl_counter_that_wraps_during_the_loop_is_unwrapped_not_dropped(tmp_path, monkeypatch):
+    from evaluator.measure import scenarios
+
+    monkeypatch.setattr(energy, "POWERCAP", str(tmp_path))
+    monkeypatch.setattr(energy, "_nvml", lambda: ({}, "no NVIDIA driver"))
+    rng = 262_143_328_850  # a real package's max_energy_range_uj
+    powercap(tmp_path, {"intel-rapl:0": ("package-0", rng - 5_000_000, rng), "intel-rapl:0:0": ("dram", 1_000_000, rng)})
+    before = energy.read()
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("7000000\n")   # wrapped: 5 J before the top, 7 J after 0
+    (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("3000000\n")
+    after = energy.read()
+    spent = scenarios._energy(before, after, tokens=100, duration_s=2.0)
+    assert spent["counters"] == pytest.approx({"rapl:intel-rapl:0:package-0": 12.0, "rapl:intel-rapl:0:0:dram": 2.0})
+    assert spent["joules"] == pytest.approx(14.0) and spent["joules_per_token"] == pytest.approx(0.14)
+    assert spent["watts"] == pytest.approx(7.0)
+
+
+def test_a_counter_without_a_known_range_that_goes_backwards_is_dropped():
+    from evaluator.measure import scenarios
+
+    spent = scenarios._energy({"joules": {"rapl:intel-rapl:0:package-0": 50.0}},
+                              {"joules": {"rapl:intel-rapl:0:package-0": 10.0}}, tokens=10, duration_s=1.0)
+    assert spent["counters"] == {} and spent["joules"] == 0
