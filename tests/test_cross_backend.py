@@ -110,3 +110,19 @@ def test_vllm_says_why_it_cannot_run_stories260k(tmp_path):
             runner.request("load", 300, model={"path": str(m.hf_path), "format": "hf", "sha256": "x",
                                                "artifact_cache": str(tmp_path)}, options={"dtype": "fp32"})
     assert "head sizes" in str(err.value) and "8 wide" in str(err.value)
+
+
+def test_onnxruntime_iobinding_gives_the_same_tokens_as_the_plain_path(tmp_path):
+    """The GPU providers' path (KV cache bound to the device, logits to the host), exercised with
+    the CPU provider: the same graph on the same inputs, so the same tokens, batch 1 and batch 2."""
+    m, sha, prompt, window = model("stories260k")
+    spec = {"path": str(m.hf_path), "format": "hf", "sha256": sha, "artifact_cache": str(tmp_path / "artifacts")}
+    got = {}
+    for binding in ("off", "on"):
+        (tmp_path / binding).mkdir()
+        with start_runner("onnxruntime", tmp_path / binding) as runner:
+            loaded = runner.request("load", 900, model=spec, options={"precision": "fp32", "io_binding": binding})
+            assert loaded["settings"]["io_binding"] is (binding == "on")
+            got[binding] = [runner.request("generate", 120, prompts=prompts, max_new_tokens=48)["tokens"]
+                            for prompts in ([prompt], [prompt, window[: len(prompt)]])]
+    assert got["on"] == got["off"]

@@ -1,7 +1,11 @@
 """onnxruntime: the model exported to ONNX (export.py) and run by ONNX Runtime.
 
 Generation keeps the KV cache in ONNX Runtime's own tensors (OrtValues) from step to step, so
-nothing is copied through numpy between steps; scoring reads the full logits of one pass.
+nothing is copied through numpy between steps; scoring reads the full logits of one pass. On a
+GPU provider generation goes through IOBinding: the KV cache is bound to the device and stays
+there, and only the logits come to the host (where the argmax runs), so decode measures the GPU,
+not PCIe copies of the whole cache. `io_binding` (auto: on for a GPU provider) is recorded, and
+can be switched on with the CPU provider, where it must give exactly the same tokens (a test).
 The same file serves backends/onnxruntime_gpu (package onnxruntime-gpu, CUDA and TensorRT
 execution providers): which providers exist is a property of the installed package, asked at
 run time, and a provider that is missing or fails to start is `unsupported`, never a silent
@@ -22,7 +26,8 @@ from evaluator.runner import Engine, RunnerError, artifact_home, check_options, 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 PRECISIONS = ("fp32", "int8", "fp16")
-OPTIONS = {"precision", "provider", "device", "threads"}
+OPTIONS = {"precision", "provider", "device", "threads", "io_binding"}
+DEVICE_TYPE = {"cpu": "cpu", "cuda": "cuda", "tensorrt": "cuda"}  # where a provider's tensors live
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -37,6 +42,7 @@ class OrtEngine(Engine):
     def __init__(self):
         self.session = None
         self.provider = "cpu"
+        self.io_binding = False
 
     def describe(self):
         available = ort.get_available_providers()
@@ -91,11 +97,13 @@ class OrtEngine(Engine):
         self.kv_heads, self.head_dim = past.shape[1], past.shape[3]
         self.kv_dtype = np.float16 if "float16" in past.type else np.float32
         self.vocab = self.session.get_outputs()[0].shape[2]
+        binding = choice(options, "io_binding", ("auto", "on", "off"), "auto")
+        self.io_binding = binding == "on" or (binding == "auto" and self.provider != "cpu")
         return {"parameters": None, "vocab_size": self.vocab, "device": self.provider, "threads": so.intra_op_num_threads,
                 "precision": precision, "artifact": art, "providers": self.session.get_providers(),
                 "settings": {"threads": so.intra_op_num_threads, "inter_op_threads": so.inter_op_num_threads,
                              "graph_optimization": "ORT_ENABLE_ALL", "execution_mode": str(so.execution_mode),
-                             "providers": self.session.get_providers()}}
+                             "providers": self.session.get_providers(), "io_binding": self.io_binding}}
 
     def _ort(self, array: np.ndarray):
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
@@ -110,10 +118,29 @@ class OrtEngine(Engine):
         out = self.session.run_with_ort_values(self.outputs, feed)
         return out[0], out[1:]
 
+    def _run_bound(self, ids: np.ndarray, past: list | None):
+        """One pass through IOBinding: the KV cache in and out on the provider's device, the
+        logits bound to the host."""
+        device = DEVICE_TYPE[self.provider]
+        if past is None:
+            empty = np.zeros((ids.shape[0], self.kv_heads, 0, self.head_dim), self.kv_dtype)
+            past = [ort.OrtValue.ortvalue_from_numpy(empty, device, 0) for _ in self.inputs[1:]]
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(ids.astype(np.int64), device, 0))
+        for name, value in zip(self.inputs[1:], past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.outputs[0], "cpu")
+        for name in self.outputs[1:]:
+            binding.bind_output(name, device, 0)
+        self.session.run_with_iobinding(binding)
+        out = binding.get_outputs()
+        return out[0], out[1:]
+
     def generate(self, prompts, max_new_tokens, on_token):
         ids, past, out = np.array(prompts, dtype=np.int64), None, []
+        run = self._run_bound if self.io_binding else self._run
         for _ in range(max_new_tokens):
-            logits, past = self._run(ids, past)
+            logits, past = run(ids, past)
             next_ids = logits.numpy()[:, -1, :].argmax(axis=-1)
             out.append(next_ids.tolist())
             on_token()

@@ -81,6 +81,7 @@ class _Server:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.vocab_size = None  # set by a successful load; None means "nothing loaded"
+        self.device = None
 
     def describe(self, req):
         info = {"arch": platform.machine(), "python": platform.python_version()}
@@ -99,6 +100,7 @@ class _Server:
         result = dict(self.engine.load(model, options))
         result["load_s"] = time.perf_counter() - t0
         self.vocab_size = int(result["vocab_size"])
+        self.device = result.get("device")  # an engine without an allocator view (ONNX Runtime) still gets NVML's
         result["rss_bytes"], result["load_peak_rss_bytes"] = rss_bytes()
         result["device_bytes"] = self.engine.device_memory()[0]
         self.peak_since = "load" if reset_peak_rss() else "process start"
@@ -158,7 +160,7 @@ class _Server:
         rss, peak_rss = rss_bytes()
         dev, peak_dev = self.engine.device_memory()
         process_dev, why = None, "the engine uses no GPU"
-        if dev is not None:  # what the driver holds for this process, the CUDA context included
+        if dev is not None or self.device not in ("cpu", None):  # what the driver holds for it, CUDA context included
             try:
                 process_dev = sum(nvml.process_bytes(nvml.library()).values()) or None
                 why = None if process_dev else "NVML does not list this process (in a container it shows the host's pids)"
