@@ -74,23 +74,28 @@ class OrtEngine(Engine):
         artifact_home(model)
         art = export.artifact(model, precision, log=lambda m: print(m, file=sys.stderr, flush=True))
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(options.get("threads") or os.cpu_count() or 1)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = int(options.get("threads") or os.cpu_count() or 1)
         self.session = None
-        provider = PROVIDERS[self.provider]
         if self.provider != "cpu" and hasattr(ort, "preload_dlls"):
             # CUDA and cuDNN from the nvidia-* pip packages (PyPI's CUDA torch brings them), so
             # the image needs no CUDA base; libraries already loaded or on the system path win.
             ort.preload_dlls()
-        if self.provider == "tensorrt":  # TensorRT builds an engine per shape profile: cache it beside the export
-            provider = (provider, {"trt_engine_cache_enable": True, "trt_engine_cache_path": art["path"] + "-trt-engines",
-                                   "trt_fp16_enable": precision == "fp16"})
-        self.session = ort.InferenceSession(os.path.join(art["path"], "model.onnx"), so,
-                                            providers=[provider, "CPUExecutionProvider"])
+        chain = self._providers(art["path"], precision, model)
+        path = os.path.join(art["path"], "model.onnx")
+        cpu_fallback = "none: the CPU provider runs everything" if self.provider == "cpu" else None
+        if self.provider != "cpu":  # first with CPU fallback forbidden: a node that cannot run on the GPU is named
+            try:
+                self.session = ort.InferenceSession(path, self._options(threads, strict=True), providers=chain)
+                cpu_fallback = "none: every node runs on the GPU providers"
+            except Exception as exc:  # noqa: BLE001  ORT's message names the nodes
+                cpu_fallback = f"the GPU providers alone could not take the graph, so the CPU runs part of it: {str(exc).strip()[:400]}"
+                print(f"onnxruntime: {cpu_fallback}", file=sys.stderr, flush=True)
+        if self.session is None:
+            self.session = ort.InferenceSession(path, self._options(threads), providers=chain)
         if self.session.get_providers()[0] != PROVIDERS[self.provider]:
             raise RunnerError("unsupported", f"{PROVIDERS[self.provider]} did not start (onnxruntime fell back to "
                               f"{self.session.get_providers()[0]}; its log on stderr says why)")
+        so = self._options(threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         past = next(i for i in self.session.get_inputs() if i.name.startswith("past."))
@@ -103,7 +108,41 @@ class OrtEngine(Engine):
                 "precision": precision, "artifact": art, "providers": self.session.get_providers(),
                 "settings": {"threads": so.intra_op_num_threads, "inter_op_threads": so.inter_op_num_threads,
                              "graph_optimization": "ORT_ENABLE_ALL", "execution_mode": str(so.execution_mode),
-                             "providers": self.session.get_providers(), "io_binding": self.io_binding}}
+                             "providers": self.session.get_providers(), "io_binding": self.io_binding,
+                             "cpu_fallback": cpu_fallback}}
+
+    @staticmethod
+    def _options(threads: int, strict: bool = False):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if strict:
+            so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        return so
+
+    def _providers(self, art_path: str, precision: str, model: dict) -> list:
+        """The provider chain: TensorRT, then CUDA for what TensorRT does not take, then the CPU;
+        TensorRT with optimization profiles over batch, new tokens and cached tokens (without
+        them it would build an engine for every cache length: once per generated token)."""
+        if self.provider == "cpu":
+            return ["CPUExecutionProvider"]
+        if self.provider == "cuda":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        import json
+        import types
+
+        with open(os.path.join(model["path"], "config.json")) as f:
+            config = types.SimpleNamespace(**json.load(f))
+        layers, kv_heads, head_dim = export.layout(config)
+        context, batch = int(model.get("context_tokens") or 2048), 16
+
+        def shapes(b: int, new: int, cached: int) -> str:
+            past = [f"past.{i}.{kv}:{b}x{kv_heads}x{cached}x{head_dim}" for i in range(layers) for kv in ("key", "value")]
+            return ",".join([f"input_ids:{b}x{new}", *past])
+        trt = {"trt_engine_cache_enable": True, "trt_engine_cache_path": art_path + "-trt-engines",
+               "trt_fp16_enable": precision == "fp16", "trt_profile_min_shapes": shapes(1, 1, 0),
+               "trt_profile_opt_shapes": shapes(1, 1, context // 2), "trt_profile_max_shapes": shapes(batch, context, context)}
+        return [("TensorrtExecutionProvider", trt), "CUDAExecutionProvider", "CPUExecutionProvider"]
 
     def _ort(self, array: np.ndarray):
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
