@@ -1,4 +1,5 @@
 """Models, targets and backend manifests: real resolution, and loud, helpful errors."""
+import os
 import shutil
 
 import pytest
@@ -182,3 +183,13 @@ def test_a_runner_that_reuses_a_sibling_folder_declares_it():
         code = "".join(p.read_text() for p in backend.folder.glob("*.py"))
         named = {n for n in good if n != backend.name and re.search(rf"[\"']{re.escape(n)}[\"']", code)}
         assert named <= set(backend.with_backends), f"{backend.name} reuses {named} but declares {backend.with_backends}"
+
+
+def test_a_local_gpu_target_is_sized_by_the_cards_memory_not_the_ram(tmp_path, monkeypatch):
+    """nvidia-smi's documented CSV answer (--query-gpu=name,memory.total --format=csv,noheader,nounits)."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA GeForce RTX 3090, 24576'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    (local,) = targets.resolve(["local"])
+    assert (local.accelerator, local.gpu, local.memory_gb) == ("cuda", "NVIDIA GeForce RTX 3090", 25.8)

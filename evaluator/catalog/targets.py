@@ -36,16 +36,22 @@ class Target:
         return "cuda" if self.accelerator == "cuda" else "cpu"
 
 
-def _local_gpu() -> str:
-    """The first NVIDIA GPU's name, or "" (no torch on the host: ask the driver)."""
+def _local_gpu() -> tuple[str, float | None]:
+    """The first NVIDIA GPU's name and memory in GB, or ("", None) (no torch on the host: ask the driver)."""
     if not shutil.which("nvidia-smi"):
-        return ""
+        return "", None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
                              capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return ""
-    return out.strip().splitlines()[0] if out.strip() else ""
+        return "", None
+    if not out.strip():
+        return "", None
+    name, _, mib = out.strip().splitlines()[0].rpartition(",")
+    try:
+        return name.strip(), round(float(mib) * 2**20 / 1e9, 1)
+    except ValueError:
+        return out.strip().splitlines()[0], None
 
 
 def _ram_gb() -> float:
@@ -58,17 +64,21 @@ def _parse(name: str, entry: dict, where: str) -> Target:
     arch = platform.machine() if e.arch == "auto" and local else e.arch
     if arch not in ARCHS:
         raise UserError(f"{where} [{name}]: arch {arch!r} (\"auto\" is for this machine's targets); valid: {', '.join(ARCHS)}")
-    gpu, accelerator = e.gpu, e.accelerator
+    gpu, accelerator, card_gb = e.gpu, e.accelerator, None
     if accelerator == "auto":
         if not local:
             raise UserError(f"{where} [{name}]: accelerator must be none or cuda for a remote target")
-        gpu = gpu or _local_gpu()
+        found, card_gb = _local_gpu()
+        gpu = gpu or found
         accelerator = "cuda" if gpu else "none"
+    elif accelerator == "cuda" and local:
+        card_gb = _local_gpu()[1]
     memory = e.memory_gb
     if memory == "auto":
         if not local:
             raise UserError(f"{where} [{name}]: memory_gb must be a number for a remote target")
-        memory = round(_ram_gb(), 1)  # a local GPU's memory needs its driver; RAM is the CPU case
+        # what a model must fit in: the card's memory on a GPU target, RAM on a CPU one
+        memory = card_gb if accelerator == "cuda" and card_gb else round(_ram_gb(), 1)
     return Target(name, e.description, e.transport, e.host, arch, accelerator, gpu, float(memory),
                   e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image)
 
