@@ -77,7 +77,12 @@ class VllmEngine(Engine):
             if options.get("threads"):
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{int(options['threads']) - 1}"
         trained = config.get("max_position_embeddings", 2048)
-        max_len = int(options.get("max_model_len") or min(model.get("context_tokens") or 4096, trained))
+        # Scoring makes vLLM generate one token after the prompt, so a window of the model's whole
+        # context needs one position more than it was trained for; that token is discarded,
+        # and nothing else ever reaches past the trained context (vLLM asks for this to be explicit).
+        max_len = int(options.get("max_model_len") or min(model.get("context_tokens") or 4096, trained) + 1)
+        if max_len > trained:
+            os.environ["VLLM_ALLOW_LONG_MAX_MODEL_LEN"] = "1"
         self.llm = None
         try:
             # Eager on CPUs (vLLM's CPU torch.compile costs minutes per load); CUDA graphs on GPUs,
