@@ -88,7 +88,7 @@ def lm_eval(python: Path, task_dir: Path, out: Path, items: int, batch_size: int
     (samples,) = out.rglob("samples_hellaswag_local_*.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     return {"eval_s": float(r["total_evaluation_time_seconds"]), "wall_s": wall,
-            "acc": sum(x["acc"] for x in rows), "acc_norm": sum(x["acc_norm"] for x in rows), "items": len(rows)}
+            "acc": round(sum(x["acc"] for x in rows)), "acc_norm": round(sum(x["acc_norm"] for x in rows)), "items": len(rows)}
 
 
 def deploy_eval(items: int, reports: Path) -> dict:
