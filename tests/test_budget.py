@@ -36,11 +36,10 @@ class FakeRunner:
     ppl_shift: float = 0.0   # extra NLL per token on the WikiText-2 windows, varying by window
     windows_scored: int = 0
 
-    def request(self, op, timeout_s, groups=None, sequences=None, start=None, top_k=0):
+    def request(self, op, timeout_s, groups=None, sequences=None, start=None, top_k=0, want=None):
         if sequences is not None:  # perplexity windows: the reference's NLL is 1 nat per token
             self.windows_scored += len(sequences)
-            return {"results": [{"logprobs": [-1.0 - self.ppl_shift * random.Random(hash(tuple(s[:8]))).uniform(0.5, 1.5)]
-                                 * (len(s) - start), "top": None} for s in sequences]}
+            return {"results": [self._window(s, start, top_k, want[i] if want else None) for i, s in enumerate(sequences)]}
         by_context = {self.tok.ids[item.context]: item for item in ITEMS if item.context in self.tok.ids}
         results = []
         for g in groups:
@@ -54,6 +53,17 @@ class FakeRunner:
             best = item.label if right else (item.label + 1) % 4
             results.append([{"logprobs": [0.0 if j == best else -50.0]} for j in range(4)])
         return {"results": results}
+
+    def _window(self, s, start, top_k, want):
+        """Answers as the protocol has them: top-k ids when asked, the log-probabilities of the
+        reference's ids when given (one id per rank, ranked one nat apart)."""
+        lp = -1.0 - self.ppl_shift * random.Random(hash(tuple(s[:8]))).uniform(0.5, 1.5)
+        positions = len(s) - start
+        res = {"logprobs": [lp] * positions,
+               "top": [[[2 + j, lp - j] for j in range(top_k)] for _ in range(positions)] if top_k else None}
+        if want:
+            res["wanted"] = [[lp - j for j in range(len(ids))] for ids in want]
+        return res
 
 
 @dataclass(frozen=True)
