@@ -11,6 +11,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from evaluator.catalog.backends import REPO, Backend
@@ -144,12 +145,33 @@ def describe(python: Path) -> str:
     return str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python)
 
 
+def on_target(backends: list[Backend], target) -> list[Backend]:
+    """The backends as they run on `target`: with the interpreter its targets entry names for
+    each (python = {backend = PATH} or default), fingerprinted once per path; --python (a path on
+    this machine) wins on a local target and means nothing on an ssh one."""
+    if target.transport not in ("local", "ssh"):
+        return backends
+    from evaluator.launch import ssh
+    from evaluator.preflight import interpreter
+
+    out, seen = [], {}
+    for b in backends:
+        path = target.python_for(b.name)
+        if target.transport == "ssh":
+            b = replace(b, given_python=())
+        if path and not b.given_python:
+            if path not in seen:
+                what = f"target {target.name}: python {path}"
+                seen[path] = ssh.interpreter(target, path) if target.transport == "ssh" else interpreter(what, Path(path))
+            b = replace(b, given_python=(path, seen[path]))
+        out.append(b)
+    return out
+
+
 def given(backends: list[Backend], pythons: list[str]) -> list[Backend]:
     """The backends with the interpreters given as --python BACKEND=PATH, each checked once: it
     must start, and what it holds (Python version, every installed package) becomes part of
     the backend's fingerprint, so a changed environment never reuses an older cell."""
-    from dataclasses import replace
-
     from evaluator.errors import UserError, unknown
     from evaluator.preflight import interpreter
 

@@ -50,7 +50,7 @@ def _interruptible(stopping: threading.Event):
 def machine_of(cell: plan.Cell) -> str:
     """Cells on one machine run one after another, so nothing disturbs another's measurement
     (this machine hosts both the `local` and the `docker` targets)."""
-    return cell.target.host if cell.target.transport == "ssh-docker" else "this machine"
+    return cell.target.host if cell.target.transport in ("ssh-docker", "ssh") else "this machine"
 
 
 def _side_by_side(cells: list, work) -> None:

@@ -39,6 +39,9 @@ def variants(backend: Backend, patterns: list[str] | None) -> list[Variant]:
 
 
 def unsupported(model: models.Model, backend: Backend, variant: Variant, target: Target) -> str | None:
+    if target.transport == "ssh" and not backend.given_python:
+        return (f"target {target.name} names no interpreter for {backend.name}: add {backend.name} (or default) to "
+                f"its python table in the targets file")
     if target.transport in ("docker", "ssh-docker") and not backend.dockerfile:
         return f"{backend.name} has no image recipe ([image] dockerfile in its backend.toml), so it cannot run in Docker"
     if (target.transport == "docker" and target.arch != platform.machine() and backend.dockerfile
@@ -75,9 +78,10 @@ def fits(model: models.Model, variant: Variant, target: Target, scenario) -> str
 
 def plan(model: models.Model, backends: list[Backend], variant_patterns: list[str] | None,
          target_list: list[Target], scenario_list: list, reference: Reference | None = None,
-         engine_options: tuple = ()) -> list[Cell]:
+         engine_options: tuple = (), backends_on: dict | None = None) -> list[Cell]:
     """Every cell, in run order. With a quality scenario, the reference variant's quality cell
-    is added on each target (or on the reference's own target) when the selection left it out."""
+    is added on each target (or on the reference's own target) when the selection left it out.
+    `backends_on` holds each target's own view of the backends (its prepared interpreters)."""
     cells = []
     for pattern in variant_patterns or []:
         if not any(fnmatch.fnmatchcase(v.name, pattern) for b in backends for v in b.variants):
@@ -85,7 +89,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
             raise UserError(f"--variants {pattern!r} matches no variant of {', '.join(b.name for b in backends)}; "
                             f"available: {', '.join(names)}")
     for target in target_list:
-        for backend in backends:
+        here = (backends_on or {}).get(target.name, backends)
+        for backend in here:
             for variant in variants(backend, variant_patterns):
                 for sc in scenario_list:
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
@@ -93,7 +98,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
                     cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference and reference.target in (None, target.name):
-            backend, variant = reference.backend, reference.variant
+            variant = reference.variant
+            backend = next((b for b in here if b.name == reference.backend.name), reference.backend)
             cid = store.cell_id(model.name, backend.name, variant.name, target.name, quality_sc.name)
             if cid not in {c.id for c in cells}:
                 first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0

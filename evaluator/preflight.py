@@ -21,22 +21,27 @@ def reachable(target) -> None:
             raise UserError(f"target {target.name}: this machine's Docker engine does not answer on {SOCKET} "
                             f"(start it with docker/dockerd.sh, or set DEPLOY_EVAL_DOCKER_SOCK)")
         return
-    if target.transport != "ssh-docker":
+    if target.transport not in ("ssh-docker", "ssh"):
         return
     if not target.host:  # the mission's targets ship without one: a run there cannot start, so say how
         from evaluator.catalog.targets import USER_FILE
         raise UserError(f"target {target.name} has no host: set host = \"user@machine\" under [{target.name}] in "
                         f"{USER_FILE} (README, Targets)")
+    if target.transport == "ssh" and not target.python:
+        from evaluator.catalog.targets import USER_FILE
+        raise UserError(f"target {target.name} runs runners with that machine's own interpreters: set python = "
+                        f"{{default = \"/path/to/venv/bin/python\"}} under [{target.name}] in {USER_FILE} (README, Targets)")
     engine = DockerEngine(target)  # the same ssh command line every later step uses
     host = engine.host
+    docker = target.transport == "ssh-docker"
     try:
-        proc = subprocess.run(engine.ssh("docker version --format '{{.Server.Version}}'", connect_timeout_s=5),
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(engine.ssh("docker version --format '{{.Server.Version}}'" if docker else "true",
+                                         connect_timeout_s=5), capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UserError(f"target {target.name}: cannot reach {host} over SSH: {exc}") from None
     if proc.returncode != 0:
         why = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise UserError(f"target {target.name}: {host} is unreachable over SSH or has no Docker engine: {why}")
+        raise UserError(f"target {target.name}: {host} is unreachable over SSH{' or has no Docker engine' if docker else ''}: {why}")
 
 
 # What a given interpreter holds: its version and every installed distribution, one per line

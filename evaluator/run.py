@@ -31,7 +31,7 @@ from evaluator.catalog import backends as backend_catalog
 from evaluator.catalog import models, targets
 from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
-from evaluator.launch import docker, local
+from evaluator.launch import docker, local, ssh
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import bandwidth, scenarios
 from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
@@ -185,10 +185,10 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     t0, phases = time.monotonic(), Phases()
     if cell.unsupported:
         return dict(base, status="unsupported", reason=cell.unsupported, log_tail=None)
-    in_docker = cell.target.transport in ("docker", "ssh-docker")
+    transport = cell.target.transport
     try:
         with phases("environment"):
-            placement, python = _environment(cell, model, model_info, base, log, in_docker)
+            placement, python = _environment(cell, model, model_info, base, log)
     except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
         return dict(base, status="failed-preflight", reason=str(exc), log_tail=None, phases=phases.as_dict())
     log_path = run_path / "logs" / f"{cell.id}.log"
@@ -196,8 +196,10 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     runner = None
     try:
         with phases("start"):
-            if in_docker:
+            if transport in ("docker", "ssh-docker"):
                 runner = docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
+            elif transport == "ssh":
+                runner = ssh.start(placement, cell.target, python, log_path, cell.id, deadlines.startup_s)
             else:
                 runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
@@ -218,7 +220,9 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         if runner:
             runner.close()
     out = dict(base, status=status, reason=reason, log_tail=tail,
-               environment=(f"image {placement.image['tag']} ({placement.image['id']})" if in_docker
+               environment=(f"image {placement.image['tag']} ({placement.image['id']})" if transport.endswith("docker")
+                            else f"given on {cell.target.host}: {python} ({cell.backend.given_python[1]})"
+                            if transport == "ssh"
                             else f"given: {python} ({cell.backend.given_python[1]})" if cell.backend.given_python
                             else envs.describe(python)),
                wall_s=time.monotonic() - t0, phases=phases.as_dict(), finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -232,12 +236,17 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     return out
 
 
-def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, log, in_docker: bool):
-    """(docker placement, None) or (None, local interpreter): built or reused, the first time
-    a cell of its backend asks."""
-    if not in_docker:
+def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, log):
+    """(placement, interpreter): a local interpreter (built or reused, the first time a cell of
+    its backend asks); a Docker placement (image, model, cache); or an ssh one (the runner
+    library and the model shipped) with the target's own interpreter."""
+    if cell.target.transport == "local":
         return None, envs.python_for(cell.backend, log=log)
     artifact = model.artifact(_model_format(cell.backend, model))
+    if cell.target.transport == "ssh":
+        placement = ssh.prepare(cell.backend, cell.target, artifact if artifact.is_dir() else artifact.parent,
+                                model_info["sha256"], store.ARTIFACTS, log=log)
+        return placement, cell.backend.given_python[0]
     placement = docker.prepare(cell.backend, cell.target, artifact if artifact.is_dir() else artifact.parent,
                                model_info["sha256"], store.ARTIFACTS, log=log)
     base["image"] = placement.image
@@ -286,8 +295,9 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
                   "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
     earlier = (load_earlier(reference_run, reports_root, ref, model_info, quality_sc)
                if reference_run and quality_sc else {})
+    backends_on = {t.name: envs.on_target(backends, t) for t in target_list}
     cells = plan(model, backends, variant_patterns, target_list, scenario_list, None if reference_run else ref,
-                 (("threads", threads),) if threads else ())
+                 (("threads", threads),) if threads else (), backends_on)
     run_id = resume_id or store.new_run_id(model.name)
     path = store.run_dir(run_id, reports_root)
     run_info = {

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -96,6 +97,42 @@ def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=REPO, capture_output=True,
                           text=True, env=full_env, timeout=timeout)
+
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@contextmanager
+def sshd_on_loopback(d: Path, port: int, extra_config: str = ""):
+    """An OpenSSH server on 127.0.0.1:port, key-only, with fresh host and client keys in d;
+    yields the ssh options that reach it as root with its host key known."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} " + (d / "host_key.pub").read_text())
+    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {d / 'sshd.pid'}
+""" + extra_config)
+    Path("/run/sshd").mkdir(exist_ok=True)
+    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
+    options = ["-p", str(port), "-i", str(d / "client_key"), "-o", f"UserKnownHostsFile={d / 'known_hosts'}"]
+    for _ in range(50):
+        if subprocess.run(["ssh", "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    try:
+        yield options
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def docker_script(name: str, *args: str) -> None:

@@ -3,15 +3,12 @@ Docker engine reached through it (`ssh host docker run -i`), the model shipped o
 hash, results brought home. .ci/run installs openssh-server; without it these tests skip."""
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SSHD, run_cli, sshd_on_loopback
 from tests.test_eval import cells, run_folder
 
-SSHD = Path("/usr/sbin/sshd")
 pytestmark = pytest.mark.skipif(not (SSHD.exists() and shutil.which("dockerd") and shutil.which("debootstrap")),
                                 reason="needs Debian's openssh-server, docker.io and debootstrap (.ci/run installs them)")
 PORT = 2222
@@ -21,40 +18,17 @@ FAST = ["--min-iterations", "3", "--min-duration", "0", "--warmup", "1", "--new-
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, docker_engine):
-    """sshd on 127.0.0.1:2222 with fresh host and client keys; a targets file naming it."""
-    d = tmp_path_factory.mktemp("ssh")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{PORT} " + (d / "host_key.pub").read_text())
+    """sshd on 127.0.0.1:2222 whose sessions reach deploy-eval's Docker engine; a targets file naming it."""
     from evaluator.launch.docker import SOCKET as sock  # the engine docker/dockerd.sh started
-    (d / "sshd_config").write_text(f"""ListenAddress 127.0.0.1
-Port {PORT}
-HostKey {d / 'host_key'}
-AuthorizedKeysFile {d / 'authorized_keys'}
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-PidFile {d / 'sshd.pid'}
-SetEnv DOCKER_HOST=unix://{sock}
-""")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(d / "sshd_config")], stderr=open(d / "sshd.log", "w"))
-    options = ["-p", str(PORT), "-i", str(d / "client_key"), "-o", f"UserKnownHostsFile={d / 'known_hosts'}"]
-    for _ in range(50):
-        if subprocess.run(["ssh", "-o", "BatchMode=yes", *options, "root@127.0.0.1", "true"], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.2)
-    targets = d / "targets.toml"
-    quoted = ", ".join(f'"{o}"' for o in options)
-    targets.write_text(f'[lab]\ndescription = "this machine, reached over SSH"\ntransport = "ssh-docker"\n'
-                       f'host = "root@127.0.0.1"\narch = "x86_64"\naccelerator = "none"\nmemory_gb = 16\n'
-                       f'ssh_options = [{quoted}]\n')
-    yield {"targets": targets, "options": options, "dir": d}
-    server.terminate()
-    server.wait(timeout=10)
+
+    d = tmp_path_factory.mktemp("ssh")
+    with sshd_on_loopback(d, PORT, f"SetEnv DOCKER_HOST=unix://{sock}\n") as options:
+        targets = d / "targets.toml"
+        quoted = ", ".join(f'"{o}"' for o in options)
+        targets.write_text(f'[lab]\ndescription = "this machine, reached over SSH"\ntransport = "ssh-docker"\n'
+                           f'host = "root@127.0.0.1"\narch = "x86_64"\naccelerator = "none"\nmemory_gb = 16\n'
+                           f'ssh_options = [{quoted}]\n')
+        yield {"targets": targets, "options": options, "dir": d}
 
 
 def test_a_run_over_ssh_measures_in_the_remote_engine_and_brings_results_home(lab, tmp_path):

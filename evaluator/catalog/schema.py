@@ -74,7 +74,7 @@ class Manifest(Strict):
 # -- targets.toml (built in, and the user's) ------------------------------------------------
 class TargetEntry(Strict):
     description: str = ""
-    transport: Literal["local", "docker", "ssh-docker"] = "local"
+    transport: Literal["local", "docker", "ssh-docker", "ssh"] = "local"
     host: str = ""
     arch: Literal["auto", "x86_64", "aarch64"] = "auto"
     accelerator: Literal["auto", "none", "cuda"] = "none"
@@ -83,6 +83,7 @@ class TargetEntry(Strict):
     memory_bandwidth_gbs: Positive | None = None
     ssh_options: list[str] = []     # extra ssh arguments, e.g. ["-p", "2222"]
     base_image: str = ""
+    python: dict[str, str] = {}     # backend name (or "default") -> an interpreter on that machine
 
 
 # -- models.toml ----------------------------------------------------------------------------

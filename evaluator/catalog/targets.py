@@ -29,6 +29,12 @@ class Target:
     memory_bandwidth_gbs: float | None
     ssh_options: tuple = ()  # extra ssh arguments for ssh-docker, e.g. ["-p", "2222", "-i", "~/.ssh/lab"]
     base_image: str = ""     # what every backend image builds on there; "" = docker/base.sh's offline base
+    python: tuple = ()       # (backend or "default", interpreter path there) pairs: prepared environments
+
+    def python_for(self, backend: str) -> str | None:
+        """The interpreter this target's entry names for a backend (its own, else `default`)."""
+        table = dict(self.python)
+        return table.get(backend) or table.get("default")
 
     @property
     def device(self) -> str:
@@ -73,6 +79,9 @@ def _parse(name: str, entry: dict, where: str) -> Target:
         accelerator = "cuda" if gpu else "none"
     elif accelerator == "cuda" and local:
         card_gb = _local_gpu()[1]
+    if e.python and e.transport not in ("local", "ssh"):
+        raise UserError(f"{where} [{name}]: python is for the local and ssh transports (a {e.transport} target "
+                        f"runs each backend in its image)")
     memory = e.memory_gb
     if memory == "auto":
         if not local:
@@ -80,7 +89,7 @@ def _parse(name: str, entry: dict, where: str) -> Target:
         # what a model must fit in: the card's memory on a GPU target, RAM on a CPU one
         memory = card_gb if accelerator == "cuda" and card_gb else round(_ram_gb(), 1)
     return Target(name, e.description, e.transport, e.host, arch, accelerator, gpu, float(memory),
-                  e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image)
+                  e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image, tuple(sorted(e.python.items())))
 
 
 def _read(path: Path) -> dict:

@@ -57,7 +57,7 @@ class DockerEngine:
     JSON-lines transport, one hop further. On a remote host its own DOCKER_HOST applies."""
 
     def __init__(self, target=None):
-        self.remote = target is not None and target.transport == "ssh-docker"
+        self.remote = target is not None and target.transport in ("ssh-docker", "ssh")
         self.host = target.host.removeprefix("ssh://") if self.remote else None
         self.ssh_options = list(target.ssh_options) if self.remote else []
 
@@ -91,14 +91,20 @@ def base_image(target, backend: Backend | None = None) -> str:
             or f"deploy-eval/base:bookworm-{ARCH[target.arch]}")
 
 
-def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, cuda: bool, log=print) -> dict:
-    """Stage the build context in ctx; return the build args it needs besides BASE."""
+def stage_runner_lib(backend: Backend, ctx: Path) -> None:
+    """What a runner needs besides its engine, as a folder tree under ctx: the runner library
+    and the backend's folder (and those whose runner it reuses)."""
     (ctx / "evaluator").mkdir(parents=True)
     shutil.copy(REPO / "evaluator" / "__init__.py", ctx / "evaluator" / "__init__.py")
     shutil.copytree(REPO / "evaluator" / "runner", ctx / "evaluator" / "runner",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for name in (backend.name, *backend.with_backends):  # its folder, and those whose runner it reuses
+    for name in (backend.name, *backend.with_backends):
         shutil.copytree(backend.folder.parent / name, ctx / "backends" / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _stage_context(backend: Backend, ctx: Path, arch: str, remote: bool, cuda: bool, log=print) -> dict:
+    """Stage the build context in ctx; return the build args it needs besides BASE."""
+    stage_runner_lib(backend, ctx)
     shutil.copy(CA_BUNDLE, ctx / "ca.crt")
     (ctx / "wheels").mkdir()
     requirements = backend.requirements.read_text() if backend.requirements else ""
@@ -218,12 +224,17 @@ def _manifest(folder: Path) -> str:
 def ship_model(engine: DockerEngine, folder: Path, sha256: str, who: Owner, log=print) -> str:
     """The model's folder as the target's engine sees it: this machine's own path locally; on
     a remote target a copy under ~/.cache/deploy-eval/models/<model hash>/<folder> of the SSH
-    user, sent once (tar over SSH into a temporary folder, renamed into place). A copy is trusted
-    by its content: every file's sha256 against this machine's, checked before each reuse and
-    after each copy. The folder's name is part of the key: one model has several (hf/, gguf/)."""
+    user (ship_folder). The folder's name is part of the key: one model has several (hf/, gguf/)."""
     if not engine.remote:
         return str(folder)
     dest = f"{who.home}/{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
+    return ship_folder(engine, folder, dest, who, log)
+
+
+def ship_folder(engine: DockerEngine, folder: Path, dest: str, who: Owner, log=print) -> str:
+    """`folder` at `dest` on the remote machine, sent once (tar over SSH into a temporary folder,
+    renamed into place). A copy is trusted by its content: every file's sha256 against this
+    machine's, checked before each reuse and after each copy."""
     want = _manifest(folder)
     if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() == want:
         return dest
@@ -233,7 +244,7 @@ def ship_model(engine: DockerEngine, folder: Path, sha256: str, who: Owner, log=
                                            f"chmod -R a+rX {dest}.tmp && rm -rf {dest} && mv {dest}.tmp {dest}"),
                         bounded.DOWNLOAD_S, f"copying {folder.name} to {engine.host}")
     if unpack.returncode != 0:
-        raise ImageFailed(f"copying the model to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
+        raise ImageFailed(f"copying {folder.name} to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
     if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() != want:
         raise ImageFailed(f"the copy of {folder.name} on {engine.host} does not match this machine's files (sha256)")
     return dest
