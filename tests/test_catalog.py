@@ -90,6 +90,8 @@ def test_targets_describe_remote_devices():
     ('[box\n', "not valid TOML"),
     ('[box]\nmemory_gb = "8"\n', "memory_gb '8': Input should be 'auto', or Input should be a valid number"),
     ('[box]\ntransport = "ssh-docker"\narch = "x86_64"\nmemory_gb = 8\nssh_options = "-p 22"\n', "ssh_options '-p 22'"),
+    ('[box]\ntransport = "docker"\npython = { default = "/usr/bin/python3" }\n', "python is for the local and ssh transports"),
+    ('[box]\ntransport = "ssh"\narch = "x86_64"\nmemory_gb = 8\npython = "/usr/bin/python3"\n', "python '/usr/bin/python3'"),
 ])
 def test_user_targets_file_is_checked(tmp_path, monkeypatch, text, words):
     path = tmp_path / "targets.toml"

@@ -53,3 +53,17 @@ def test_a_given_environment_that_does_not_start_is_one_line_and_exit_2(tmp_path
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_local_target_can_name_its_prepared_environment_in_the_targets_file(older_transformers, tmp_path):
+    targets = tmp_path / "targets.toml"
+    targets.write_text(f'[mine]\ndescription = "this machine, its prepared torch"\ntransport = "local"\n'
+                       f'python = {{ pytorch_eager = "{older_transformers}" }}\n')
+    proc = run_cli("eval", "stories260k", "--targets", "mine", "--backends", "pytorch_eager", "--variants", "fp32-sdpa-kv",
+                   "--scenarios", "latency", "--reports", str(tmp_path / "r"), *FAST,
+                   env={"DEPLOY_EVAL_TARGETS": str(targets)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "setting up the pytorch_eager environment" not in proc.stderr
+    (cell,) = cells(run_folder(proc.stderr, tmp_path / "r")).values()
+    assert cell["status"] == "ok" and cell["environment"].startswith(f"given: {older_transformers} (python 3.")
+    assert cell["engine"]["versions"]["transformers"] == "5.17.0"
