@@ -57,26 +57,28 @@ def test_each_format_of_a_model_reaches_the_target_on_its_own(lab, monkeypatch):
     """One model, one content hash, several artifacts (the HF folder, the GGUF file's folder):
     a GGUF runner must find its file on the target even after the HF folder was shipped."""
     from evaluator.catalog import models, targets
-    from evaluator.launch import docker
+    from evaluator.launch import docker, shipping
 
     monkeypatch.setattr(targets, "USER_FILE", lab["targets"])
     engine = docker.DockerEngine(targets.resolve(["lab"])[0])
     model = models.resolve("stories260k")
-    shipped, who = {}, docker.owner(engine)
+    shipped, who = {}, shipping.owner(engine)
+    # A cache that already exists, made by something else with the default umask, is made private too.
+    subprocess.run(engine.ssh(f"mkdir -p {who.home}/.cache/deploy-eval && chmod 755 {who.home}/.cache/deploy-eval"), check=True)
     for fmt in ("hf", "gguf"):
         artifact = model.artifact(fmt)
         folder = artifact if artifact.is_dir() else artifact.parent  # as evaluator/run.py ships it
-        shipped[fmt] = docker.ship_model(engine, folder, "f" * 64, who, log=lambda m: None)
+        shipped[fmt] = shipping.ship_model(engine, folder, "f" * 64, who, log=lambda m: None)
         found = subprocess.run(engine.ssh(f"test -e {shipped[fmt]}/{artifact.relative_to(folder)}"))
         assert found.returncode == 0, f"{fmt}: {artifact.name} is not in {shipped[fmt]} on the target"
     assert shipped["hf"] != shipped["gguf"]
     # Trusted by content, not by a marker: a file changed on the target is noticed, and sent again.
     subprocess.run(engine.ssh(f"echo tampered >> {shipped['hf']}/config.json"), check=True)
     said = []
-    docker.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=said.append)
+    shipping.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=said.append)
     assert said and said[0].startswith("copying hf to")
     again = []
-    docker.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=again.append)
+    shipping.ship_model(engine, model.artifact("hf"), "f" * 64, who, log=again.append)
     assert again == [], "an intact copy is reused"
     mode = subprocess.run(engine.ssh(f"stat -c %a {who.home}/.cache/deploy-eval"), capture_output=True, text=True)
     assert mode.stdout.strip() == "700", "the cache is its user's alone"

@@ -22,7 +22,6 @@ results come home over the runner's own stdout.
 import hashlib
 import os
 import platform
-import re
 import secrets
 import shlex
 import shutil
@@ -36,19 +35,14 @@ from pathlib import Path
 from evaluator import envs
 from evaluator.errors import UserError
 from evaluator.launch import bounded, cross, leftovers
+from evaluator.launch.shipping import RUNNER_UID, ImageFailed, artifact_cache, fed_a_tar, owner, ship_model
 from evaluator.catalog.backends import REPO, Backend
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 
 SOCKET = os.environ.get("DEPLOY_EVAL_DOCKER_SOCK", "/run/deploy-eval/docker.sock")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-RUNNER_UID = "1000:1000"  # containers never run as root: as the user who owns the caches, or this one
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # target arch -> Docker platform
-REMOTE_CACHE = ".cache/deploy-eval"  # on a remote target, under the SSH user's home: models, artifacts
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch's CPU wheels for every architecture
-
-
-class ImageFailed(Exception):
-    """An image could not be built, or a model could not reach the target."""
 
 
 class DockerEngine:
@@ -169,7 +163,7 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
         t0 = time.monotonic()
         dockerfile = f"backends/{backend.name}/{backend.dockerfile.name}"
         build_args = [a for k, v in {"BASE": base, **args}.items() for a in ("--build-arg", f"{k}={v}")]
-        build = _fed_a_tar(ctx, engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
+        build = fed_a_tar(ctx, engine.argv("build", "--network", "host", "--platform", f"linux/{arch}",
                                             *build_args, "-f", dockerfile, "-t", tag, "-"),
                            bounded.BUILD_S, f"building {tag}")
         if build.returncode != 0:
@@ -181,93 +175,6 @@ def ensure_image(backend: Backend, base: str, arch: str, engine: DockerEngine, c
             raise ImageFailed(f"building {tag} failed: {' | '.join(lines[-6:])}")
         image_id = engine.run("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
         return {"tag": tag, "id": image_id, "built_s": time.monotonic() - t0, "reused": False}
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who owns the caches on an engine's machine, and as whom its containers run: the user
-    (this one, or the SSH user), or RUNNER_UID when that user is root."""
-    home: str
-    user: str        # uid:gid for `docker run --user`
-    chown: bool      # root: hand the artifact cache to RUNNER_UID
-
-
-def owner(engine: DockerEngine) -> Owner:
-    if not engine.remote:
-        uid, gid, home = os.getuid(), os.getgid(), str(Path.home())
-    else:
-        got = _remote(engine, 'printf "%s %s %s" "$(id -u)" "$(id -g)" "$HOME"', bounded.QUICK_S)
-        try:
-            uid, gid, home = int(got.stdout.split()[0]), int(got.stdout.split()[1]), got.stdout.split(None, 2)[2]
-        except (IndexError, ValueError):
-            raise ImageFailed(f"cannot tell who {engine.host} logs in as: {(got.stdout + got.stderr).strip()[-200:]}") from None
-    return Owner(home, RUNNER_UID if uid == 0 else f"{uid}:{gid}", uid == 0)
-
-
-def _manifest_command(folder: str) -> str:
-    """A shell command listing a folder's files with their sha256, in a fixed order."""
-    return f"cd {shlex.quote(folder)} && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum"
-
-
-def _manifest(folder: Path) -> str:
-    """The same listing, computed here: what a remote copy must match to be trusted."""
-    lines = []
-    for path in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: "./" + str(p.relative_to(folder))):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        lines.append(f"{digest.hexdigest()}  ./{path.relative_to(folder)}")
-    return "\n".join(lines)
-
-
-def ship_model(engine: DockerEngine, folder: Path, sha256: str, who: Owner, log=print) -> str:
-    """The model's folder as the target's engine sees it: this machine's own path locally; on
-    a remote target a copy under ~/.cache/deploy-eval/models/<model hash>/<folder> of the SSH
-    user (ship_folder). The folder's name is part of the key: one model has several (hf/, gguf/)."""
-    if not engine.remote:
-        return str(folder)
-    dest = f"{who.home}/{REMOTE_CACHE}/models/{sha256[:24]}/{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)}"
-    return ship_folder(engine, folder, dest, who, log)
-
-
-def ship_folder(engine: DockerEngine, folder: Path, dest: str, who: Owner, log=print) -> str:
-    """`folder` at `dest` on the remote machine, sent once (tar over SSH into a temporary folder,
-    renamed into place). A copy is trusted by its content: every file's sha256 against this
-    machine's, checked before each reuse and after each copy."""
-    want = _manifest(folder)
-    if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() == want:
-        return dest
-    log(f"copying {folder.name} to {engine.host}:{dest} (once)")
-    unpack = _fed_a_tar(folder, engine.ssh(f"umask 077 && mkdir -p {who.home}/{REMOTE_CACHE} && rm -rf {dest}.tmp && "
-                                           f"mkdir -p {dest}.tmp && tar -x --no-same-permissions -C {dest}.tmp && "
-                                           f"chmod -R a+rX {dest}.tmp && rm -rf {dest} && mv {dest}.tmp {dest}"),
-                        bounded.DOWNLOAD_S, f"copying {folder.name} to {engine.host}")
-    if unpack.returncode != 0:
-        raise ImageFailed(f"copying {folder.name} to {engine.host} failed: {unpack.stderr.strip()[-300:]}")
-    if _remote(engine, _manifest_command(dest), bounded.DOWNLOAD_S).stdout.strip() != want:
-        raise ImageFailed(f"the copy of {folder.name} on {engine.host} does not match this machine's files (sha256)")
-    return dest
-
-
-def artifact_cache(engine: DockerEngine, local_root: Path, arch: str, who: Owner) -> str:
-    """Where containers keep what they derive from models: per architecture, readable and
-    writable by the containers' user only (mode 700); on this machine under the artifact cache,
-    on a remote one under the SSH user's ~/.cache/deploy-eval."""
-    uid, gid = (int(x) for x in who.user.split(":"))
-    if not engine.remote:
-        path = local_root / f"containers-{arch}"
-        path.mkdir(parents=True, exist_ok=True)
-        if who.chown:
-            os.chown(path, uid, gid)
-        path.chmod(0o700)
-        return str(path)
-    path = f"{who.home}/{REMOTE_CACHE}/artifacts-{arch}"
-    made = _remote(engine, f"mkdir -p {path} && {f'chown {uid}:{gid} {path} && ' if who.chown else ''}chmod 700 {path}",
-                   bounded.QUICK_S)
-    if made.returncode != 0:
-        raise ImageFailed(f"cannot make {path} on {engine.host}: {made.stderr.strip()[-300:]}")
-    return path
 
 
 @dataclass(frozen=True)
@@ -375,25 +282,3 @@ def start(placement: Placement, target, log_path: Path, cell_id: str, startup_ti
     args.append(placement.image["tag"])
     return ContainerRunner(engine, name, placement.model_host, engine.argv(*args), log_path,
                            startup_timeout_s=startup_timeout_s)
-
-
-def _remote(engine: DockerEngine, command: str, timeout_s: float) -> subprocess.CompletedProcess:
-    try:
-        return bounded.run(engine.ssh(command), timeout_s, f"ssh {engine.host}", capture_output=True, text=True)
-    except bounded.Overdue as exc:
-        raise ImageFailed(str(exc)) from None
-
-
-def _fed_a_tar(folder: Path, argv: list[str], timeout_s: float, what: str) -> subprocess.CompletedProcess:
-    """argv reading a tar of `folder` on its stdin, both under the deadline."""
-    tar = subprocess.Popen(["tar", "-C", str(folder), "-c", "."], stdout=subprocess.PIPE, start_new_session=True)
-    try:
-        return bounded.run(argv, timeout_s, what, stdin=tar.stdout, capture_output=True, text=True)
-    except bounded.Overdue as exc:
-        raise ImageFailed(str(exc)) from None
-    finally:
-        tar.stdout.close()
-        try:
-            tar.wait(timeout=bounded.REAP_S)  # it ends with its reader
-        except subprocess.TimeoutExpired:
-            bounded.kill_group(tar)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
-from evaluator.launch import bounded, docker
+from evaluator.launch import bounded, docker, shipping
 from evaluator.launch.process import OWNER_ENV, RunnerProcess
 
-RUNS = f"{docker.REMOTE_CACHE}/run"  # pid files of the runners on that machine, under the SSH user's home
+RUNS = f"{shipping.REMOTE_CACHE}/run"  # pid files of the runners on that machine, under the SSH user's home
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Placement:
     cache_remote: str
 
 
-_PREPARED: dict[tuple, "Placement | docker.ImageFailed"] = {}  # once per backend, target and model in a run
+_PREPARED: dict[tuple, "Placement | shipping.ImageFailed"] = {}  # once per backend, target and model in a run
 
 
 def interpreter(target, path: str) -> str:
@@ -69,25 +69,25 @@ def prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cac
     if key not in _PREPARED:
         try:
             _PREPARED[key] = _prepare(backend, target, model_folder, sha256, local_cache, log)
-        except docker.ImageFailed as exc:
+        except shipping.ImageFailed as exc:
             _PREPARED[key] = exc
     done = _PREPARED[key]
-    if isinstance(done, docker.ImageFailed):
+    if isinstance(done, shipping.ImageFailed):
         raise done
     return done
 
 
 def _prepare(backend: Backend, target, model_folder: Path, sha256: str, local_cache: Path, log) -> Placement:
     engine = docker.DockerEngine(target)
-    who = replace(docker.owner(engine), chown=False)  # the runner runs as the SSH user: the cache is its own
+    who = replace(shipping.owner(engine), chown=False)  # the runner runs as the SSH user: the cache is its own
     for name in sweep(engine, who.home):
         log(f"killed {name} on {engine.host}, a runner of a run whose evaluator is gone")
     with tempfile.TemporaryDirectory(prefix=f"deploy-eval-lib-{backend.name}-") as tmp:
         docker.stage_runner_lib(backend, Path(tmp))
-        digest = hashlib.sha256(docker._manifest(Path(tmp)).encode()).hexdigest()[:16]
-        lib = docker.ship_folder(engine, Path(tmp), f"{who.home}/{docker.REMOTE_CACHE}/runners/{digest}", who, log)
-    model = docker.ship_model(engine, model_folder, sha256, who, log)
-    return Placement(backend, who.home, lib, model_folder, model, docker.artifact_cache(engine, local_cache, target.arch, who))
+        digest = hashlib.sha256(shipping.manifest(Path(tmp)).encode()).hexdigest()[:16]
+        lib = shipping.ship_folder(engine, Path(tmp), f"{who.home}/{shipping.REMOTE_CACHE}/runners/{digest}", who, log)
+    model = shipping.ship_model(engine, model_folder, sha256, who, log)
+    return Placement(backend, who.home, lib, model_folder, model, shipping.artifact_cache(engine, local_cache, target.arch, who))
 
 
 def _pid_file(home: str, name: str) -> str:
@@ -98,11 +98,11 @@ def sweep(engine, home: str) -> list[str]:
     """Kill the runners on the engine's machine whose evaluator (on this machine) is gone; return
     their names. Raises UserError naming a live run's runner still there: timing beside it would
     measure both."""
-    listed = docker._remote(engine, f"mkdir -p {home}/{RUNS} && cd {home}/{RUNS} && for f in *.pid; do "
+    listed = shipping.remote(engine, f"{shipping.remote_cache(home)}mkdir -p {home}/{RUNS} && cd {home}/{RUNS} && for f in *.pid; do "
                                     '[ -f "$f" ] && kill -0 -- -"$(cat "$f")" 2>/dev/null && echo "${f%.pid}" '
                                     '|| rm -f "$f"; done; true', bounded.QUICK_S)
     if listed.returncode != 0:
-        raise docker.ImageFailed(f"cannot list runners on {engine.host}: {listed.stderr.strip()[-300:]}")
+        raise shipping.ImageFailed(f"cannot list runners on {engine.host}: {listed.stderr.strip()[-300:]}")
     gone, held = [], []
     for name in listed.stdout.split():
         host, pid = (name.split("_") + ["", ""])[:2]
@@ -113,7 +113,7 @@ def sweep(engine, home: str) -> list[str]:
     for name in gone:
         _kill(engine, _pid_file(home, name))
     if held:
-        raise docker.ImageFailed(f"{engine.host} is running another deploy-eval run's runners ({', '.join(held)}): "
+        raise shipping.ImageFailed(f"{engine.host} is running another deploy-eval run's runners ({', '.join(held)}): "
                                  f"timing beside them would measure both; wait for that run, or stop them")
     return gone
 
@@ -125,9 +125,9 @@ def _host() -> str:
 def _kill(engine, pid_file: str) -> None:
     """Best effort: the runner's whole process group on its machine, then its pid file."""
     try:
-        docker._remote(engine, f'[ -f {pid_file} ] && kill -KILL -- -"$(cat {pid_file})" 2>/dev/null; rm -f {pid_file}',
+        shipping.remote(engine, f'[ -f {pid_file} ] && kill -KILL -- -"$(cat {pid_file})" 2>/dev/null; rm -f {pid_file}',
                        bounded.QUICK_S)
-    except docker.ImageFailed:
+    except shipping.ImageFailed:
         pass  # the host does not answer: the next run's sweep finds it
 
 
