@@ -33,7 +33,7 @@ from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
 from evaluator.launch import docker, local, ssh
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import bandwidth, scenarios
+from evaluator.measure import bandwidth, energy, scenarios
 from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
@@ -109,6 +109,11 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
         with phases("latency"):
             result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
+        if cell.target.power_log:  # an external meter's log, over the same stretch of the runner's clock
+            spent = result["energy"]
+            start, end = spent.get("wall_time") or (None, None)
+            spent["meter"] = (energy.meter(cell.target.power_log, start, end, spent["tokens"]) if start and end
+                              else {"unavailable": "the runner's energy answers carry no clock"})
         result["bandwidth"] = {"before": before, "after": probe()}
         if result["engine"].get("supports", {}).get("score", True):
             with phases("check"):

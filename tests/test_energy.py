@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from evaluator.runner import energy, nvml
+from evaluator.measure import energy as measured
+from evaluator.runner import energy, nvml, power
 
 NVML_ERROR_UNKNOWN = 999
 
@@ -117,8 +118,6 @@ def powercap(root, zones: dict) -> None:
 
 
 def test_a_rapl_counter_that_wraps_during_the_loop_is_unwrapped_not_dropped(tmp_path, monkeypatch):
-    from evaluator.measure import scenarios
-
     monkeypatch.setattr(energy, "POWERCAP", str(tmp_path))
     monkeypatch.setattr(energy, "_nvml", lambda: ({}, "no NVIDIA driver"))
     rng = 262_143_328_850  # a real package's max_energy_range_uj
@@ -127,15 +126,147 @@ def test_a_rapl_counter_that_wraps_during_the_loop_is_unwrapped_not_dropped(tmp_
     (tmp_path / "intel-rapl:0" / "energy_uj").write_text("7000000\n")   # wrapped: 5 J before the top, 7 J after 0
     (tmp_path / "intel-rapl:0:0" / "energy_uj").write_text("3000000\n")
     after = energy.read()
-    spent = scenarios._energy(before, after, tokens=100, duration_s=2.0)
+    spent = measured.spent(before, after, tokens=100, duration_s=2.0)
     assert spent["counters"] == pytest.approx({"rapl:intel-rapl:0:package-0": 12.0, "rapl:intel-rapl:0:0:dram": 2.0})
     assert spent["joules"] == pytest.approx(14.0) and spent["joules_per_token"] == pytest.approx(0.14)
     assert spent["watts"] == pytest.approx(7.0)
 
 
-def test_a_counter_without_a_known_range_that_goes_backwards_is_dropped():
-    from evaluator.measure import scenarios
+def test_a_counter_without_a_known_range_that_goes_backwards_is_dropped_and_said():
+    spent = measured.spent({"joules": {"rapl:intel-rapl:0:package-0": 50.0}},
+                           {"joules": {"rapl:intel-rapl:0:package-0": 10.0}}, tokens=10, duration_s=1.0)
+    assert "joules" not in spent and "went backwards" in spent["unavailable"]
 
-    spent = scenarios._energy({"joules": {"rapl:intel-rapl:0:package-0": 50.0}},
-                              {"joules": {"rapl:intel-rapl:0:package-0": 10.0}}, tokens=10, duration_s=1.0)
-    assert spent["counters"] == {} and spent["joules"] == 0
+
+def ina3221(root, channels: dict, number: int = 1) -> None:
+    """channels: {n: (label, millivolts, milliamps)} as the kernel's ina3221 hwmon driver lays them
+    out (Documentation/hwmon/ina3221.rst), under root/sys/class/hwmon/hwmonN."""
+    folder = root / "sys" / "class" / "hwmon" / f"hwmon{number}"
+    folder.mkdir(parents=True)
+    (folder / "name").write_text("ina3221\n")
+    for n, (label, mv, ma) in channels.items():
+        (folder / f"in{n}_label").write_text(label + "\n")
+        (folder / f"in{n}_input").write_text(f"{mv}\n")
+        (folder / f"curr{n}_input").write_text(f"{ma}\n")
+
+
+def test_a_jetson_orin_counts_its_input_rail(tmp_path):
+    ina3221(tmp_path, {1: ("VDD_GPU_SOC", 5008, 1200), 2: ("VDD_CPU_CV", 5008, 480), 3: ("VIN_SYS_5V0", 5000, 900)})
+    ina3221(tmp_path, {1: ("VDD_IN", 19144, 652), 2: ("NC", 0, 0), 3: ("VDDQ_VDD2_1V8AO", 5008, 150)}, number=2)
+    other = tmp_path / "sys" / "class" / "hwmon" / "hwmon0"  # a temperature sensor: not a power source
+    other.mkdir()
+    (other / "name").write_text("cpu_thermal\n")
+    rails = power.jetson_watts(str(tmp_path))
+    assert "NC" not in rails and rails["VDD_IN"] == pytest.approx(19.144 * 0.652)
+    watts, method = power.jetson_total(rails)
+    assert watts == pytest.approx(12.481888) and "VDD_IN" in method
+
+
+def test_a_jetson_without_an_input_rail_sums_its_channels(tmp_path):
+    ina3221(tmp_path, {1: ("VDD_GPU_SOC", 5000, 1000), 2: ("VDD_CPU_CV", 5000, 400)})
+    watts, method = power.jetson_total(power.jetson_watts(str(tmp_path)))
+    assert watts == pytest.approx(7.0) and "sum of rails" in method
+    assert power.jetson_watts(str(tmp_path / "elsewhere")) is None
+
+
+# `vcgencmd pmic_read_adc` on a Raspberry Pi 5 (firmware 2024+): currents, then voltages
+PMIC = """\
+     3V7_WL_SW_A current(0)=0.10000000A
+     3V3_SYS_A current(1)=0.20000000A
+     VDD_CORE_A current(7)=2.00000000A
+     3V7_WL_SW_V volt(8)=3.70000000V
+     3V3_SYS_V volt(9)=3.30000000V
+     VDD_CORE_V volt(15)=0.80000000V
+     EXT5V_V volt(24)=5.12000000V
+     BATT_V volt(25)=0.00000000V
+"""
+
+
+def test_the_pi5_pmic_sums_current_times_voltage_over_the_rails_that_report_both():
+    rails = power.parse_pmic(PMIC)
+    assert set(rails) == {"3V7_WL_SW", "3V3_SYS", "VDD_CORE"}, "EXT5V and BATT report no current"
+    assert sum(rails.values()) == pytest.approx(0.37 + 0.66 + 1.6)
+
+    class Done:
+        returncode, stdout = 0, PMIC
+    assert power.rpi_pmic_watts(run=lambda *a, **k: Done()) == rails
+
+    def missing(*a, **k):
+        raise FileNotFoundError("vcgencmd")
+    assert power.rpi_pmic_watts(run=missing) is None
+    assert "5 V input reports no current" in power.RPI_METHOD
+
+
+def test_sampled_power_is_integrated_by_the_trapezoid_rule():
+    clock = iter(range(100))
+    ramp = iter(float(w) for w in range(0, 200, 2))  # 0, 2, 4 ... watts, one second apart
+    sampler = power.Sampler({"sampled:x": (lambda: next(ramp), "test ramp")}, clock=lambda: float(next(clock)))
+    for _ in range(4):
+        sampler.sample()  # t = 0..3 s, P = 0, 2, 4, 6 W
+    totals = sampler.read()["sampled:x"]  # and t = 4 s, P = 8 W
+    assert totals["joules"] == pytest.approx(16.0) and totals["n"] == 5 and totals["sum_w"] == pytest.approx(20.0)
+
+
+def test_a_board_sensor_becomes_a_counter_with_its_method_and_an_interval(monkeypatch):
+    monkeypatch.setattr(energy, "_nvml", lambda: ({}, "no NVIDIA driver"))
+    monkeypatch.setattr(energy, "POWERCAP", "/nonexistent")
+    monkeypatch.setattr(energy, "_SAMPLER", [])
+    watts = iter([5.0, 7.0] * 1000)
+    monkeypatch.setattr(power, "sources", lambda: {"sampled:rpi5-pmic": (lambda: next(watts), power.RPI_METHOD)})
+    before = energy.read()
+    import time
+    time.sleep(0.6)
+    after = energy.read()
+    energy._SAMPLER[0].stop()
+    spent = measured.spent(before, after, tokens=10, duration_s=after["wall_time"] - before["wall_time"])
+    assert spent["methods"] == {"sampled:rpi5-pmic": power.RPI_METHOD}
+    assert spent["watts"] == pytest.approx(6.0, rel=0.2)  # alternating 5 and 7 W
+    assert 0 < spent["joules_ci95"] < spent["joules"] / 2
+
+
+class IdleRunner:
+    """Answers energy requests from a counter drawing `watts` (the runner's side, seen from the host)."""
+    def __init__(self, watts):
+        self.watts, self.t = watts, 0.0
+
+    def request(self, op, timeout_s):
+        return {"joules": {"rapl:intel-rapl:0:package-0": self.watts * self.t}}
+
+
+def test_idle_power_is_measured_before_the_loop_and_the_energy_above_it_reported_apart(monkeypatch):
+    runner = IdleRunner(20.0)
+    t = iter([0.0, 2.0])
+    monkeypatch.setattr(measured.time, "monotonic", lambda: next(t))
+    idle = measured.idle_watts(runner, 10, sleep=lambda s: setattr(runner, "t", runner.t + s))
+    assert idle == {"rapl:intel-rapl:0:package-0": pytest.approx(20.0)}
+    spent = measured.spent({"joules": {"rapl:intel-rapl:0:package-0": 0.0}},
+                           {"joules": {"rapl:intel-rapl:0:package-0": 150.0}}, tokens=100, duration_s=5.0, idle_w=idle)
+    assert spent["idle_watts"] == pytest.approx(20.0) and spent["joules_above_idle"] == pytest.approx(50.0)
+    assert spent["joules_per_token_above_idle"] == pytest.approx(0.5) and spent["joules_ci95"] == pytest.approx(2e-6)
+    assert measured.idle_watts(type("NoCounter", (), {"request": lambda self, op, t: {"joules": {}}})(), 10) is None
+
+
+def test_an_external_meters_log_is_integrated_over_the_loop(tmp_path):
+    log = tmp_path / "meter.csv"
+    lines = ["time_s,watts"] + [f"{1000 + i / 10:.1f},{10.0 if i % 2 else 12.0}" for i in range(100)]
+    log.write_text("\n".join(lines) + "\n")
+    got = measured.meter(str(log), 1001.0, 1005.0, tokens=40)
+    assert got["readings"] == 41 and got["joules"] == pytest.approx(44.0)
+    assert got["joules_per_token"] == pytest.approx(1.1) and 0 < got["joules_ci95"] < 2
+    assert "is the meter logging" in measured.meter(str(log), 2000.0, 2001.0, tokens=1)["unavailable"]
+
+
+def test_the_report_and_the_export_carry_energy_with_its_interval_idle_and_meter():
+    from evaluator.report import export, tables
+
+    e = {"joules": 150.0, "joules_ci95": 10.0, "tokens": 100, "joules_per_token": 1.5, "idle_watts": 20.0,
+         "joules_per_token_above_idle": 0.5, "methods": {"sampled:jetson": "Jetson INA3221 rail VDD_IN"},
+         "meter": {"joules_per_token": 1.6, "joules_ci95": 5.0, "method": "external meter log m.csv"}}
+    cell = {"status": "ok", "scenario": {"name": "latency"}, "metrics": {}, "energy": e, "run_id": "r",
+            "model": {"name": "m"}, "backend": "b", "variant": "v", "target": {"name": "t"}}
+    rows = [r for r in export.cell_rows(cell) if r["metric"] == "energy_per_token"]
+    assert [(r["statistic"], r["value"]) for r in rows] == [
+        ("total: Jetson INA3221 rail VDD_IN", 1.5), ("above idle (20 W idle)", 0.5), ("external meter log m.csv", 1.6)]
+    assert (rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx((1.4, 1.6))
+    shown = tables._energy(e)
+    assert shown.half_pct == "6.7" and "above idle" in shown.note and "INA3221" in shown.note_title

@@ -84,6 +84,7 @@ class TargetEntry(Strict):
     ssh_options: list[str] = []     # extra ssh arguments, e.g. ["-p", "2222"]
     base_image: str = ""
     python: dict[str, str] = {}     # backend name (or "default") -> an interpreter on that machine
+    power_log: str = ""             # an external meter's log on this machine: CSV of unix time, watts
 
 
 # -- models.toml ----------------------------------------------------------------------------

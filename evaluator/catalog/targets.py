@@ -30,6 +30,7 @@ class Target:
     ssh_options: tuple = ()  # extra ssh arguments for ssh-docker, e.g. ["-p", "2222", "-i", "~/.ssh/lab"]
     base_image: str = ""     # what every backend image builds on there; "" = docker/base.sh's offline base
     python: tuple = ()       # (backend or "default", interpreter path there) pairs: prepared environments
+    power_log: str = ""      # an external meter's log on this machine (CSV: unix time, watts)
 
     def python_for(self, backend: str) -> str | None:
         """The interpreter this target's entry names for a backend (its own, else `default`)."""
@@ -89,7 +90,8 @@ def _parse(name: str, entry: dict, where: str) -> Target:
         # what a model must fit in: the card's memory on a GPU target, RAM on a CPU one
         memory = card_gb if accelerator == "cuda" and card_gb else round(_ram_gb(), 1)
     return Target(name, e.description, e.transport, e.host, arch, accelerator, gpu, float(memory),
-                  e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image, tuple(sorted(e.python.items())))
+                  e.memory_bandwidth_gbs, tuple(e.ssh_options), e.base_image, tuple(sorted(e.python.items())),
+                  str(Path(e.power_log).expanduser()) if e.power_log else "")
 
 
 def _read(path: Path) -> dict:

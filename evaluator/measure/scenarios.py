@@ -10,12 +10,11 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
 - prefill tokens/s: batch * prompt_tokens / TTFT.  decode tokens/s: batch * (new_tokens - 1) /
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
 """
-import re
 from dataclasses import asdict, dataclass
 
 from evaluator.errors import UserError
 from evaluator.launch.process import RunnerFailure, RunnerProcess
-from evaluator.measure import sampling
+from evaluator.measure import energy, sampling
 from evaluator.stats.intervals import summarize
 
 
@@ -116,6 +115,7 @@ METRICS = (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"), ("prefill_tok
 def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s: float, progress=None) -> dict:
     """Warmup, then one timed loop until every headline median is within the precision (or
     the cap). The result's `validity` holds each rule's Yes/No and what was reached."""
+    idle = energy.idle_watts(runner, timeout_s)  # after load, before any work: the floor the loop adds to
     for _ in range(sc.warmup):
         _generate(runner, [prompt], sc.new_tokens, timeout_s)
     outputs = []
@@ -129,7 +129,7 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
 
     before = runner.request("energy", timeout_s)
     runs, validity = sampling.sample(step, HEADLINE, sc.budget(), progress=progress)
-    energy = _energy(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, validity["duration_s"])
+    spent = energy.spent(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, validity["duration_s"], idle)
     # An imprecise loop still measured correct answers: its numbers stay, with the wider
     # intervals they have, and the verdict INVALID says which precision was reached instead.
     metrics = {key: summarize([r[key] for r in runs if r[key] is not None], unit) for key, unit in METRICS}
@@ -137,33 +137,7 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
     # they were. TPOT is the per-request statistic with exact intervals.
     metrics["itl_ms"] = summarize([gap for r in runs for gap in r["itl_ms"]], "ms")
     return {"metrics": metrics, "iterations": len(runs), "duration_s": validity["duration_s"],
-            "output_tokens": outputs[0], "validity": validity, "energy": energy}
-
-
-def _energy(before: dict, after: dict, tokens: int, duration_s: float) -> dict:
-    """Joules spent during the timed loop, from the runner's counters (whole machine or GPU,
-    idle draw included: what the deployment pays)."""
-    common = sorted(set(before.get("joules") or {}) & set(after.get("joules") or {}))
-    if not common:
-        return {"unavailable": after.get("unavailable") or "no energy counter"}
-    # RAPL counters restart from 0 past their range (max_energy_range_uj): a smaller reading after
-    # is one wrap, unwrapped with that range (a timed loop is far shorter than two wraps). A
-    # counter with no known range that went backwards is dropped, never counted negative.
-    wraps = after.get("wrap_joules") or {}
-    spent = {}
-    for k in common:
-        delta = after["joules"][k] - before["joules"][k]
-        if delta < 0 and wraps.get(k):
-            delta += wraps[k]
-        if delta >= 0:
-            spent[k] = delta
-    # CPU packages plus their DRAM domains, and every GPU: core/uncore sub-domains are inside
-    # the package's count already.
-    counted = {k: v for k, v in spent.items()
-               if k.startswith("nvml:") or k.endswith(":dram") or re.fullmatch(r"rapl:intel-rapl:\d+:package-\d+", k)}
-    joules = sum(counted.values())
-    return {"joules": joules, "tokens": tokens, "joules_per_token": joules / tokens if tokens else None,
-            "watts": joules / duration_s if duration_s else None, "counters": spent}
+            "output_tokens": outputs[0], "validity": validity, "energy": spent}
 
 
 # Teacher forcing: scoring prompt + output must put each generated token first, up to ties

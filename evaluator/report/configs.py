@@ -129,9 +129,13 @@ class Config:
 
     @property
     def energy_j_per_token(self):
-        c = self.cell("latency")
-        e = (c or {}).get("energy") or {}
-        return e.get("joules_per_token")
+        return self.energy.get("joules_per_token")
+
+    @property
+    def energy(self) -> dict:
+        """The latency loop's energy: joules per token with the interval its counters allow, the
+        idle floor and what is above it, each counter's method (measure/energy.py)."""
+        return ((self.cell("latency") or {}).get("energy")) or {}
 
     @property
     def bandwidth_gbs(self):

@@ -40,6 +40,7 @@ DESCRIBED = {
     "quality_loss_perplexity": ("Quality loss vs the reference, perplexity", "lower"),
     "peak_rss": ("Peak RSS", "lower"), "peak_device_allocator": ("Peak device memory, allocator (live tensors)", "lower"),
     "device_held_nvml": ("Device memory held, NVML per process (CUDA context included)", "lower"),
+    "energy_per_token": ("Energy per token", "lower"),
     "load_time": ("Load time", "lower"), "compile_time": ("of which compile time", "lower"),
     "model_file": ("Model size on disk (the artifact the engine loads)", "lower"),
 }
@@ -70,6 +71,32 @@ def _timed(summary: dict, metric: str, valid) -> list[dict]:
 def _verdict(cell: dict):
     validity = cell.get("validity")
     return None if not validity else ("VALID" if validity["valid"] else "INVALID")
+
+
+def _energy_rows(e: dict) -> list[dict]:
+    """Energy per token (the counters', with the interval they allow; above idle; an external
+    meter's), each statistic naming its method."""
+    rows, tokens = [], e.get("tokens")
+    if e.get("joules_per_token") is not None:
+        half = e.get("joules_ci95")
+        per, methods = e["joules_per_token"], "; ".join(sorted(set((e.get("methods") or {}).values())))
+        rows.append({"metric": "energy_per_token", "statistic": f"total: {methods}", "value": per,
+                     "ci_low": per - half / tokens if half is not None else None,
+                     "ci_high": per + half / tokens if half is not None else None, "unit": "J/token", "n": tokens})
+        if e.get("joules_per_token_above_idle") is not None:
+            rows.append({"metric": "energy_per_token", "statistic": f"above idle ({fmt_watts(e['idle_watts'])} idle)",
+                         "value": e["joules_per_token_above_idle"], "unit": "J/token", "n": tokens})
+    meter = e.get("meter") or {}
+    if meter.get("joules_per_token") is not None:
+        half = meter["joules_ci95"]
+        rows.append({"metric": "energy_per_token", "statistic": meter["method"], "value": meter["joules_per_token"],
+                     "ci_low": meter["joules_per_token"] - half / tokens, "ci_high": meter["joules_per_token"] + half / tokens,
+                     "unit": "J/token", "n": tokens})
+    return rows
+
+
+def fmt_watts(w: float) -> str:
+    return f"{w:.3g} W"
 
 
 def cell_rows(cell: dict) -> list[dict]:
@@ -121,6 +148,7 @@ def cell_rows(cell: dict) -> list[dict]:
                              "n": part.get("items") or part.get("windows")})
     if scenario == "latency":
         rows.append({"metric": "timed_requests", "statistic": "count", "value": cell.get("iterations"), "unit": "requests"})
+        rows += _energy_rows(cell.get("energy") or {})
     if scenario == "throughput" and "best_tokens_per_s" in m:
         lo, hi = m.get("best_tokens_per_s_ci") or (None, None)
         rows.append({"metric": "tokens_per_s_best_batch", "statistic": f"median, at batch {m.get('best_batch_size')}",

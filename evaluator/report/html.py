@@ -37,8 +37,12 @@ DEFINITIONS = [
      "runner process (NVML's per-process view: CUDA context and the allocator's cached pool included; the "
      "allocator's own peak of live tensors where NVML cannot see the process), on a CPU the runner process's "
      "peak resident set (VmHWM, reset when the model is loaded): what must fit on the device."),
-    ("Energy per token", "energy counters (RAPL on CPUs, NVML on NVIDIA GPUs) read by the runner around the timed "
-     "requests, divided by the tokens they generated; shown only where the target exposes a counter."),
+    ("Energy per token", "the runner machine's energy counters (RAPL on CPUs, NVML on NVIDIA GPUs; on Jetson boards "
+     "and the Raspberry Pi 5 their power sensors sampled at 10 Hz and integrated) read around the timed requests, "
+     "divided by the tokens they generated, with its 95% interval (a counter's resolution, a sampled sensor's standard "
+     "error); idle draw included, and beside it the share above the idle power measured after load; an external "
+     "meter's log (a target's power_log) over the same stretch in the cell file. Shown only where the target exposes "
+     "one."),
     ("HellaSwag acc_norm", "per item, each ending's summed token log-probability after the context, divided by the "
      "ending's length in characters; correct when the gold ending scores highest (lm-evaluation-harness's definition). "
      "acc is the same without the division."),

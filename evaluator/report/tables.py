@@ -38,6 +38,15 @@ def shown(value, ci=None, note: str = "", note_title: str = "") -> Shown:
     return Shown(fmt(value), f"{half:.2g}", f"[{fmt(ci[0])}, {fmt(ci[1])}]", note, note_title)
 
 
+def _energy(e: dict) -> Shown:
+    """Joules per token with its interval; the share above idle and the methods on hover."""
+    per, half, tokens = e.get("joules_per_token"), e.get("joules_ci95"), e.get("tokens")
+    ci = (per - half / tokens, per + half / tokens) if per is not None and half is not None and tokens else None
+    above = e.get("joules_per_token_above_idle")
+    note = f"{fmt(above)} above idle" if above is not None else ""
+    return shown(per, ci, note, "; ".join(sorted(set((e.get("methods") or {}).values()))))
+
+
 @dataclass(frozen=True)
 class Delta:
     css: str   # "good", "worse" or ""
@@ -135,7 +144,7 @@ COLUMNS = [
     ("latency p50", lambda c: shown(c.e2e_ms["p50"], c.e2e_ms["p50_ci"]), "ms"),
     ("p95", _p95, "ms"),
     ("TTFT p50", lambda c: shown(c.ttft_ms, c.interval("ttft_ms")), "ms"),
-    ("energy", lambda c: shown(c.energy_j_per_token), "J/token"),
+    ("energy", lambda c: _energy(c.energy), "J/token"),
     ("HellaSwag acc_norm", lambda c: shown(c.acc_norm, note=f"({c.acc_norm_items:,} items)" if c.acc_norm_items else ""), ""),
     ("perplexity", lambda c: shown(c.perplexity, c.perplexity_ci), "WikiText-2"),
     ("KL vs ref", lambda c: shown(c.kl_mean), "nats"),

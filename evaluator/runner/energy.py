@@ -1,16 +1,19 @@
 """Energy counters the runner reads where it runs (standard library only).
 
 Cumulative joules from every counter this machine exposes: Intel/AMD RAPL through the
-kernel's powercap files (CPU package and DRAM domains), and NVIDIA GPUs through NVML's total
-energy counter (Volta and later; nvml.py, ctypes, so no package is needed). The evaluator
+kernel's powercap files (CPU package and DRAM domains), NVIDIA GPUs through NVML's total
+energy counter (Volta and later; nvml.py, ctypes, so no package is needed), and where a board
+exposes only watts (Jetson's INA3221, the Raspberry Pi 5's PMIC) the integral of its power,
+sampled by a thread from the first reading on (power.py). Each counter says its method. The evaluator
 reads them before and after the timed requests and divides the difference by the tokens
 generated. Where nothing is exposed (VMs usually hide RAPL) the answer says why, and the
 report shows no energy rather than a guess.
 """
 import glob
 import os
+import time
 
-from evaluator.runner import nvml
+from evaluator.runner import nvml, power
 
 POWERCAP = "/sys/class/powercap"
 
@@ -50,9 +53,29 @@ def _nvml() -> tuple[dict, str | None]:
     return counters, None if counters else "NVML lists no GPU"
 
 
+_SAMPLER: list = []  # the power sampler, started by the first reading where a board has sensors
+
+
+def _sampled() -> tuple[dict, dict, dict]:
+    """({counter: joules so far}, {counter: method}, {counter: n, sum_w, sum_w2}) of the power sensors."""
+    if not _SAMPLER:
+        _SAMPLER.append(power.Sampler(power.sources()).start())
+    sampler = _SAMPLER[0]
+    totals = sampler.read()
+    return ({k: t["joules"] for k, t in totals.items()}, {k: method for k, (_, method) in sampler.found.items()},
+            {k: {"n": t["n"], "sum_w": t["sum_w"], "sum_w2": t["sum_w2"]} for k, t in totals.items()})
+
+
 def read() -> dict:
-    """{"joules": {counter: cumulative J}, "wrap_joules": {counter: its range}, "unavailable": reason or None}"""
+    """{"joules": {counter: cumulative J}, "wrap_joules": {counter: its range}, "methods": {counter:
+    how it is measured}, "samples": {sampled counter: n, sum_w, sum_w2}, "wall_time": this machine's
+    clock (for an external meter's log), "unavailable": reason or None}"""
     rapl, wraps, why_rapl = _rapl()
     nvml, why_nvml = _nvml()
-    counters = {**rapl, **nvml}
-    return {"joules": counters, "wrap_joules": wraps, "unavailable": None if counters else f"{why_rapl}; {why_nvml}"}
+    sampled, methods, samples = _sampled()
+    counters = {**rapl, **nvml, **sampled}
+    methods.update({k: "RAPL counter (the CPU's own energy model, µJ resolution)" for k in rapl})
+    methods.update({k: "NVML total-energy counter (mJ resolution)" for k in nvml})
+    why = None if counters else f"{why_rapl}; {why_nvml}; no Jetson INA3221 or Raspberry Pi 5 PMIC"
+    return {"joules": counters, "wrap_joules": wraps, "methods": methods, "samples": samples,
+            "wall_time": time.time(), "unavailable": why}
