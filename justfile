@@ -15,6 +15,13 @@ default:
 eval *args: _host
     {{host}} -m evaluator eval "$@"
 
+# The article's techniques on your hardware, in one run and one report: attention sweep, training
+# (precision, checkpointing, accumulation), FLOPs and MFU, KV cache on/off, attention kernel and
+# bf16 in the model: just techniques MODEL [--targets a,b] (eval's options apply)
+techniques model *args: _host
+    {{host}} -m evaluator eval {{model}} --backends pytorch_eager --scenarios latency,attention,train,flops \
+        --variants 'fp32-sdpa-kv,fp32-sdpa-nokv,fp32-eager-kv,bf16-sdpa-kv' {{args}}
+
 # List backends (from backends/*/backend.toml) and report broken manifests
 backends *args: _host
     {{host}} -m evaluator backends "$@"

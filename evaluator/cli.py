@@ -94,7 +94,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; "
                    "'*' for all (default: each backend's defaults)")
     e.add_argument("--scenarios", type=_csv, default=None,
-                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality)")
+                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality), and the "
+                        "techniques attention, train, flops (pytorch_eager; `just techniques MODEL` runs them)")
     e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens,
                    help="prompt length in tokens, BOS included (default: %(default)s)")
     e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens,
@@ -194,7 +195,7 @@ def _resumed(args) -> argparse.Namespace:
 def cmd_eval(args) -> int:
     from evaluator import run
     from evaluator.launch import leftovers
-    from evaluator.measure import scenarios
+    from evaluator.measure import scenarios, techniques
     from evaluator.score.quality import Quality
 
     if args.resume:
@@ -208,10 +209,10 @@ def cmd_eval(args) -> int:
         from evaluator.catalog import models
         quality_left_out = models.is_synthetic(args.model, args.model_path)
         args.scenarios = [s for s in scenarios.SCENARIOS if not (quality_left_out and s == "quality")]
-    unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS]
+    unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS + techniques.TECHNIQUES]
     if unknown:
         from evaluator.errors import unknown as unknown_name
-        raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS)
+        raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS + techniques.TECHNIQUES)
     if args.precision <= 0:
         raise UserError(f"--precision must be > 0 percent, got {args.precision:g}")
     if args.max_time <= 0:
@@ -230,6 +231,7 @@ def cmd_eval(args) -> int:
                                            max_time_s=min(args.max_time, scenarios.Throughput.max_time_s), **common),
         "quality": Quality(items=args.quality_items, seed=args.seed, ppl_window=args.ppl_window,
                            ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
+        "attention": techniques.Attention(), "train": techniques.Train(), "flops": techniques.Flops(),
     }
     if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):
         raise UserError(f"--ppl-stride {args.ppl_stride} must be smaller than --ppl-window {args.ppl_window}")

@@ -12,9 +12,13 @@ from evaluator.catalog import models
 from evaluator.catalog.backends import Backend, Variant
 from evaluator.catalog.targets import Target
 from evaluator.errors import UserError
-from evaluator.measure import fit
+from evaluator.measure import fit, techniques
 from evaluator.reference import Reference
 from evaluator.score import quality
+
+TECHNIQUES_WHY = ("the techniques (attention, train, flops) are measured in plain PyTorch (pytorch_eager), which "
+                  "exposes the model's layers; {backend} runs its own kernels")
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -93,8 +97,13 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
         for backend in here:
             for variant in variants(backend, variant_patterns):
                 for sc in scenario_list:
+                    technique = sc.name in techniques.TECHNIQUES
+                    if technique and variant.name != backend.reference_variant:
+                        continue  # a technique sweeps its own axes: once per backend, on its reference variant
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
-                    why = unsupported(model, backend, variant, target) or fits(model, variant, target, sc)
+                    why = (unsupported(model, backend, variant, target) or fits(model, variant, target, sc)
+                           or (TECHNIQUES_WHY.format(backend=backend.name) if technique and backend.name != "pytorch_eager"
+                               else None))
                     cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference and reference.target in (None, target.name):

@@ -33,7 +33,7 @@ from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
 from evaluator.launch import docker, local, ssh
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import bandwidth, energy, scenarios
+from evaluator.measure import bandwidth, energy, scenarios, techniques
 from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
@@ -65,6 +65,8 @@ def _context_tokens(sc, check: scenarios.Check, model_context: int | None) -> in
     whole training context (131,072 tokens on Llama 3.1)."""
     if isinstance(sc, quality.Quality):
         need = max(sc.ppl_window or QUALITY_CONTEXT, QUALITY_CONTEXT)
+    elif sc.name in techniques.TECHNIQUES:
+        need = max(sc.model_tokens, 1)
     else:
         need = sc.prompt_tokens + sc.new_tokens
         if isinstance(sc, scenarios.Latency):
@@ -125,6 +127,16 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         rnd = rnd or quality.Round(sc.total_items)
         result["metrics"], result["raw"] = quality.run(runner, tok, sc, deadlines.request_s, vocab, rnd, progress,
                                                        phases)
+    elif isinstance(sc, techniques.Attention):
+        with phases("attention"):
+            result.update(techniques.run_attention(runner, sc, deadlines.request_s))
+    elif isinstance(sc, techniques.Train):
+        with phases("train"):
+            result.update(techniques.run_train(runner, sc, tok.prompts(sc.sequence_tokens, sc.batch * sc.steps),
+                                               deadlines.request_s, progress))
+    elif isinstance(sc, techniques.Flops):
+        with phases("flops"):
+            result.update(techniques.run_flops(runner, sc, model.config(), deadlines.request_s))
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
         with phases("throughput"):

@@ -19,6 +19,9 @@ import transformers  # noqa: E402
 
 from evaluator.runner import Engine, RunnerError, check_options, choice, score_groups_as_rows, serve  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import techniques  # noqa: E402  (beside this file, in every image and on every target)
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code", "weight_noise"}
 
@@ -40,7 +43,7 @@ class TorchEngine(Engine):
             "devices_available": ["cpu"] + (["cuda"] if cuda else []),
             "available": True,
             "unavailable_reason": None,
-            "supports": {"score": True, "batch": True},
+            "supports": {"score": True, "batch": True, "techniques": ["attention", "train", "flops"]},
             "build": {"cuda": torch.version.cuda, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
             "threads": torch.get_num_threads(),
         }
@@ -176,6 +179,13 @@ class TorchEngine(Engine):
         picked = (logits.gather(2, endings[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)).tolist()
         entries = iter({"logprobs": picked[r][: len(c)], "top": [[] for _ in c]} for r, c in enumerate(rows))
         return [[next(entries) for _ in conts] for _, conts in groups]
+
+    def technique(self, name, params, batches):
+        if name == "attention":
+            return techniques.attention(self.device, params)
+        if name == "train":
+            return techniques.train(self.model, self.device, batches, params)
+        return techniques.flops(self.model, self.device, params)
 
     def device_memory(self):
         if self.device == "cuda":

@@ -88,8 +88,21 @@ def _energy(r: dict, req: dict) -> None:
           "joules is not an object of numbers")
 
 
+def _technique(r: dict, req: dict) -> None:
+    if req.get("name") == "attention":
+        _need(isinstance(r.get("rows"), list) and all(isinstance(x, dict) and _is_int(x.get("length")) for x in r["rows"]),
+              "rows is not a list of {impl, length, ...}")
+    elif req.get("name") == "train":
+        steps = len(req.get("batches") or [])
+        for key in ("losses", "seconds"):
+            _need(isinstance(r.get(key), list) and len(r[key]) == steps and all(_is_number(v) for v in r[key]),
+                  f"{key} is not one number per step ({steps})")
+    elif req.get("name") == "flops":
+        _need(_is_number(r.get("counted_flops")) and isinstance(r.get("forward_seconds"), list), "counted_flops or forward_seconds missing")
+
+
 SHAPES = {"describe": _describe, "load": _load, "generate": _generate, "score": _score, "memory": _memory,
-          "energy": _energy}
+          "energy": _energy, "technique": _technique}
 
 
 def check(op: str, result, request: dict) -> dict:

@@ -68,9 +68,13 @@ def options(scenario) -> dict:
 
 
 def check_fits(scenario, context_length: int | None) -> None:
-    if context_length and scenario.prompt_tokens + scenario.new_tokens > context_length:
-        raise UserError(f"{scenario.name}: prompt_tokens + new_tokens = {scenario.prompt_tokens + scenario.new_tokens} "
-                        f"exceeds the model's context of {context_length} tokens")
+    """A scenario's longest sequence against the model's context (a technique states its own)."""
+    tokens = getattr(scenario, "model_tokens", None)
+    if tokens is None:
+        tokens = scenario.prompt_tokens + scenario.new_tokens
+    if context_length and tokens > context_length:
+        raise UserError(f"{scenario.name}: its sequences of {tokens} tokens exceed the model's context of "
+                        f"{context_length} tokens")
 
 
 def _generate(runner: RunnerProcess, prompts: list[list[int]], new_tokens: int, timeout_s: float) -> dict:

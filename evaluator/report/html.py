@@ -17,6 +17,7 @@ from markupsafe import Markup
 from evaluator import store
 from evaluator.report import configs as configs_mod
 from evaluator.report import export, guide, plots, tables
+from evaluator.report import techniques as techniques_mod
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -196,7 +197,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
                       "rows": tables.comparison(configs, t, reference, constraints.margin)} for t in targets],
         no_energy="; ".join(no_energy), figures=_figures(run, configs, targets, constraints.margin),
         matrix=tables.status_matrix(configs, targets, scenario_names, constraints.margin), scenarios=scenario_names,
-        metric_blocks=metric_blocks(cells, targets),
+        metric_blocks=metric_blocks(cells, targets), techniques=techniques_mod.section(cells),
         scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
         texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
         missing=[cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}],

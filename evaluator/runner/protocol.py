@@ -114,6 +114,13 @@ energy {}
     energy.py), read now. Only differences between two readings mean anything. No counter at
     all is not an error: `unavailable` says why.
 
+technique {"name": "attention"|"train"|"flops", "params": {...}, "batches": [[[int]]]}
+    -> raw measurements of one of the article's techniques on the loaded model and its device
+    (seconds per call or step, peak bytes, losses, counted FLOPs), never a verdict. `batches`
+    (train only): token-id sequences, one effective batch per optimizer step. An engine that
+    does not implement a technique answers `unsupported` (describe's supports.techniques lists
+    those it does).
+
 shutdown {}
     -> {} and the process exits 0.
 
@@ -219,6 +226,10 @@ class Engine:
     def score_groups(self, groups: list[tuple[list[int], list[list[int]]]], top_k: int) -> list[list[dict]]:
         """Many (prefix, continuations) at once. Override where one batch can hold them all."""
         return [self.score_continuations(prefix, seqs, top_k) for prefix, seqs in groups]
+
+    def technique(self, name: str, params: dict, batches: list[list[list[int]]] | None) -> dict:
+        """Measure one of the article's techniques (the `technique` request)."""
+        raise RunnerError("unsupported", f"this engine does not measure techniques ({name})")
 
     def device_memory(self) -> tuple[int | None, int | None]:
         """(current, peak) device bytes, or (None, None) where there is no device."""

@@ -173,11 +173,27 @@ class _Server:
     def energy(self, req):
         return energy.read()
 
+    def technique(self, req):
+        self._loaded("technique")
+        name, params, batches = req.get("name"), req.get("params", {}), req.get("batches")
+        if name not in TECHNIQUES:
+            raise RunnerError("bad_request", f"technique {name!r}; valid: {', '.join(TECHNIQUES)}")
+        if not isinstance(params, dict):
+            raise RunnerError("bad_request", "technique params must be an object")
+        if name == "train":
+            if not isinstance(batches, list) or not batches:
+                raise RunnerError("bad_request", "train needs batches: a non-empty list of batches of token-id lists")
+            for batch in batches:
+                if len({len(s) for s in _ids(batch, "batches", self.vocab_size)}) != 1:
+                    raise RunnerError("bad_request", "the sequences of a training batch must have the same length")
+        return self.engine.technique(name, params, batches)
+
     def shutdown(self, req):
         return {}
 
 
-OPS = ("describe", "load", "generate", "score", "memory", "energy", "shutdown")
+OPS = ("describe", "load", "generate", "score", "memory", "energy", "technique", "shutdown")
+TECHNIQUES = ("attention", "train", "flops")
 
 
 def _error(exc: BaseException, engine: Engine) -> dict:
