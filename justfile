@@ -16,11 +16,11 @@ eval *args: _host
     {{host}} -m evaluator eval "$@"
 
 # The article's techniques on your hardware, in one run and one report: attention sweep, training
-# (precision, checkpointing, accumulation), FLOPs and MFU, KV cache on/off, attention kernel and
-# bf16 in the model: just techniques MODEL [--targets a,b] (eval's options apply)
+# (precision, checkpointing, accumulation), FLOPs and MFU, KV cache on/off, torch.compile's modes,
+# attention kernel and bf16 in the model: just techniques MODEL [--targets a,b] (eval's options apply)
 techniques model *args: _host
-    {{host}} -m evaluator eval {{model}} --backends pytorch_eager --scenarios latency,attention,train,flops \
-        --variants 'fp32-sdpa-kv,fp32-sdpa-nokv,fp32-eager-kv,bf16-sdpa-kv' {{args}}
+    {{host}} -m evaluator eval {{model}} --backends pytorch_eager,pytorch_compile --scenarios latency,attention,train,flops,kv \
+        --variants 'fp32-sdpa-kv,fp32-eager-kv,bf16-sdpa-kv,fp32-default,fp32-reduce-overhead,fp32-max-autotune' {{args}}
 
 # List backends (from backends/*/backend.toml) and report broken manifests
 backends *args: _host

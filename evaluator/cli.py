@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
                    "'*' for all (default: each backend's defaults)")
     e.add_argument("--scenarios", type=_csv, default=None,
                    help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality), and the "
-                        "techniques attention, train, flops (pytorch_eager; `just techniques MODEL` runs them)")
+                        "techniques attention, train, flops, kv (pytorch_eager; `just techniques MODEL` runs them)")
     e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens,
                    help="prompt length in tokens, BOS included (default: %(default)s)")
     e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens,
@@ -231,7 +231,7 @@ def cmd_eval(args) -> int:
                                            max_time_s=min(args.max_time, scenarios.Throughput.max_time_s), **common),
         "quality": Quality(items=args.quality_items, seed=args.seed, ppl_window=args.ppl_window,
                            ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
-        "attention": techniques.Attention(), "train": techniques.Train(), "flops": techniques.Flops(),
+        "attention": techniques.Attention(), "train": techniques.Train(), "flops": techniques.Flops(), "kv": techniques.Kv(),
     }
     if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):
         raise UserError(f"--ppl-stride {args.ppl_stride} must be smaller than --ppl-window {args.ppl_window}")

@@ -16,7 +16,7 @@ from evaluator.measure import fit, techniques
 from evaluator.reference import Reference
 from evaluator.score import quality
 
-TECHNIQUES_WHY = ("the techniques (attention, train, flops) are measured in plain PyTorch (pytorch_eager), which "
+TECHNIQUES_WHY = ("the techniques (attention, train, flops, kv) are measured in plain PyTorch (pytorch_eager), which "
                   "exposes the model's layers; {backend} runs its own kernels")
 
 

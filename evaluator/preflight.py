@@ -71,3 +71,30 @@ def disk_space(paths: list[Path], model_bytes: int) -> None:
         if free < need:
             raise UserError(f"not enough disk for {path}: {free / 1e9:.1f} GB free, this run needs about "
                             f"{need / 1e9:.1f} GB (results, logs and derived model files)")
+
+
+# The oldest driver each CUDA major version runs on under minor version compatibility (NVIDIA's
+# CUDA Compatibility guide, table 1): a runtime of that major on an older driver does not start.
+CUDA_MIN_DRIVER = {11: 450, 12: 525, 13: 580}
+
+
+def cuda_driver(engine: dict) -> tuple[str | None, str | None]:
+    """(why the engine cannot run here, a note to record) for a GPU engine's CUDA runtime against
+    the machine's driver, from the runner's describe answer (build.cuda or build.torch_cuda, and
+    the driver NVML reports). Unknown on either side: nothing to say."""
+    build, drv = engine.get("build") or {}, engine.get("driver") or {}
+    runtime = build.get("cuda") or build.get("torch_cuda")
+    if not runtime or not drv.get("version"):
+        return None, None
+    major, minor = (int(x) for x in str(runtime).split(".")[:2])
+    have_major = int(drv["version"].split(".")[0])
+    need = CUDA_MIN_DRIVER.get(major)
+    if need and have_major < need:
+        return (f"the NVIDIA driver here ({drv['version']}, CUDA {drv['cuda']}) is older than the CUDA {runtime} runtime of "
+                f"{engine.get('engine', 'this engine')} needs (driver {need} or newer): update the driver, or build the "
+                f"environment with a CUDA {int(drv['cuda'].split('.')[0])} runtime"), None
+    d_major, d_minor = (int(x) for x in drv["cuda"].split(".")[:2])
+    if (d_major, d_minor) < (major, minor):
+        return None, (f"CUDA {runtime} runtime on a driver for CUDA {drv['cuda']}: runs under minor version compatibility "
+                      f"(no PTX JIT: kernels not built for this GPU fail)")
+    return None, None

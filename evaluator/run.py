@@ -79,6 +79,11 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
+    too_old, note = preflight.cuda_driver(result["engine"]) if cell.target.device == "cuda" else (None, None)
+    if too_old:
+        raise RunnerFailure("unsupported", too_old)
+    if note:
+        result["cuda_compatibility"] = note
     fmt = _model_format(cell.backend, model)
     options = dict(cell.options, device=cell.target.device)
     spec = {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
@@ -134,6 +139,9 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         with phases("train"):
             result.update(techniques.run_train(runner, sc, tok.prompts(sc.sequence_tokens, sc.batch * sc.steps),
                                                deadlines.request_s, progress))
+    elif isinstance(sc, techniques.Kv):
+        with phases("kv"):
+            result.update(techniques.run_kv(runner, sc, tok.prompts(sc.prompt_tokens, 1)[0], deadlines.request_s, progress))
     elif isinstance(sc, techniques.Flops):
         with phases("flops"):
             result.update(techniques.run_flops(runner, sc, model.config(), deadlines.request_s))

@@ -117,6 +117,12 @@ def test_measurement_containers_have_no_network_a_read_only_model_and_a_non_root
         (mount,) = [m for m in inspect["Mounts"] if m["Destination"] == "/model"]
         assert mount["RW"] is False
         assert runner.see(model / "config.json") == "/model/config.json"
+        # Compilers keep their kernels in the (persistent, private) artifact cache, not in /tmp.
+        env = dict(e.split("=", 1) for e in inspect["Config"]["Env"])
+        (cache,) = [m for m in inspect["Mounts"] if m["Destination"] == "/artifacts"]
+        assert cache["RW"] is True
+        assert {env[k] for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "VLLM_CACHE_ROOT")} <= {
+            "/artifacts/compile/inductor", "/artifacts/compile/triton", "/artifacts/compile/vllm"}
     finally:
         runner.close()
 

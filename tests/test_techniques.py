@@ -25,9 +25,10 @@ def measured(tmp_path_factory):
     train = techniques.Train()
     with start_runner("pytorch_eager", tmp_path_factory.mktemp("runner")) as runner:
         runner.request("load", 120, model={"path": str(STORIES), "format": "hf"}, options={})
-        out = techniques.run_attention(runner, techniques.Attention(lengths=(256, 512, 1024, 2048)), 600)
+        out = techniques.run_attention(runner, techniques.Attention(lengths=(256, 512, 1024, 2048), passes=("forward",)), 600)
         out.update(techniques.run_train(runner, train, tok.prompts(train.sequence_tokens, train.batch * train.steps), 600))
         out.update(techniques.run_flops(runner, techniques.Flops(), models.resolve("stories260k").config(), 600))
+        out.update(techniques.run_kv(runner, techniques.Kv(lengths=(8, 32), repeats=6), tok.prompts(16, 1)[0], 600))
     return out
 
 
@@ -94,6 +95,14 @@ def test_flops_of_a_1b_model_match_the_counter_without_building_it():
     assert formula > 2e9  # about 2 FLOPs per weight of a 1.2B-weight model
 
 
+def test_the_kv_sweep_times_both_settings_at_every_length_with_the_same_tokens(measured):
+    rows = measured["kv"]["rows"]
+    assert [r["new_tokens"] for r in rows] == [8, 32]
+    for r in rows:
+        assert r["with_cache"]["n"] == r["without_cache"]["n"] == 6 and r["same_tokens"] is True
+        assert r["with_cache"]["p50_ci"] and r["speedup"] is not None
+
+
 def test_the_memory_exponent_is_fitted_with_its_interval():
     exact = techniques.memory_exponent([256, 512, 1024, 2048], [n * n * 4.0 for n in (256, 512, 1024, 2048)])
     assert exact["exponent"] == pytest.approx(2.0) and exact["ci"][0] == pytest.approx(2.0)
@@ -104,11 +113,12 @@ def test_the_memory_exponent_is_fitted_with_its_interval():
 
 def test_the_report_fills_the_techniques_section_from_the_measurements(measured):
     cells = [{"status": "ok", "backend": "pytorch_eager", "variant": "fp32-sdpa-kv", "scenario": {"name": name}, **{name: measured[name]}}
-             for name in ("attention", "train", "flops")]
+             for name in ("attention", "train", "flops", "kv")]
     section = report_techniques.section(cells)
     techniques_shown = [r["technique"] for r in section["summary"]]
     assert "training: fp32 + checkpointing" in techniques_shown and any("sdpa-flash" in t for t in techniques_shown)
     assert any(r.get("unsupported") for r in section["summary"]), "fp16 training on a CPU is listed with its reason"
+    assert any(t.startswith("KV cache") for t in techniques_shown) and len(section["figures"]) == 2
     assert section["figures"] and section["flops"]["agreement"].startswith(("+0.0", "-0.0"))
     assert report_techniques.section([dict(c, status="failed") for c in cells]) is None
 

@@ -43,7 +43,7 @@ class TorchEngine(Engine):
             "devices_available": ["cpu"] + (["cuda"] if cuda else []),
             "available": True,
             "unavailable_reason": None,
-            "supports": {"score": True, "batch": True, "techniques": ["attention", "train", "flops"]},
+            "supports": {"score": True, "batch": True, "techniques": ["attention", "train", "flops", "kv"]},
             "build": {"cuda": torch.version.cuda, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
             "threads": torch.get_num_threads(),
         }
@@ -185,6 +185,8 @@ class TorchEngine(Engine):
             return techniques.attention(self.device, params)
         if name == "train":
             return techniques.train(self.model, self.device, batches, params)
+        if name == "kv":
+            return techniques.kv(self, params)
         return techniques.flops(self.model, self.device, params)
 
     def device_memory(self):

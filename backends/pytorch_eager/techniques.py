@@ -156,6 +156,30 @@ def attention(device: str, params: dict) -> dict:
             "tolerance": tol}
 
 
+def kv(engine, params: dict) -> dict:
+    """Greedy generation of `new_tokens` with the KV cache on or off (off: every step recomputes
+    the whole sequence), `repeats` timed times after one warmup: per-step times from the same
+    clock as every latency, and the tokens (the cache changes speed, never tokens). The
+    engine's own setting is restored."""
+    prompt, n, repeats = params.get("prompt"), params.get("new_tokens"), params.get("repeats", 6)
+    if not (isinstance(prompt, list) and prompt and all(type(t) is int and t >= 0 for t in prompt)):
+        raise RunnerError("bad_request", "kv needs params.prompt: a non-empty list of token ids")
+    if type(n) is not int or n < 2:
+        raise RunnerError("bad_request", "kv needs params.new_tokens: an integer >= 2")
+    rows, kept = [], engine.kv_cache
+    try:
+        engine.kv_cache = bool(params.get("kv_cache", True))
+        for r in range(repeats + 1):  # the first is warmup
+            stamps = [time.perf_counter()]
+            tokens = engine.generate([prompt], n, lambda stamps=stamps: stamps.append(time.perf_counter()))
+            if r:
+                rows.append({"kv_cache": engine.kv_cache, "new_tokens": n, "e2e_s": stamps[-1] - stamps[0],
+                             "decode_step_s": [b - a for a, b in zip(stamps[1:], stamps[2:])]})
+    finally:
+        engine.kv_cache = kept
+    return {"rows": rows, "tokens": tokens[0], "prompt_tokens": len(prompt)}
+
+
 def _loss(model, batch):
     return model(input_ids=batch, labels=batch, use_cache=False).loss
 

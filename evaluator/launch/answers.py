@@ -89,9 +89,10 @@ def _energy(r: dict, req: dict) -> None:
 
 
 def _technique(r: dict, req: dict) -> None:
-    if req.get("name") == "attention":
-        _need(isinstance(r.get("rows"), list) and all(isinstance(x, dict) and _is_int(x.get("length")) for x in r["rows"]),
-              "rows is not a list of {impl, length, ...}")
+    if req.get("name") in ("attention", "kv"):
+        rows = r.get("rows")
+        _need(isinstance(rows, list) and all(isinstance(x, dict) and _is_int(x.get("length", x.get("new_tokens"))) for x in rows),
+              "rows is not a list of measurements")
     elif req.get("name") == "train":
         steps = len(req.get("batches") or [])
         for key in ("losses", "seconds"):

@@ -42,6 +42,10 @@ from evaluator.launch.process import RunnerFailure, RunnerProcess
 SOCKET = os.environ.get("DEPLOY_EVAL_DOCKER_SOCK", "/run/deploy-eval/docker.sock")
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # target arch -> Docker platform
+# Compilers' caches in the artifact cache (per architecture, the containers' user's alone), not in
+# the container's /tmp: a cell starts from the kernels the last one built instead of from zero.
+COMPILE_CACHES = {"TORCHINDUCTOR_CACHE_DIR": "/artifacts/compile/inductor", "TRITON_CACHE_DIR": "/artifacts/compile/triton",
+                  "VLLM_CACHE_ROOT": "/artifacts/compile/vllm"}
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # torch's CPU wheels for every architecture
 
 
@@ -276,6 +280,7 @@ def start(placement: Placement, target, log_path: Path, cell_id: str, startup_ti
     name = f"deploy-eval-{cell_id[:80]}-{secrets.token_hex(3)}".replace("=", "-").replace("+", "-")
     args = ["run", "-i", "--name", name, "--label", leftovers.container_label(), "--network", "none", "--user", placement.user,
             "--tmpfs", "/tmp:exec", "-e", "HOME=/tmp", "-e", "PYTHONUNBUFFERED=1",  # exec: inductor loads its kernels from there
+            *(a for k, v in COMPILE_CACHES.items() for a in ("-e", f"{k}={v}")),
             "-v", f"{placement.model_engine}:/model:ro", "-v", f"{placement.cache_engine}:/artifacts:rw"]
     if target.accelerator == "cuda":
         args += ["--gpus", "all"]

@@ -33,7 +33,7 @@ class Attention:
     lengths: tuple = (512, 1024, 2048, 4096)
     heads: int = 8
     head_dim: int = 64
-    passes: tuple = ("forward",)
+    passes: tuple = ("forward", "forward+backward")
     min_samples: int = 6          # the fewest for a distribution-free 95% interval of a median
     name: str = "attention"
     model_tokens = 0              # its tensors are its own: the model's context does not bound them
@@ -63,7 +63,19 @@ class Flops:
         return self.context
 
 
-TECHNIQUES = ("attention", "train", "flops")
+@dataclass(frozen=True)
+class Kv:
+    prompt_tokens: int = 32
+    lengths: tuple = (16, 32, 64, 128)
+    repeats: int = 6
+    name: str = "kv"
+
+    @property
+    def model_tokens(self) -> int:
+        return self.prompt_tokens + max(self.lengths)
+
+
+TECHNIQUES = ("attention", "train", "flops", "kv")
 
 
 def flops_per_token(config: dict, context: int) -> dict:
@@ -159,6 +171,30 @@ def run_train(runner, sc: Train, prompts: list[list[int]], timeout_s: float, pro
                                    "within": r["gradient_max_rel_diff"] <= GRADIENT_TOLERANCE}
     return {"train": {"configs": out, "sequence_tokens": sc.sequence_tokens, "batch": sc.batch, "steps": sc.steps,
                       "data": "WikiText-2 test windows (the latency prompts' source)"}}
+
+
+def run_kv(runner, sc: Kv, prompt: list[int], timeout_s: float, progress=None) -> dict:
+    """Time per output token with the KV cache and without, per output length (one request
+    each), the ratio, and whether both produced the same greedy tokens."""
+    from evaluator.stats.intervals import ratio_interval
+
+    rows, raw = [], []
+    for n in sorted(sc.lengths):
+        per, tokens = {}, {}
+        for cache in (True, False):
+            if progress:
+                progress(f"kv {'on' if cache else 'off'}, {n} tokens")
+            got = runner.request("technique", timeout_s, name="kv",
+                                 params={"prompt": prompt, "new_tokens": n, "kv_cache": cache, "repeats": sc.repeats})
+            per[cache] = summarize([r["e2e_s"] / n for r in got["rows"]], "s")
+            tokens[cache] = got["tokens"]
+            raw += got["rows"]
+        on, off = per[True], per[False]
+        speedup = (ratio_interval(off["p50"], off.get("p50_ci"), on["p50"], on.get("p50_ci"))
+                   if on.get("p50") and off.get("p50") else None)
+        rows.append({"new_tokens": n, "with_cache": on, "without_cache": off, "speedup": speedup,
+                     "same_tokens": tokens[True] == tokens[False]})
+    return {"kv": {"rows": rows, "prompt_tokens": len(prompt), "raw": raw}}
 
 
 def run_flops(runner, sc: Flops, config: dict, timeout_s: float) -> dict:

@@ -130,6 +130,13 @@ def _asked(d: dict) -> str:
             + (f', p95 latency ≤ {c["max_latency_ms"]:g} ms' if c["max_latency_ms"] else "") + f', objective: {c["objective"]}')
 
 
+def _driver(d) -> str:
+    """The NVIDIA driver a GPU engine ran under (runs from before the check stored a string)."""
+    if isinstance(d, dict):
+        return f' driver {d["version"]} (CUDA {d["cuda"]})' if d.get("version") else ""
+    return f" driver {d}" if d else ""
+
+
 def _engines(configs: list) -> tuple[list[dict], list[dict]]:
     """Per backend and target, the engine and where it ran; per configuration, its load settings."""
     engines, settings, seen = [], [], set()
@@ -142,7 +149,7 @@ def _engines(configs: list) -> tuple[list[dict], list[dict]]:
             engines.append({
                 "backend": c.backend, "target": c.target_name,
                 "engine": f'{e.get("engine", "")} {e.get("engine_version", "")}',
-                "device": f'{e.get("device", "")} {e.get("gpu") or ""}' + (f' driver {e["driver"]}' if e.get("driver") else ""),
+                "device": f'{e.get("device", "")} {e.get("gpu") or ""}' + _driver(e.get("driver")),
                 "versions": ", ".join(f"{k} {v}" for k, v in sorted((e.get("versions") or {}).items())),
                 "build": ", ".join(f"{k}={v}" for k, v in sorted((e.get("build") or {}).items())),
                 "where": f'image {image.get("tag")} ({image.get("id")})' if image else (env or "")})

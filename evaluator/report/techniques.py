@@ -5,6 +5,7 @@ model FLOPs utilisation, and plots. Every speed-up is a ratio of two medians wit
 interval; one whose interval holds 1 reads "tied".
 """
 from evaluator.report.plots import _layout, escape
+from evaluator.measure.techniques import TECHNIQUES
 from evaluator.stats.intervals import ratio_interval
 
 MIB = 2 ** 20
@@ -70,35 +71,65 @@ def _attention(cell: dict) -> tuple[dict, list[dict], dict | None]:
     att = cell["attention"]
     lengths = sorted({r["length"] for r in att["rows"]})
     impls = list(dict.fromkeys(r["impl"] for r in att["rows"]))
-    at = {(r["impl"], r["length"]): r for r in att["rows"] if r["pass"] == "forward"}
+    passes = list(dict.fromkeys(r["pass"] for r in att["rows"]))
+    at = {(r["impl"], r["pass"], r["length"]): r for r in att["rows"]}
+
+    def shown(r: dict | None) -> str:
+        if r is None:
+            return "–"
+        if "peak_bytes" not in r:
+            return f'out of memory: {escape(r.get("out_of_memory", ""))}'
+        return f'{_ms(r.get("time"))}<br>{r["peak_bytes"] / MIB:,.1f} MiB'
+
     table = {"lengths": lengths, "rows": []}
-    for impl in impls:
-        fit = att["memory_exponent"].get(f"{impl} forward")
-        table["rows"].append({"impl": impl, "cells": [
-            (f'{_ms(at[(impl, n)].get("time"))}<br>{at[(impl, n)]["peak_bytes"] / MIB:,.1f} MiB' if (impl, n) in at
-             and "peak_bytes" in at[(impl, n)] else (at[(impl, n)].get("out_of_memory", "–") if (impl, n) in at else "–"))
-            for n in lengths],
-            "exponent": f'{fit["exponent"]:.2f} [{fit["ci"][0]:.2f}, {fit["ci"][1]:.2f}]' if fit else "–"})
+    for pass_ in passes:
+        for impl in impls:
+            fit = att["memory_exponent"].get(f"{impl} {pass_}")
+            table["rows"].append({"impl": f"{impl}, {pass_}", "cells": [shown(at.get((impl, pass_, n))) for n in lengths],
+                                  "exponent": f'{fit["exponent"]:.2f} [{fit["ci"][0]:.2f}, {fit["ci"][1]:.2f}]' if fit else "–"})
     for impl, why in att.get("unsupported", {}).items():
         table["rows"].append({"impl": impl, "cells": [escape(why)] + [""] * (len(lengths) - 1), "exponent": "unsupported"})
-    longest = max((n for n in lengths if ("standard", n) in at and ("sdpa-flash", n) in at), default=None)
     summary = []
-    for impl in impls:
-        if impl != "standard" and longest and (impl, longest) in at and "time" in at[(impl, longest)]:
-            a, b = at[("standard", longest)], at[(impl, longest)]
-            summary.append({"technique": f"attention: {impl} instead of standard, {longest} tokens",
+    for pass_ in passes:
+        timed = [n for n in lengths if "time" in (at.get(("standard", pass_, n)) or {})]
+        for impl in impls:
+            both = [n for n in timed if "time" in (at.get((impl, pass_, n)) or {})]
+            if impl == "standard" or not both:
+                continue
+            a, b = at[("standard", pass_, both[-1])], at[(impl, pass_, both[-1])]
+            summary.append({"technique": f"attention: {impl} instead of standard ({pass_}, {both[-1]} tokens)",
                             "memory": _saved(a["peak_bytes"], b["peak_bytes"]),
                             "speedup": _speedup(_ratio(a["time"], b["time"])),
                             "quality": f'outputs equal within {att["tolerance"]:g}',
-                            "how": f'one forward, {att["heads"]} heads of {att["head_dim"]}, {att["dtype"]}, causal'})
-    data = [{"type": "scatter", "mode": "lines+markers", "name": escape(impl),
-             "x": [n for n in lengths if (impl, n) in at and "peak_bytes" in at[(impl, n)]],
-             "y": [at[(impl, n)]["peak_bytes"] / MIB for n in lengths if (impl, n) in at and "peak_bytes" in at[(impl, n)]]}
-            for impl in impls]
+                            "how": f'{att["heads"]} heads of {att["head_dim"]}, {att["dtype"]}, causal'})
+    data = []
+    for pass_ in passes:
+        for impl in impls:
+            done = [n for n in lengths if "peak_bytes" in (at.get((impl, pass_, n)) or {})]
+            data.append({"type": "scatter", "mode": "lines+markers", "name": escape(f"{impl}, {pass_}"), "x": done,
+                         "y": [at[(impl, pass_, n)]["peak_bytes"] / MIB for n in done]})
+    log = {"type": "log"}
     figure = {"data": data, "layout": _layout("Attention: peak memory against sequence length (log-log; slope 2 is O(n²))",
                                               "sequence length (tokens)", "peak memory (MiB)",
-                                              xaxis={"type": "log", "title": {"text": "sequence length (tokens)"}},
-                                              yaxis={"type": "log", "title": {"text": "peak memory (MiB)"}})} if data else None
+                                              xaxis=dict(log, title={"text": "sequence length (tokens)"}),
+                                              yaxis=dict(log, title={"text": "peak memory (MiB)"}))} if data else None
+    return table, summary, figure
+
+
+def _kv(cell: dict) -> tuple[list[dict], list[dict], dict]:
+    rows = cell["kv"]["rows"]
+    table = [{"new_tokens": r["new_tokens"], "with": _ms(r["with_cache"]), "without": _ms(r["without_cache"]),
+              "speedup": _speedup(r["speedup"]), "same": "yes" if r.get("same_tokens") else "NO"} for r in rows]
+    last = rows[-1]
+    summary = [{"technique": f'KV cache ({last["new_tokens"]} new tokens after {cell["kv"]["prompt_tokens"]})',
+                "memory": "the cache itself: see the comparison table", "speedup": _speedup(last["speedup"]),
+                "quality": ("none: the same greedy tokens at every length" if all(r.get("same_tokens") for r in rows)
+                            else "greedy tokens DIFFER with and without the cache"),
+                "how": "time per output token, with the cache and without, one runner"}]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": [r["new_tokens"] for r in rows],
+             "y": [1e3 * r[key]["p50"] for r in rows]}
+            for name, key in (("with the KV cache", "with_cache"), ("without", "without_cache"))]
+    figure = {"data": data, "layout": _layout("Time per output token against output length", "new tokens", "ms per token")}
     return table, summary, figure
 
 
@@ -107,8 +138,7 @@ def _inference_rows(cells: list[dict]) -> list[dict]:
     lat = {c["variant"]: c["metrics"] for c in cells if c["backend"] == "pytorch_eager"
            and c["scenario"]["name"] == "latency" and c.get("status") == "ok"}
     rows = []
-    for variant, what in (("fp32-sdpa-nokv", "KV cache (on against off)"), ("fp32-eager-kv", "SDPA in the model (against eager)"),
-                          ("bf16-sdpa-kv", "bf16 inference (against fp32)")):
+    for variant, what in (("fp32-eager-kv", "SDPA in the model (against eager)"), ("bf16-sdpa-kv", "bf16 inference (against fp32)")):
         if "fp32-sdpa-kv" in lat and variant in lat:
             on, other = lat["fp32-sdpa-kv"], lat[variant]
             # the speed-up of the technique: the time per token without it over the time with it
@@ -119,9 +149,25 @@ def _inference_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def _compile_rows(cells: list[dict]) -> list[dict]:
+    """torch.compile's modes against eager, compile time apart (pytorch_compile's latency cells)."""
+    ok = [c for c in cells if c.get("status") == "ok" and c["scenario"]["name"] == "latency"]
+    eager = next((c for c in ok if c["backend"] == "pytorch_eager" and c["variant"] == "fp32-sdpa-kv"), None)
+    rows = []
+    for c in ok:
+        if c["backend"] == "pytorch_compile" and eager:
+            compile_s = (c.get("load") or {}).get("compile_s")
+            rows.append({"technique": f'torch.compile {c["variant"]}', "memory": "see the comparison table",
+                         "speedup": _speedup(_ratio(eager["metrics"]["tpot_ms"], c["metrics"]["tpot_ms"])),
+                         "quality": "see the greedy check and the quality cells",
+                         "how": "median time per output token against pytorch_eager fp32-sdpa-kv"
+                                + (f"; compiling took {compile_s:.1f} s, outside every timed request" if compile_s else "")})
+    return rows
+
+
 def section(cells: list[dict]) -> dict | None:
     """Everything the Techniques section shows, or None when the run measured no technique."""
-    by = {c["scenario"]["name"]: c for c in cells if c.get("status") == "ok" and c["scenario"]["name"] in ("attention", "train", "flops")}
+    by = {c["scenario"]["name"]: c for c in cells if c.get("status") == "ok" and c["scenario"]["name"] in TECHNIQUES}
     if not by:
         return None
     out = {"summary": [], "figures": []}
@@ -134,7 +180,11 @@ def section(cells: list[dict]) -> dict | None:
         out["summary"] += rows
         if fig:
             out["figures"].append({"title": "Attention memory", "figure": fig})
-    out["summary"] += _inference_rows(cells)
+    if "kv" in by:
+        out["kv"], rows, fig = _kv(by["kv"])
+        out["summary"] += rows
+        out["figures"].append({"title": "KV cache", "figure": fig})
+    out["summary"] += _inference_rows(cells) + _compile_rows(cells)
     if "flops" in by:
         f = by["flops"]["flops"]
         out["flops"] = {"formula": f["per_token_formula"]["total"], "counted": f["per_token_counted"],

@@ -39,6 +39,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.nvmlDeviceGetHandleByIndex_v2.argtypes = [ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
     lib.nvmlDeviceGetTotalEnergyConsumption.argtypes = [ctypes.c_void_p, ull_p]
     lib.nvmlDeviceGetComputeRunningProcesses_v3.argtypes = [ctypes.c_void_p, uint_p, ctypes.POINTER(ProcessInfo)]
+    lib.nvmlSystemGetDriverVersion.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+    lib.nvmlSystemGetCudaDriverVersion_v2.argtypes = [ctypes.POINTER(ctypes.c_int)]
 
 
 def library():
@@ -69,6 +71,14 @@ def devices(lib) -> list:
         _check(lib, lib.nvmlDeviceGetHandleByIndex_v2(i, handle), f"nvmlDeviceGetHandleByIndex({i})")
         handles.append(handle)
     return handles
+
+
+def driver(lib) -> dict:
+    """The driver's version ("580.65.06") and the newest CUDA it supports ("13.0")."""
+    text, cuda = ctypes.create_string_buffer(80), ctypes.c_int()
+    _check(lib, lib.nvmlSystemGetDriverVersion(text, 80), "nvmlSystemGetDriverVersion")
+    _check(lib, lib.nvmlSystemGetCudaDriverVersion_v2(cuda), "nvmlSystemGetCudaDriverVersion")
+    return {"version": text.value.decode(), "cuda": f"{cuda.value // 1000}.{cuda.value % 1000 // 10}"}
 
 
 def energy_joules(lib, handle) -> float:

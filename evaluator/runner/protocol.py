@@ -114,7 +114,7 @@ energy {}
     energy.py), read now. Only differences between two readings mean anything. No counter at
     all is not an error: `unavailable` says why.
 
-technique {"name": "attention"|"train"|"flops", "params": {...}, "batches": [[[int]]]}
+technique {"name": "attention"|"train"|"flops"|"kv", "params": {...}, "batches": [[[int]]]}
     -> raw measurements of one of the article's techniques on the loaded model and its device
     (seconds per call or step, peak bytes, losses, counted FLOPs), never a verdict. `batches`
     (train only): token-id sequences, one effective batch per optimizer step. An engine that

@@ -87,6 +87,10 @@ class _Server:
         info = {"arch": platform.machine(), "python": platform.python_version()}
         info.update(self.engine.describe())
         info["protocol"] = PROTOCOL_VERSION
+        try:  # what the host checks the engine's CUDA runtime against, before anything loads
+            info["driver"] = nvml.driver(nvml.library())
+        except nvml.Unavailable as exc:
+            info["driver"] = {"unavailable": str(exc)}
         return info
 
     def load(self, req):
@@ -193,7 +197,7 @@ class _Server:
 
 
 OPS = ("describe", "load", "generate", "score", "memory", "energy", "technique", "shutdown")
-TECHNIQUES = ("attention", "train", "flops")
+TECHNIQUES = ("attention", "train", "flops", "kv")
 
 
 def _error(exc: BaseException, engine: Engine) -> dict:
