@@ -74,6 +74,14 @@ def _context_tokens(sc, check: scenarios.Check, model_context: int | None) -> in
     return min(need, model_context) if model_context else need
 
 
+def probes_here(target) -> bool:
+    """Whether this machine's DRAM bandwidth is the target's decode ceiling: a CPU target on this
+    machine. Another machine's, an emulated one's, or a GPU's (its own memory, not this DRAM) is
+    not ours to probe: those ceilings come from the target's memory_bandwidth_gbs, and say so."""
+    return (target.transport in ("local", "docker") and target.arch == platform.machine()
+            and target.device == "cpu")
+
+
 def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
              deadlines: Deadlines, progress, rnd: quality.Round | None, phases: Phases) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
@@ -111,8 +119,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
             result["check"].update(reference=str(model.reference_greedy.relative_to(backend_catalog.REPO)),
                                    matches_reference=diverge is None, first_divergence_char=diverge)
         prompt = tok.prompts(sc.prompt_tokens, 1)[0]
-        here = cell.target.transport in ("local", "docker") and cell.target.arch == platform.machine()
-        probe = bandwidth.probe if here else lambda: None  # another machine's, or an emulated one's, is not ours to probe
+        probe = bandwidth.probe if probes_here(cell.target) else lambda: None
         before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
         with phases("latency"):
             result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))

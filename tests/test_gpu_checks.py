@@ -1,5 +1,7 @@
 """What a GPU run checks before it loads anything, tested on the answers a runner gives (no GPU
 here): the engine's CUDA runtime against the machine's driver, as NVML reports it."""
+from dataclasses import replace
+
 import pytest
 
 from evaluator import preflight
@@ -45,3 +47,15 @@ def test_the_runner_reads_the_driver_as_nvml_documents_it():
     from evaluator.runner import nvml
 
     assert nvml.driver(DriverNVML()) == {"version": "580.65.06", "cuda": "13.0"}
+
+
+def test_a_gpu_targets_decode_ceiling_is_not_this_machines_dram():
+    """The bandwidth probe measures this machine's DRAM: right for a CPU target here, wrong for
+    a GPU on this machine (HBM, the target's figure) and for another machine."""
+    from evaluator import run
+    from evaluator.catalog import targets
+
+    local = replace(targets.resolve(["local"])[0], accelerator="cpu")
+    assert run.probes_here(local)
+    assert not run.probes_here(replace(local, accelerator="cuda"))
+    assert not run.probes_here(targets.resolve(["docker-arm64"])[0])
