@@ -61,15 +61,18 @@ def test_a_loss_off_fp32_is_reported_outside_its_tolerance():
     class Drifting:
         def request(self, op, timeout, name, params, batches):
             scale = 1.05 if params["precision"] == "bf16" else 1.0
+            from evaluator.launch.process import RunnerFailure
             if params["precision"] == "fp16":
-                from evaluator.launch.process import RunnerFailure
                 raise RunnerFailure("unsupported", "no fp16 here")
+            if params.get("checkpointing"):  # as process.py maps the runner's out_of_memory
+                raise RunnerFailure("out-of-memory", "technique: out_of_memory: CUDA out of memory")
             return {"losses": [4.0 * scale] * len(batches), "seconds": [0.1] * len(batches), "peak_bytes": 1,
                     "tokens_per_step": 8, **({"gradient_max_rel_diff": 0.3} if "compare_gradients" in params else {})}
     sc = techniques.Train(steps=3, batch=2, micro_batch=1)
     out = {c["label"]: c for c in techniques.run_train(Drifting(), sc, [[1, 2]] * 6, 10)["train"]["configs"]}
     assert out["bf16"]["loss_check"]["within"] is False
     assert out["fp32 + accumulation 1x"]["gradient_check"]["within"] is False
+    assert out["fp32 + checkpointing"]["status"] == "out-of-memory", "one configuration's OOM leaves the others standing"
 
 
 def test_flops_per_token_from_the_configuration_match_pytorchs_counter(measured):
@@ -121,6 +124,9 @@ def test_the_report_fills_the_techniques_section_from_the_measurements(measured)
     assert any(t.startswith("KV cache") for t in techniques_shown) and len(section["figures"]) == 2
     assert section["figures"] and section["flops"]["agreement"].startswith(("+0.0", "-0.0"))
     assert report_techniques.section([dict(c, status="failed") for c in cells]) is None
+    # Each target its own section: two machines' numbers are never mixed.
+    two = [dict(c, target={"name": t}) for t in ("here", "there") for c in cells]
+    assert [s["target"] for s in report_techniques.sections(two)] == ["here", "there"]
 
 
 def test_a_techniques_run_plans_one_cell_per_backend_and_says_why_other_engines_sit_out():

@@ -52,7 +52,7 @@ class Peak:
             if libc is not None:
                 libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
                 libc.malloc_trim(0)
-            reset_peak_rss()
+            self.resettable = reset_peak_rss()
             self.base = rss_bytes()[0]
         return self
 
@@ -60,7 +60,7 @@ class Peak:
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.bytes = torch.cuda.max_memory_allocated() - self.base
-        else:
+        elif self.resettable:  # else VmHWM is the process's lifetime peak: no figure rather than a wrong one
             self.bytes = max(0, rss_bytes()[1] - self.base)
 
 
@@ -109,7 +109,7 @@ def attention(device: str, params: dict) -> dict:
     forward (and of forward+backward where asked). An implementation this device lacks, or one
     that runs out of memory at a length, is recorded with its reason and not tried longer."""
     lengths, heads, head_dim = params.get("lengths", [512, 1024, 2048, 4096]), params.get("heads", 8), params.get("head_dim", 64)
-    dtype = PRECISIONS.get(params.get("dtype", "fp32")) or torch.float32
+    dtype = PRECISIONS.get(params.get("dtype") or ("bf16" if device == "cuda" else "fp32")) or torch.float32
     passes = params.get("passes", ["forward"])
     budget = dict(min_samples=params.get("min_samples", 3), min_s=params.get("min_s", 0.2), max_s=params.get("max_s", 2.0))
     gen = torch.Generator().manual_seed(0)
@@ -131,27 +131,35 @@ def attention(device: str, params: dict) -> dict:
         err = (got - want).abs().max().item()
         if err > tol * max(1.0, want.abs().max().item()):
             refused[name] = f"differs from standard attention by {err:.3g} (tolerance {tol:g}): not timed"
+    def call_for(fn, n, backward):
+        q, k, v = inputs(n, grad=backward)
+
+        def call():
+            out = fn(q, k, v)
+            if backward:
+                out.sum().backward()
+            return out
+        return call
+
+    # Every time first, then every peak: Peak fixes glibc's mmap threshold for the rest of the
+    # process, which would make later timed calls page-fault memory they would otherwise reuse.
+    timed = {}
     for pass_ in passes:
         for name, fn in impls.items():
             for n in sorted(lengths):
                 if name in refused:
                     break
-                q, k, v = inputs(n, grad=pass_ == "forward+backward")
-
-                def call(fn=fn, q=q, k=k, v=v, backward=pass_ == "forward+backward"):
-                    out = fn(q, k, v)
-                    if backward:
-                        out.sum().backward()
-                    return out
                 try:
-                    with Peak(device) as peak:
-                        call()
-                    samples = _timed(call, device, **budget)
+                    timed[name, pass_, n] = _timed(call_for(fn, n, pass_ == "forward+backward"), device, **budget)
                 except torch.OutOfMemoryError as exc:
                     rows.append({"impl": name, "pass": pass_, "length": n, "out_of_memory": str(exc).splitlines()[0][:200]})
                     break
-                rows.append({"impl": name, "pass": pass_, "length": n, "seconds": samples, "peak_bytes": peak.bytes})
-                del q, k, v
+    for (name, pass_, n), samples in timed.items():
+        call = call_for(impls[name], n, pass_ == "forward+backward")
+        with Peak(device) as peak:
+            call()
+        rows.append({"impl": name, "pass": pass_, "length": n, "seconds": samples, "peak_bytes": peak.bytes})
+        del call
     return {"rows": rows, "unsupported": refused, "heads": heads, "head_dim": head_dim, "dtype": str(dtype).split(".")[-1],
             "tolerance": tol}
 
@@ -218,14 +226,17 @@ def train(model, device: str, batches: list[list[list[int]]], params: dict) -> d
                 loss = _loss(net, part) / (effective // micro)
             (scaler.scale(loss) if scaler else loss).backward()
             total += loss.item()
+        nonlocal skipped
         if scaler:
+            before = scaler.get_scale()
             scaler.step(opt)
             scaler.update()
+            skipped += scaler.get_scale() < before  # an inf/NaN gradient: the step was skipped, the scale halved
         else:
             opt.step()
         return total
 
-    losses, seconds = [], []
+    losses, seconds, skipped = [], [], 0
     with Peak(device) as peak:
         for batch in batches:
             t0 = time.perf_counter()
@@ -233,6 +244,9 @@ def train(model, device: str, batches: list[list[list[int]]], params: dict) -> d
             _sync(device)
             seconds.append(time.perf_counter() - t0)
     out = {"losses": losses, "seconds": seconds, "peak_bytes": peak.bytes, "tokens_per_step": effective * len(batches[0][0])}
+    if scaler:
+        out["skipped_steps"] = skipped
+    net = opt = None  # the trained copy and its optimizer state go before the comparison builds two more
     if params.get("compare_gradients"):
         out["gradient_max_rel_diff"] = _accumulation_error(model, device, batches[0], micro)
     return out
@@ -247,6 +261,7 @@ def _accumulation_error(model, device: str, batch: list[list[int]], micro: int) 
         for i in range(0, len(batch), size):
             (_loss(net, torch.tensor(batch[i: i + size], device=device)) / (len(batch) // size)).backward()
         grads.append([p.grad.detach().clone() for p in net.parameters() if p.grad is not None])
+        del net
     return max(((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item() for a, b in zip(*grads))
 
 
@@ -256,7 +271,7 @@ def flops(model, device: str, params: dict) -> dict:
     written out (eager) so its matmuls are counted; then the loaded model's own forward timed
     over the same tokens, and a matmul probe for this device's peak."""
     context = params.get("context", 128)
-    total, by_op = count_flops(model.config, context)
+    total, by_op = count_flops(copy.deepcopy(model.config), context)  # from_config sets the config's attention
     real = torch.randint(0, model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0)).to(device)
     with torch.inference_mode():
         seconds = _timed(lambda: model(input_ids=real, use_cache=False, logits_to_keep=0), device, 3, 0.5, 5.0)

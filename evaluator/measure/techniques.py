@@ -150,9 +150,10 @@ def run_train(runner, sc: Train, prompts: list[list[int]], timeout_s: float, pro
         try:
             raw = runner.request("technique", timeout_s, name="train", params=config, batches=batches)
         except RunnerFailure as exc:
-            if exc.status not in ("unsupported", "out_of_memory"):
+            if exc.status not in ("unsupported", "out-of-memory"):  # one configuration's; the others stand
                 raise
-            out.append({"config": config, "label": _label(config), "status": exc.status, "reason": str(exc)})
+            reason = str(exc).removeprefix(f"technique: {exc.status.replace('-', '_')}: ")  # the runner's own words
+            out.append({"config": config, "label": _label(config), "status": exc.status, "reason": reason})
             continue
         timed = raw["seconds"][1:]
         step = summarize(timed, "s")

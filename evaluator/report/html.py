@@ -204,7 +204,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
                       "rows": tables.comparison(configs, t, reference, constraints.margin)} for t in targets],
         no_energy="; ".join(no_energy), figures=_figures(run, configs, targets, constraints.margin),
         matrix=tables.status_matrix(configs, targets, scenario_names, constraints.margin), scenarios=scenario_names,
-        metric_blocks=metric_blocks(cells, targets), techniques=techniques_mod.section(cells),
+        metric_blocks=metric_blocks(cells, targets), technique_sections=techniques_mod.sections(cells),
         scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
         texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
         missing=[cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}],

@@ -54,7 +54,8 @@ def _train_rows(cell: dict) -> tuple[list[dict], list[dict]]:
                       "peak": f'{c["peak_bytes"] / MIB:,.1f} MiB' if c.get("peak_bytes") is not None else "–",
                       "loss": f'{c["losses"][-1]:.4f}',
                       "check": (f'{"within" if check["within"] else "OUTSIDE"} ±{check["tolerance"]:g} '
-                                f'(max {check["max_relative_deviation"]:.2g})' if check else "reference"),
+                                f'(max {check["max_relative_deviation"]:.2g})' if check
+                                else "reference" if c is base else "no fp32 run to compare against"),
                       "gradients": (f'{"equal" if grad["within"] else "DIFFER"}: max {grad["max_relative_difference"]:.2g} '
                                     f'(tolerance {grad["tolerance"]:g})' if grad else "")})
         if base is not None and c is not base:
@@ -122,10 +123,10 @@ def _kv(cell: dict) -> tuple[list[dict], list[dict], dict]:
               "speedup": _speedup(r["speedup"]), "same": "yes" if r.get("same_tokens") else "NO"} for r in rows]
     last = rows[-1]
     summary = [{"technique": f'KV cache ({last["new_tokens"]} new tokens after {cell["kv"]["prompt_tokens"]})',
-                "memory": "the cache itself: see the comparison table", "speedup": _speedup(last["speedup"]),
+                "memory": "the cache's own size (not measured here)", "speedup": _speedup(last["speedup"]),
                 "quality": ("none: the same greedy tokens at every length" if all(r.get("same_tokens") for r in rows)
                             else "greedy tokens DIFFER with and without the cache"),
-                "how": "time per output token, with the cache and without, one runner"}]
+                "how": "request time / new tokens (prefill included), with the cache and without, one runner"}]
     data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": [r["new_tokens"] for r in rows],
              "y": [1e3 * r[key]["p50"] for r in rows]}
             for name, key in (("with the KV cache", "with_cache"), ("without", "without_cache"))]
@@ -165,8 +166,20 @@ def _compile_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def sections(cells: list[dict]) -> list[dict]:
+    """One Techniques section per target that measured a technique, each from its own cells."""
+    names = list(dict.fromkeys(c["target"]["name"] for c in cells))
+    out = []
+    for name in names:
+        got = section([c for c in cells if c["target"]["name"] == name])
+        if got:
+            out.append(dict(got, target=name))
+    return out
+
+
 def section(cells: list[dict]) -> dict | None:
-    """Everything the Techniques section shows, or None when the run measured no technique."""
+    """Everything the Techniques section shows for one target's cells, or None when it measured
+    no technique."""
     by = {c["scenario"]["name"]: c for c in cells if c.get("status") == "ok" and c["scenario"]["name"] in TECHNIQUES}
     if not by:
         return None
