@@ -73,7 +73,7 @@ def check_fits(scenario, context_length: int | None) -> None:
     if tokens is None:
         tokens = scenario.prompt_tokens + scenario.new_tokens
     if context_length and tokens > context_length:
-        raise UserError(f"{scenario.name}: its sequences of {tokens} tokens exceed the model's context of "
+        raise UserError(f"{scenario.name}: a sequence of {tokens} tokens exceeds the model's context of "
                         f"{context_length} tokens")
 
 
