@@ -15,6 +15,9 @@ MIN_FREE_BYTES = 1 << 30  # results, logs and an artifact or two of a small mode
 def reachable(target) -> None:
     from evaluator.launch.docker import SOCKET, DockerEngine
 
+    if target.power_log and not Path(target.power_log).is_file():
+        raise UserError(f"target {target.name}: power_log {target.power_log} does not exist: start the meter's logging "
+                        f"first, or remove power_log from the targets file")
     if target.transport == "docker":
         answer = DockerEngine().run("version", "--format", "{{.Server.Version}}")
         if answer.returncode != 0:

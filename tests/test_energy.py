@@ -270,3 +270,18 @@ def test_the_report_and_the_export_carry_energy_with_its_interval_idle_and_meter
     assert (rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx((1.4, 1.6))
     shown = tables._energy(e)
     assert shown.half_pct == "6.7" and "above idle" in shown.note and "INA3221" in shown.note_title
+
+
+def test_a_power_log_that_does_not_exist_stops_the_run_before_anything_is_written(tmp_path):
+    from conftest import run_cli
+
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[metered]\ntransport = "local"\narch = "auto"\naccelerator = "none"\npower_log = "/nonexistent/meter.csv"\n')
+    reports = tmp_path / "reports"
+    done = run_cli("eval", "stories260k", "--targets", "metered", "--scenarios", "latency", "--reports", str(reports),
+                   env={"DEPLOY_EVAL_TARGETS": str(targets)})
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: target metered: power_log /nonexistent/meter.csv does not exist: start the meter's logging first, "
+        "or remove power_log from the targets file"]
+    assert not reports.exists() or not list(reports.iterdir())
