@@ -25,7 +25,7 @@ def measured(tmp_path_factory):
     train = techniques.Train()
     with start_runner("pytorch_eager", tmp_path_factory.mktemp("runner")) as runner:
         runner.request("load", 120, model={"path": str(STORIES), "format": "hf"}, options={})
-        out = techniques.run_attention(runner, techniques.Attention(lengths=(256, 512, 1024, 2048), passes=("forward",)), 600)
+        out = techniques.run_attention(runner, techniques.Attention(lengths=(512, 1024, 2048, 4096), passes=("forward",)), 600)
         out.update(techniques.run_train(runner, train, tok.prompts(train.sequence_tokens, train.batch * train.steps), 600))
         out.update(techniques.run_flops(runner, techniques.Flops(), models.resolve("stories260k").config(), 600))
         out.update(techniques.run_kv(runner, techniques.Kv(lengths=(8, 32), repeats=6), tok.prompts(16, 1)[0], 600))
