@@ -118,11 +118,11 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
                 diverge = min(len(text), len(expected))
             result["check"].update(reference=str(model.reference_greedy.relative_to(backend_catalog.REPO)),
                                    matches_reference=diverge is None, first_divergence_char=diverge)
-        prompt = tok.prompts(sc.prompt_tokens, 1)[0]
+        prompts = tok.prompts(sc.prompt_tokens, sc.distinct_prompts)
         probe = bandwidth.probe if probes_here(cell.target) else lambda: None
         before = probe()  # this machine's bandwidth right now: the ceiling decode speed is held to
         with phases("latency"):
-            result.update(scenarios.run_latency(runner, prompt, sc, deadlines.request_s, progress))
+            result.update(scenarios.run_latency(runner, prompts, sc, deadlines.request_s, progress))
         if cell.target.power_log:  # an external meter's log, over the same stretch of the runner's clock
             spent = result["energy"]
             start, end = spent.get("wall_time") or (None, None)
@@ -131,9 +131,9 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         result["bandwidth"] = {"before": before, "after": probe()}
         if result["engine"].get("supports", {}).get("score", True):
             with phases("check"):
-                result["consistency"] = scenarios.check_consistency(runner, prompt, result["output_tokens"],
+                result["consistency"] = scenarios.check_consistency(runner, prompts[0], result["output_tokens"],
                                                                     deadlines.request_s)
-        result["prompt_tokens"] = prompt
+        result["prompt_tokens"] = prompts[0]
     elif isinstance(sc, quality.Quality):
         vocab = result["load"].get("vocab_size") or model.config().get("vocab_size") or 1
         rnd = rnd or quality.Round(sc.total_items)
@@ -153,7 +153,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         with phases("flops"):
             result.update(techniques.run_flops(runner, sc, model.config(), deadlines.request_s))
     else:
-        prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes))
+        prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes) * sc.distinct_batches)
         with phases("throughput"):
             result.update(scenarios.run_throughput(runner, prompts, sc, deadlines.request_s, progress))
     result["memory"] = runner.request("memory", deadlines.request_s)

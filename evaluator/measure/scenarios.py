@@ -9,7 +9,13 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
 - time per output token (TPOT): (token_ns[-1] - token_ns[0]) / (new_tokens - 1), per request.
 - prefill tokens/s: batch * prompt_tokens / TTFT.  decode tokens/s: batch * (new_tokens - 1) /
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
+
+Timed requests take their prompts in turn from a pool of distinct WikiText-2 windows of the same
+length, the same pool for every engine: an engine that keeps a prefix cache cannot answer a
+repeated prompt from it (MLPerf's TEST04 audit exists to catch that), and no row's time is one
+prompt's.
 """
+import itertools
 from dataclasses import asdict, dataclass
 
 from evaluator.errors import UserError
@@ -23,6 +29,7 @@ class Latency:
     """Batch 1: warmup requests, then timed ones until the medians are precise (sampling.py)."""
     prompt_tokens: int = 32
     new_tokens: int = 64
+    distinct_prompts: int = 8   # timed request i takes prompt i mod 8
     warmup: int = 2
     min_iterations: int = 10
     min_duration_s: float = 2.0
@@ -45,6 +52,7 @@ class Throughput:
     prompt_tokens: int = 32
     new_tokens: int = 64
     batch_sizes: tuple = (1, 4, 16)
+    distinct_batches: int = 4   # timed step i of a batch size takes the pool's (i mod 4)-th slice
     min_iterations: int = 3
     precision: float = 0.02
     max_time_s: float = 5.0     # per batch size
@@ -116,20 +124,24 @@ METRICS = (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"), ("prefill_tok
            ("decode_tokens_per_s", "tokens/s"))
 
 
-def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s: float, progress=None) -> dict:
+def run_latency(runner: RunnerProcess, prompts: list[list[int]], sc: Latency, timeout_s: float, progress=None) -> dict:
     """Warmup, then one timed loop until every headline median is within the precision (or
-    the cap). The result's `validity` holds each rule's Yes/No and what was reached."""
+    the cap), timed request i on prompts[i mod len(prompts)]. The result's `validity` holds each
+    rule's Yes/No and what was reached; `output_tokens` are prompts[0]'s."""
     idle = energy.idle_watts(runner, timeout_s)  # after load, before any work: the floor the loop adds to
-    for _ in range(sc.warmup):
-        _generate(runner, [prompt], sc.new_tokens, timeout_s)
-    outputs = []
+    for i in range(sc.warmup):
+        _generate(runner, [prompts[i % len(prompts)]], sc.new_tokens, timeout_s)
+    outputs, first_output = [], {}
 
     def step():
-        answer = _generate(runner, [prompt], sc.new_tokens, timeout_s)
-        if outputs and answer["tokens"][0] != outputs[0]:  # greedy is deterministic: a change is a bug
-            raise RunnerFailure("invalid", f"timed request {len(outputs) + 1} returned other tokens than request 1")
-        outputs.append(answer["tokens"][0])
-        return _timings(answer, 1, len(prompt))
+        which = len(outputs) % len(prompts)
+        answer = _generate(runner, [prompts[which]], sc.new_tokens, timeout_s)
+        tokens = answer["tokens"][0]
+        if first_output.setdefault(which, tokens) != tokens:  # greedy is deterministic: a change is a bug
+            raise RunnerFailure("invalid", f"timed request {len(outputs) + 1} returned other tokens than the first "
+                                           f"request on the same prompt ({which + 1} of {len(prompts)})")
+        outputs.append(tokens)
+        return _timings(answer, 1, len(prompts[which]))
 
     before = runner.request("energy", timeout_s)
     runs, validity = sampling.sample(step, HEADLINE, sc.budget(), progress=progress)
@@ -141,7 +153,7 @@ def run_latency(runner: RunnerProcess, prompt: list[int], sc: Latency, timeout_s
     # they were. TPOT is the per-request statistic with exact intervals.
     metrics["itl_ms"] = summarize([gap for r in runs for gap in r["itl_ms"]], "ms")
     return {"metrics": metrics, "iterations": len(runs), "duration_s": validity["duration_s"],
-            "output_tokens": outputs[0], "validity": validity, "energy": spent}
+            "output_tokens": first_output[0], "distinct_prompts": len(prompts), "validity": validity, "energy": spent}
 
 
 # Teacher forcing: scoring prompt + output must put each generated token first, up to ties
@@ -170,19 +182,24 @@ def check_consistency(runner: RunnerProcess, prompt: list[int], output: list[int
 
 def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughput, timeout_s: float, progress=None) -> dict:
     """Per batch size: one warmup, then timed requests until the median tokens/s is within the
-    precision (or the cap); each batch size keeps its own `validity`."""
+    precision (or the cap); each batch size keeps its own `validity`. Timed step i of batch size
+    b sends the (i mod k)-th of k consecutive slices of b prompts from the pool (k at most
+    distinct_batches)."""
     per_batch = []
     for batch in sc.batch_sizes:
-        batch_prompts = prompts[:batch]
+        slices = [prompts[i:i + batch] for i in range(0, len(prompts) - batch + 1, batch)][:sc.distinct_batches]
         try:
-            _generate(runner, batch_prompts, sc.new_tokens, timeout_s)  # warmup: allocator, caches
+            _generate(runner, slices[0], sc.new_tokens, timeout_s)  # warmup: allocator, caches
         except RunnerFailure as exc:
             if exc.status != "unsupported" or batch == 1:
                 raise
             per_batch.append({"batch_size": batch, "unsupported": exc.reason})
             continue
-        def step(batch=batch, batch_prompts=batch_prompts):
-            return _timings(_generate(runner, batch_prompts, sc.new_tokens, timeout_s), batch, len(prompts[0]))
+        turns = itertools.cycle(slices)
+
+        def step(batch=batch, turns=turns):
+            return _timings(_generate(runner, next(turns), sc.new_tokens, timeout_s), batch,
+                            len(prompts[0]))
 
         runs, validity = sampling.sample(step, ("tokens_per_s",), sc.budget())
         per_batch.append({

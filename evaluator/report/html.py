@@ -24,7 +24,9 @@ TEMPLATES = Path(__file__).with_name("templates")
 DEFINITIONS = [
     ("End-to-end latency", "end_ns − start_ns of one request, prompt in and every new token out, on the runner's own "
      "monotonic clock around the engine call (the pipe, JSON and the evaluator never enter it), over the timed "
-     "requests at batch 1; raw samples are kept in the cell file."),
+     "requests at batch 1; raw samples are kept in the cell file. Timed requests take 8 distinct prompts of the same "
+     "length in turn (throughput: 4 distinct batches), the same for every engine, so no engine's prefix cache can "
+     "answer a repeated prompt."),
     ("Precision (±)", "every timed number carries its 95% interval: medians and percentiles from order statistics "
      "(exact, distribution-free), means by a seeded percentile bootstrap. A latency loop samples until every headline "
      "median's interval is within --precision (2%) of it, or its time cap; otherwise the cell is INVALID and says "
