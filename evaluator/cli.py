@@ -275,6 +275,16 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
         print(f"interrupted: {done} of {len(prep.cells)} cells finished and kept; report: {html.build(prep.path)}\n"
               f"go on with: just eval --resume {prep.run_id}", file=sys.stderr)
         return 130
+    except UserError:
+        raise
+    except Exception as exc:  # a bug of the evaluator's own between cells: the finished cells and a report stay
+        bar.close()
+        log = store.log_evaluator_bug(prep.path, "running the cells")
+        run.store_guide(prep.path, constraints.as_dict())
+        done = len(list((prep.path / "cells").glob("*.json")))
+        print(f"evaluator bug: {type(exc).__name__}: {exc} (traceback in {log}); {done} of {len(prep.cells)} cells "
+              f"finished and kept; report: {html.build(prep.path)}", file=sys.stderr)
+        return 1
     bar.close()
     run.store_guide(prep.path, constraints.as_dict())
     print(*phases.summarize(store.load_run(prep.path)[1], time.monotonic() - started), sep="\n", file=sys.stderr)

@@ -10,7 +10,6 @@ cli.py parses and prints; run.py plans cells and runs one runner session; this f
 what runs when.
 """
 import dataclasses
-import json
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from contextlib import contextmanager
 from evaluator import plan, run, store
 from evaluator.launch import process
 from evaluator.measure import sampling
-from evaluator.score import budget, fidelity, gate, quality
+from evaluator.score import budget, fidelity, gate, quality, stored
 
 
 class Stopped(Exception):
@@ -130,7 +129,12 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
             refused[same] = f"{result['reason']} (found loading {cell.id})"
         if result["status"] in run.FAILED:
             failed.append(result)
-        say(_line(cell, result))
+        try:
+            line = _line(cell, result)
+        except Exception as exc:  # the cell is stored: only its summary line is lost
+            where = store.log_evaluator_bug(prep.path, f"summarising {cell.id}")
+            line = f"{result['status']:>14}  {cell.id}  (evaluator bug in its summary line: {exc!r}; traceback in {where})"
+        say(line)
         if result.get("validity") and not result["validity"]["valid"]:
             imprecise.append(result)
             for line in sampling.print_rules(result["validity"]):
@@ -147,8 +151,8 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
     _side_by_side(timing, timed)
     if scored:
         sc = scored[0].scenario
-        stored = {c.id: r for c in scored if (r := kept(c))}
-        history = {cid: r.get("rounds", []) for cid, r in stored.items()}
+        kept_results = {c.id: r for c in scored if (r := kept(c))}
+        history = {cid: r.get("rounds", []) for cid, r in kept_results.items()}
 
         def quality_session(cell, rnd):
             result = session(cell, rnd, history.get(cell.id, ()))
@@ -162,9 +166,9 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
                 return earlier.get(prep.reference.target or cell.target.name) or next(iter(earlier.values()))
             return prep.reference.cell_for(cell, scored)
 
-        stored.update({e.id: e.result for e in earlier.values()})
+        kept_results.update({e.id: e.result for e in earlier.values()})
         budget.run(scored, sc, margin, reference_of, quality_session,
-                   lambda r: json.loads((prep.path / r["raw"]).read_text()), machine_of, stored)
+                   lambda r: stored.read(prep.path / r["raw"]), machine_of, kept_results)
         bar.update(len(scored))
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
@@ -189,23 +193,37 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
             continue
         label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}" + (f" of run {ref['run_id']}" if theirs else "")
         try:
-            ref_raw = json.loads((run_path / ref["raw"]).read_text())
-            raw = json.loads((run_path / c["raw"]).read_text())
-            c["fidelity"] = dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)
-            chunks = [(r.get("perplexity") or {}).get("llamacpp") or {} for r in (ref_raw, raw)]
-            if all(ch.get("fidelity_windows") for ch in chunks):  # --ppl-llamacpp: on llama-perplexity's positions
-                c["fidelity_llamacpp"] = dict(fidelity.compare(chunks[0]["fidelity_windows"], chunks[1]["fidelity_windows"]),
-                                              reference=label, top_k=chunks[1]["top_k"],
-                                              positions=f"the first {len(chunks[1]['fidelity_windows'])} llama-perplexity chunks")
-            c["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            # A stored answer that cannot be read or paired loses this comparison, never the report.
-            for key in ("fidelity", "fidelity_llamacpp", "quality_gate"):
-                c.pop(key, None)
-            c["quality_gate_error"] = f"not compared with {label}: {type(exc).__name__}: {exc}"[:500]
+            ref_raw, raw = stored.read(run_path / ref["raw"]), stored.read(run_path / c["raw"])
+        except stored.Malformed as exc:
+            _lose_comparison(c, f"not compared with {label}: the stored answer is malformed: {exc}")
+        else:
+            try:
+                c.update(_compare(ref_raw, raw, label, margin, sc))
+            except Exception as exc:  # the answers were well formed: what failed is this evaluator
+                where = store.log_evaluator_bug(run_path, f"comparing {c['cell_id']} with {label}")
+                _lose_comparison(c, f"not compared with {label}: evaluator bug: {type(exc).__name__}: {exc} "
+                                    f"(traceback in {where.relative_to(run_path)})")
         store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
         updated.append(c)
     return updated
+
+
+def _compare(ref_raw: dict, raw: dict, label: str, margin: float, sc: quality.Quality) -> dict:
+    out = {"fidelity": dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"]), reference=label)}
+    chunks = [(r.get("perplexity") or {}).get("llamacpp") or {} for r in (ref_raw, raw)]
+    if all(ch.get("fidelity_windows") for ch in chunks):  # --ppl-llamacpp: on llama-perplexity's positions
+        out["fidelity_llamacpp"] = dict(fidelity.compare(chunks[0]["fidelity_windows"], chunks[1]["fidelity_windows"]),
+                                        reference=label, top_k=chunks[1]["top_k"],
+                                        positions=f"the first {len(chunks[1]['fidelity_windows'])} llama-perplexity chunks")
+    out["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)
+    return out
+
+
+def _lose_comparison(c: dict, why: str) -> None:
+    """This comparison is lost, never the report."""
+    for key in ("fidelity", "fidelity_llamacpp", "quality_gate"):
+        c.pop(key, None)
+    c["quality_gate_error"] = why[:500]
 
 
 def gate_line(c: dict) -> str:

@@ -57,3 +57,15 @@ def load_run(path: Path) -> tuple[dict, list[dict]]:
     order = {cid: i for i, cid in enumerate(run.get("planned_cells", []))}
     cells.sort(key=lambda c: order.get(c["cell_id"], len(order)))
     return run, cells
+
+
+def log_evaluator_bug(path: Path, doing: str) -> Path:
+    """Append the exception being handled, with its traceback, to the run's logs/evaluator.log
+    (a bug of the evaluator's own, never a runner's); returns the log's path."""
+    import traceback
+
+    log = path / "logs" / "evaluator.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} evaluator bug while {doing} ---\n{traceback.format_exc()}\n")
+    return log

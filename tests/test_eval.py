@@ -274,6 +274,29 @@ def test_an_evaluator_bug_ends_its_cell_as_evaluator_error_not_as_the_runners(tm
     assert "deploy-eval evaluator traceback" in (tmp_path / "logs" / f"{cell.id}.log").read_text()
 
 
+def test_an_evaluator_bug_between_cells_keeps_the_finished_cells_and_writes_the_report(tmp_path, monkeypatch, capsys):
+    """A slip in the evaluator after the timing cells ran (outside any one cell): exit 1, the
+    cells on disk, the report written, the traceback in logs/evaluator.log."""
+    from evaluator import cli, evaluate
+
+    real = evaluate._side_by_side
+
+    def slips_after(cells, work):
+        real(cells, work)
+        return {}["planned"]  # a KeyError of the evaluator's own
+
+    monkeypatch.setattr(evaluate, "_side_by_side", slips_after)
+    rc = cli.main(["eval", "stories260k", "--backends", "null", "--scenarios", "latency", "--variants", "none",
+                   "--min-iterations", "2", "--min-duration", "0", "--warmup", "0", "--precision", "1e9",
+                   "--new-tokens", "4", "--reports", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    (run_dir,) = tmp_path.iterdir()
+    assert rc == 1 and "evaluator bug: KeyError" in err and "1 of 1 cells finished and kept" in err, err
+    assert len(list((run_dir / "cells").glob("*.json"))) == 1 and (run_dir / "index.html").is_file()
+    assert "Traceback" in (run_dir / "logs" / "evaluator.log").read_text()
+
+
 def test_ctrl_c_stops_the_run_at_once_and_keeps_the_finished_cells_and_a_report(tmp_path):
     import os
     import signal

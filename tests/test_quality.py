@@ -164,6 +164,7 @@ def test_a_damaged_variant_is_caught_by_fidelity_and_the_gate(tmp_path):
         store.write_json(tmp_path / "cells" / f"{cell.id}.json", result)
     updated = {c["variant"]: c for c in evaluate.finish_quality(tmp_path, run.Reference(eager, reference), 0.01, sc)}
     bad = updated["fp32-damaged"]
+    assert "quality_gate_error" not in bad, bad["quality_gate_error"]
     assert bad["fidelity"]["kl_mean"] > 0.05 and bad["fidelity"]["top1_agreement"] < 0.9
     assert bad["fidelity"]["kl_mean_ci"][0] > 0
     assert bad["quality_gate"]["verdict"] == "FAIL" and any("perplexity" in r for r in bad["quality_gate"]["reasons"])
@@ -266,5 +267,29 @@ def test_a_malformed_stored_answer_loses_its_comparison_not_the_report(tmp_path)
     (updated,) = evaluate.finish_quality(tmp_path, run.Reference(eager, reference), 0.01, Quality())
     assert "not compared with pytorch_eager.fp32-sdpa-kv@local" in updated["quality_gate_error"]
     assert "quality_gate" not in updated and "not compared" in evaluate.gate_line(updated)
+    assert "malformed" in updated["quality_gate_error"] and "hellaswag" in updated["quality_gate_error"]
     stored = json.loads((tmp_path / "cells" / f"{updated['cell_id']}.json").read_text())
     assert stored["quality_gate_error"] == updated["quality_gate_error"]
+
+
+def test_a_bug_in_the_comparison_is_called_the_evaluators_not_a_malformed_answer(tmp_path, monkeypatch):
+    """Two well-formed stored answers and a comparison that raises: the cell says evaluator bug,
+    with the traceback in logs/evaluator.log; the report's cells are still all there."""
+    from evaluator.score import gate
+
+    eager = backends.select(["pytorch_eager"])[0]
+    good = {"hellaswag": {"items": [1], "ending_logprob_sums": [[-1.0, -2.0, -3.0, -4.0]]}, "fidelity_windows": [],
+            "perplexity": {"rolling": {"window_nll": [1.0], "window_tokens": [10]}}}
+    for variant in ("fp32-sdpa-kv", "bf16-sdpa-kv"):
+        cid = store.cell_id("stories260k", "pytorch_eager", variant, "local", "quality")
+        store.write_json(tmp_path / "raw" / f"{cid}.json", good)
+        store.write_json(tmp_path / "cells" / f"{cid}.json", {
+            "cell_id": cid, "backend": "pytorch_eager", "variant": variant, "target": {"name": "local"},
+            "scenario": {"name": "quality"}, "status": "ok", "raw": f"raw/{cid}.json"})
+    store.write_json(tmp_path / "run.json", {})
+    monkeypatch.setattr(gate, "assess", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(evaluate.fidelity, "compare", lambda *a, **k: {})
+    (updated,) = evaluate.finish_quality(tmp_path, run.Reference(eager, eager.variant("fp32-sdpa-kv")), 0.01, Quality())
+    assert "evaluator bug: ZeroDivisionError" in updated["quality_gate_error"], updated
+    assert "malformed" not in updated["quality_gate_error"]
+    assert "ZeroDivisionError" in (tmp_path / "logs" / "evaluator.log").read_text()

@@ -1,0 +1,77 @@
+"""The shape of a quality cell's stored answers (raw/<cell>.json), checked before any comparison
+reads them. A file that does not have it is a malformed answer: its comparison is lost, with the
+field that is wrong named. Anything that goes wrong after the check is the evaluator's own bug,
+and is reported as one."""
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class HellaSwag(_Shape):
+    items: list[int]
+    ending_logprob_sums: list[list[float]]
+
+    @model_validator(mode="after")
+    def _paired(self):
+        if len(self.items) != len(self.ending_logprob_sums):
+            raise ValueError(f"{len(self.items)} items but {len(self.ending_logprob_sums)} rows of ending sums")
+        return self
+
+
+class Windows(_Shape):
+    window_nll: list[float]
+    window_tokens: list[int]
+
+    @model_validator(mode="after")
+    def _paired(self):
+        if len(self.window_nll) != len(self.window_tokens):
+            raise ValueError(f"{len(self.window_nll)} window NLLs but {len(self.window_tokens)} token counts")
+        return self
+
+
+class Perplexity(_Shape):
+    rolling: Windows | None = None
+    llamacpp: Windows | None = None
+
+
+class FidelityWindow(_Shape):
+    logprobs: list[float]
+    top: list[list[list[float]]]  # per position, [token id, log-probability] pairs
+    wanted: list[list[float]] | None = None
+
+    @model_validator(mode="after")
+    def _paired(self):
+        if len(self.top) != len(self.logprobs):
+            raise ValueError(f"{len(self.logprobs)} positions but {len(self.top)} top lists")
+        return self
+
+
+class Answers(_Shape):
+    hellaswag: HellaSwag | None = None
+    perplexity: Perplexity = Perplexity()
+    fidelity_windows: list[FidelityWindow] = []
+
+
+class Malformed(ValueError):
+    """A stored answer that is not what a quality cell writes."""
+
+
+def read(path: Path) -> dict:
+    """The stored answers at `path` as written, once they are known to have the shape above."""
+    try:
+        raw = json.loads(path.read_text())
+        Answers.model_validate(raw)
+    except OSError as exc:
+        raise Malformed(f"{path.name} cannot be read: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise Malformed(f"{path.name} is not JSON: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the top level"
+        raise Malformed(f"{path.name}: {where}: {first['msg']}") from None
+    return raw
