@@ -38,9 +38,7 @@ from evaluator.reference import Reference, data_hashes, load_earlier, parse_refe
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
 
-STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
-            "crashed", "protocol-error", "invalid", "failed", "evaluator-error")
-FAILED = set(STATUSES) - {"ok", "unsupported"}
+STATUSES, FAILED = store.STATUSES, store.FAILED
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,8 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
 
 # The evaluator's code that takes part in producing a cell's numbers (the report's does not).
 MEASURING_CODE = ("evaluator/runner", "evaluator/launch", "evaluator/measure", "evaluator/score", "evaluator/stats",
-                  "evaluator/tokens.py", "evaluator/run.py", "evaluator/envs.py")
+                  "evaluator/tokens.py", "evaluator/run.py", "evaluator/envs.py", "evaluator/plan.py",
+                  "evaluator/evaluate.py", "evaluator/reference.py", "evaluator/store.py")
 
 
 def _tree_hash(paths) -> str:
@@ -287,11 +286,8 @@ def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, 
 
 def finished(run_path, cell: Cell, model_info: dict, check) -> dict | None:
     """A stored result this run can keep on resume: it ended ok or unsupported, under the same key."""
-    path = run_path / "cells" / f"{cell.id}.json"
-    if not path.is_file():
-        return None
-    result = json.loads(path.read_text())
-    if result.get("status") in ("ok", "unsupported") and result.get("key") == cell_key(cell, model_info, check):
+    result = store.read_cell(run_path / "cells" / f"{cell.id}.json")
+    if result and result["status"] not in FAILED and result.get("key") == cell_key(cell, model_info, check):
         return result
     return None
 

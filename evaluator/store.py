@@ -14,6 +14,10 @@ from pathlib import Path
 from evaluator.catalog.backends import REPO
 
 SCHEMA_VERSION = 1
+# Every status a cell can end with (run.py's docstring says what each means); the last nine are failures.
+STATUSES = ("ok", "unsupported", "failed-preflight", "failed-load", "out-of-memory", "timeout",
+            "crashed", "protocol-error", "invalid", "failed", "evaluator-error")
+FAILED = frozenset(STATUSES) - {"ok", "unsupported"}
 REPORTS = REPO / "reports"
 # Converted and quantized models, keyed by (source hash, tool version, options); reused across runs.
 ARTIFACTS = Path(os.environ.get("DEPLOY_EVAL_CACHE", REPO / ".cache" / "artifacts"))
@@ -50,10 +54,20 @@ def run_dir(run_id: str, root: Path = REPORTS) -> Path:
     return root / run_id
 
 
+def read_cell(path: Path) -> dict | None:
+    """One stored cell result, the one place cell files are read; None where there is none, or
+    where the file is not a cell result (a cell is written atomically, so that is damage)."""
+    try:
+        cell = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return cell if isinstance(cell, dict) and cell.get("status") in STATUSES and "cell_id" in cell else None
+
+
 def load_run(path: Path) -> tuple[dict, list[dict]]:
     """run.json and every finished cell, in the order they were planned."""
     run = json.loads((path / "run.json").read_text())
-    cells = [json.loads(p.read_text()) for p in sorted((path / "cells").glob("*.json"))]
+    cells = [c for p in sorted((path / "cells").glob("*.json")) if (c := read_cell(p))]
     order = {cid: i for i, cid in enumerate(run.get("planned_cells", []))}
     cells.sort(key=lambda c: order.get(c["cell_id"], len(order)))
     return run, cells

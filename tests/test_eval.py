@@ -355,7 +355,8 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     cell = plan.Cell(store.cell_id("stories260k", "onnxruntime_gpu", "cuda-fp16", "local", "latency"), gpu,
                     gpu.variant("cuda-fp16"), targets.resolve(["local"])[0], sc, None)
     info, check = {"name": "stories260k", "sha256": model.content_hash()}, scenarios.Check()
-    store.write_json(tmp_path / "cells" / f"{cell.id}.json", {"status": "ok", "key": run.cell_key(cell, info, check)})
+    store.write_json(tmp_path / "cells" / f"{cell.id}.json", {"cell_id": cell.id, "status": "ok",
+                                                             "key": run.cell_key(cell, info, check)})
     assert run.finished(tmp_path, cell, info, check), "unchanged: kept"
     runner = copy / "onnxruntime" / "runner.py"
     runner.write_text(runner.read_text() + "\n# a change to the runner onnxruntime_gpu reuses\n")

@@ -210,7 +210,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
         scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
         texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
         missing=[cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}],
-        failed=[c for c in cells if c["status"] not in ("ok", "unsupported")],
+        failed=[c for c in cells if c["status"] in store.FAILED],
         definitions=DEFINITIONS, engines=engines, settings=settings,
         css=(TEMPLATES / "report.css").read_text(), plotly_js=plotly_js() if inline_js else "")
 
