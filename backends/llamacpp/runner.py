@@ -21,7 +21,7 @@ sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evaluator.runner import Engine, RunnerError, artifact_home, check_options, choice, serve  # noqa: E402
+from evaluator.runner import Engine, RunnerError, artifact_home, check_options, child, choice, serve  # noqa: E402
 
 CONVERTER_DIR = os.path.join(sys.prefix, "share", "llama.cpp-convert")
 CONVERTER = os.path.join(CONVERTER_DIR, "convert_hf_to_gguf.py")
@@ -89,8 +89,13 @@ class LlamaCppEngine(Engine):
         tmp = f"{path}.{os.getpid()}.tmp"
         env = dict(os.environ, PYTHONPATH=os.path.join(CONVERTER_DIR, "gguf-py"))
         t0 = time.perf_counter()
-        done = subprocess.run([sys.executable, CONVERTER, model["path"], "--outfile", tmp, "--outtype", "f32"],
-                              stdout=sys.stderr, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            done = child.run([sys.executable, CONVERTER, model["path"], "--outfile", tmp, "--outtype", "f32"],
+                             "convert_hf_to_gguf.py", stdout=sys.stderr, stderr=subprocess.PIPE, text=True, env=env)
+        except RunnerError:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         if done.returncode != 0 or not os.path.exists(tmp):
             if os.path.exists(tmp):
                 os.unlink(tmp)

@@ -126,8 +126,10 @@ def artifact(model: dict, precision: str, log=print) -> dict:
 def _in_child(step: str, *args: str) -> None:
     """One build step in a child process: what it allocates leaves with it, so the runner's own
     memory after load is the same on a first run (which builds) as on a cached one."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), step, *args], stdout=sys.stderr,
-                          stderr=subprocess.PIPE, text=True)
+    from evaluator.runner import child  # the runner's library: importable in the runner, not in the step itself
+
+    done = child.run([sys.executable, os.path.abspath(__file__), step, *args], step, stdout=sys.stderr,
+                     stderr=subprocess.PIPE, text=True)
     sys.stderr.write(done.stderr)
     if done.returncode != 0:
         raise RuntimeError(f"{step} failed: {done.stderr.strip()[-500:]}")

@@ -1,0 +1,29 @@
+"""Tools a runner starts while it loads (llama.cpp's converter, the ONNX export in a child):
+each dies with the runner, as the runner dies with the evaluator (launch/process.py), so a killed
+run leaves nothing converting or exporting behind it, and each has a deadline of its own."""
+import ctypes
+import signal
+import subprocess
+
+from evaluator.runner.protocol import RunnerError
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the evaluator's kill of the runner's process group still reaches it
+
+
+# A bound of its own for a step whose runner is not killed first: the evaluator's load deadline
+# (--load-timeout, 600 s by default) usually ends the runner, and with it the step, long before.
+BUILD_TIMEOUT_S = 2 * 3600
+
+
+def run(args: list[str], what: str, timeout_s: float = BUILD_TIMEOUT_S, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run for a build step: killed with the runner, and after timeout_s with a
+    RunnerError("internal") that names the step."""
+    try:
+        return subprocess.run(args, preexec_fn=_die_with_parent, timeout=timeout_s, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise RunnerError("internal", f"{what} did not finish within {timeout_s:.0f} s") from None
