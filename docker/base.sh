@@ -5,7 +5,7 @@
 # base (or a CUDA one) to the backend Dockerfiles instead: `--build-arg BASE=...`.
 #   docker/base.sh [amd64|arm64] [MIRROR_URL]   -> image deploy-eval/base:bookworm-<arch>
 # The Debian mirror is the argument, else $DEBIAN_MIRROR, else the first one this machine's own
-# apt configuration names (so it works behind a local mirror); the repo names no host.
+# apt configuration names (docker/mirror.sh; so it works behind a local mirror); the repo names no host.
 # arm64 runs under qemu-user-static (binfmt_misc with the F flag: see docker/qemu.sh).
 set -euo pipefail
 arch=${1:-amd64}
@@ -14,10 +14,7 @@ tag=deploy-eval/base:bookworm-$arch
 export DOCKER_HOST=unix://$sock
 if docker image inspect "$tag" >/dev/null 2>&1; then echo "$tag"; exit 0; fi
 command -v debootstrap >/dev/null || { echo "debootstrap is not installed (Debian: apt-get install debootstrap)" >&2; exit 1; }
-mirror=${2:-${DEBIAN_MIRROR:-}}
-[ -n "$mirror" ] || mirror=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
-[ -n "$mirror" ] || mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $1; exit}')
-[ -n "$mirror" ] || { echo "no Debian mirror: /etc/apt names none; pass one: docker/base.sh $arch MIRROR_URL (or DEBIAN_MIRROR=...)" >&2; exit 1; }
+mirror=$("$(dirname "$0")/mirror.sh" "${2:-}")
 root=$(mktemp -d /var/tmp/deploy-eval-base.XXXXXX)
 trap 'rm -rf "$root" "$root.layer.tar" "$root.image.tar"' EXIT
 debootstrap --variant=minbase --arch="$arch" --include=python3,python3-venv,python3-pip,ca-certificates,libgomp1 \

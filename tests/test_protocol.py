@@ -160,3 +160,19 @@ def test_a_tool_past_its_deadline_is_stopped_with_everything_it_started(tmp_path
     while stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z" and time.monotonic() < deadline:
         time.sleep(0.05)  # gone, or a zombie waiting for its new parent to reap it: dead either way
     assert not stat.exists() or stat.read_text().split(")")[-1].split()[0] == "Z", "the build's child outlived it"
+
+
+def test_the_runner_library_imports_only_the_standard_library_and_itself():
+    """It is shipped into every backend's environment and image, whatever they hold."""
+    import ast
+    import sys
+
+    from conftest import REPO
+
+    for path in sorted((REPO / "evaluator" / "runner").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or name.startswith("evaluator.runner"), f"{path.name} imports {name}"
