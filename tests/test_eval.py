@@ -336,6 +336,28 @@ def test_a_second_eval_on_the_same_machine_is_refused_before_it_writes_anything(
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_refuses_to_measure_beside_a_dead_runs_runner(tmp_path):
+    """A runner whose evaluator is gone (it carries that evaluator's pid) still holds the machine:
+    the next run names it and refuses, before it writes anything."""
+    import os
+    import subprocess
+    import sys
+
+    from evaluator.launch.process import OWNER_ENV
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # an evaluator that has died
+    orphan = subprocess.Popen(["sleep", "120"], env=dict(os.environ, **{OWNER_ENV: str(gone.pid)}))
+    try:
+        proc = run_cli("eval", "stories260k", "--backends", "null", "--reports", str(tmp_path / "r"))
+    finally:
+        orphan.kill()
+        orphan.wait()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"pid {orphan.pid}: sleep 120" in proc.stderr and f"kill -9 {orphan.pid}" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monkeypatch):
     """onnxruntime_gpu runs backends/onnxruntime's runner: a change there must not let --resume
     keep a result measured with the old code; nor a change to the evaluator's scoring code."""
