@@ -24,6 +24,16 @@ def test_every_folder_is_a_backend():
     assert sorted(good) == FOLDERS
 
 
+# Per engine, the settings that change its numbers (caches, precisions, kernels), beyond threads.
+RECORDED = {
+    "pytorch_eager": {"dtype", "attn", "kv_cache", "interop_threads"},
+    "pytorch_compile": {"dtype", "attn", "kv_cache", "compile_mode", "inductor_cache"},
+    "onnxruntime": {"graph_optimization", "providers", "io_binding", "inter_op_threads"},
+    "llamacpp": {"n_ctx", "n_batch", "kv_cache_type", "flash_attn", "logits"},
+    "vllm": {"prefix_caching", "kv_cache_memory_bytes"},
+}
+
+
 @pytest.mark.parametrize("name", FOLDERS)
 def test_backend_honours_the_contract(name, tmp_path):
     backend = backends.load_manifest(backends.BACKENDS_DIR / name)
@@ -65,6 +75,9 @@ def test_backend_honours_the_contract(name, tmp_path):
             loaded = runner.request("load", 300, model=spec, options=dict(reference.options, device="cpu"))
         if not backend.fake:  # what changes a number is set deliberately and recorded
             assert loaded["settings"]["threads"] >= 1, f"{name} records no thread count: {loaded.get('settings')}"
+            assert RECORDED.get(name, set()) <= set(loaded["settings"]), \
+                f"{name} leaves {RECORDED[name] - set(loaded['settings'])} out of its settings"
+            assert info["build"], f"{name} records nothing of its build"
         with pytest.raises(RunnerFailure, match="bad_request"):
             runner.request("generate", 30, prompts=[[1, 10**6]], max_new_tokens=1)
         tok = HostTokenizer(model.hf_path)
