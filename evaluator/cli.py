@@ -249,7 +249,6 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
 
     from evaluator import evaluate, phases, run
     from evaluator.measure import scenarios
-    from evaluator.report import html
 
     prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
                          args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads,
@@ -270,9 +269,8 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
                                              bool(args.resume), say, bar)
     except KeyboardInterrupt:
         bar.close()
-        run.store_guide(prep.path, constraints.as_dict())
-        done = len(list((prep.path / "cells").glob("*.json")))
-        print(f"interrupted: {done} of {len(prep.cells)} cells finished and kept; report: {html.build(prep.path)}\n"
+        report, done = evaluate.close(prep, constraints.as_dict())
+        print(f"interrupted: {done} of {len(prep.cells)} cells finished and kept; report: {report}\n"
               f"go on with: just eval --resume {prep.run_id}", file=sys.stderr)
         return 130
     except UserError:
@@ -280,15 +278,14 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
     except Exception as exc:  # a bug of the evaluator's own between cells: the finished cells and a report stay
         bar.close()
         log = store.log_evaluator_bug(prep.path, "running the cells")
-        run.store_guide(prep.path, constraints.as_dict())
-        done = len(list((prep.path / "cells").glob("*.json")))
+        report, done = evaluate.close(prep, constraints.as_dict())
         print(f"evaluator bug: {type(exc).__name__}: {exc} (traceback in {log}); {done} of {len(prep.cells)} cells "
-              f"finished and kept; report: {html.build(prep.path)}", file=sys.stderr)
+              f"finished and kept; report: {report}", file=sys.stderr)
         return 1
     bar.close()
-    run.store_guide(prep.path, constraints.as_dict())
+    report, _ = evaluate.close(prep, constraints.as_dict())
     print(*phases.summarize(store.load_run(prep.path)[1], time.monotonic() - started), sep="\n", file=sys.stderr)
-    print(f"report: {html.build(prep.path)}", file=sys.stderr)
+    print(f"report: {report}", file=sys.stderr)
     if imprecise:
         print(f"{len(imprecise)} timing cells did not reach ±{args.precision:g}% within --max-time {args.max_time:g} s "
               "(INVALID: their numbers carry the wider intervals they reached; raise --max-time for more):", file=sys.stderr)

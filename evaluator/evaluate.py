@@ -14,6 +14,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 from evaluator import plan, run, store
 from evaluator.launch import process
@@ -173,6 +174,15 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
     return failed, imprecise
+
+
+def close(prep: run.Prepared, constraints: dict) -> tuple[Path, int]:
+    """However the run ended: the decision guide's constraints into run.json, the report written
+    from what is stored. Returns (the report's path, how many cells are stored)."""
+    from evaluator.report import html
+
+    run.store_guide(prep.path, constraints)
+    return html.build(prep.path), len(list((prep.path / "cells").glob("*.json")))
 
 
 def finish_quality(run_path, reference: run.Reference, margin: float, sc: quality.Quality,
