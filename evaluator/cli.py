@@ -265,7 +265,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
 
     started = time.monotonic()
     try:
-        failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.max_quality_loss_pct / 100,
+        failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.margin,
                                              bool(args.resume), say, bar)
     except KeyboardInterrupt:
         bar.close()
