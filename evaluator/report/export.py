@@ -38,7 +38,8 @@ DESCRIBED = {
     "reference_mass_covered": ("Reference's probability mass in the KL's own buckets (1: exact KL)", "higher"),
     "quality_loss_acc_norm": ("Quality loss vs the reference, acc_norm", "lower"),
     "quality_loss_perplexity": ("Quality loss vs the reference, perplexity", "lower"),
-    "peak_rss": ("Peak RSS", "lower"), "peak_device_allocator": ("Peak device memory, allocator (live tensors)", "lower"),
+    "rss_after_load": ("Resident memory after load", "lower"), "peak_rss": ("Peak RSS", "lower"),
+    "peak_device_allocator": ("Peak device memory, allocator (live tensors)", "lower"),
     "device_held_nvml": ("Device memory held, NVML per process (CUDA context included)", "lower"),
     "energy_per_token": ("Energy per token", "lower"),
     "load_time": ("Load time", "lower"), "compile_time": ("of which compile time", "lower"),
@@ -160,6 +161,9 @@ def cell_rows(cell: dict) -> list[dict]:
         if memory.get(key) is not None:
             rows.append({"metric": metric, "statistic": stat, "value": memory[key], "unit": "bytes"})
     load = cell.get("load") or {}
+    for key, metric in (("rss_bytes", "rss_after_load"), ("process_device_bytes", "device_held_nvml")):
+        if load.get(key) is not None and scenario == "latency":  # one reading per configuration
+            rows.append({"metric": metric, "statistic": "after load", "value": load[key], "unit": "bytes"})
     for key, metric in (("load_s", "load_time"), ("compile_s", "compile_time")):
         if load.get(key) is not None:
             rows.append({"metric": metric, "statistic": "one reading", "value": load[key], "unit": "s"})

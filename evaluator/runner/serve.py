@@ -107,8 +107,21 @@ class _Server:
         self.device = result.get("device")  # an engine without an allocator view (ONNX Runtime) still gets NVML's
         result["rss_bytes"], result["load_peak_rss_bytes"] = rss_bytes()
         result["device_bytes"] = self.engine.device_memory()[0]
+        result["process_device_bytes"] = self._process_device_bytes(result["device_bytes"])[0]  # after load
         self.peak_since = "load" if reset_peak_rss() else "process start"
         return result
+
+    def _process_device_bytes(self, allocator_bytes) -> tuple[int | None, str | None]:
+        """What the GPU driver holds for this process (NVML; CUDA context and cached pools included),
+        or None and why not. The caching allocators of PyTorch, ONNX Runtime and vLLM keep what
+        they once held, so after the timed requests this is the high-water mark of what they held."""
+        if allocator_bytes is None and self.device in ("cpu", None):
+            return None, "the engine uses no GPU"
+        try:
+            held = sum(nvml.process_bytes(nvml.library()).values()) or None
+        except nvml.Unavailable as exc:
+            return None, str(exc)
+        return held, None if held else "NVML does not list this process (in a container it shows the host's pids)"
 
     def _loaded(self, op):
         if self.vocab_size is None:
@@ -163,13 +176,7 @@ class _Server:
     def memory(self, req):
         rss, peak_rss = rss_bytes()
         dev, peak_dev = self.engine.device_memory()
-        process_dev, why = None, "the engine uses no GPU"
-        if dev is not None or self.device not in ("cpu", None):  # what the driver holds for it, CUDA context included
-            try:
-                process_dev = sum(nvml.process_bytes(nvml.library()).values()) or None
-                why = None if process_dev else "NVML does not list this process (in a container it shows the host's pids)"
-            except nvml.Unavailable as exc:
-                why = str(exc)
+        process_dev, why = self._process_device_bytes(dev)
         return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "peak_since": getattr(self, "peak_since", "process start"),
                 "device_bytes": dev, "peak_device_bytes": peak_dev, "process_device_bytes": process_dev,
                 "process_device_unavailable": why, "engine_stats": self.engine.stats()}
