@@ -125,7 +125,15 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
             order = result["metrics"]["hellaswag"]["order"]
             result["rounds"] = [*rounds, {"upto": rnd.upto, "scored": order["scored"], "stopped": order["stopped"],
                                           "wall_s": result["wall_s"], "phases": result.get("phases")}]
-        store.write_json(prep.path / "cells" / f"{cell.id}.json", result)
+        try:
+            store.write_cell(prep.path / "cells" / f"{cell.id}.json", result)
+        except ValueError as exc:  # a result no reader could read: this evaluator's bug, and this cell's end
+            where = store.log_evaluator_bug(prep.path, f"storing {cell.id}")
+            result = {"cell_id": cell.id, "backend": cell.backend.name, "variant": cell.variant.name,
+                      "target": {"name": cell.target.name}, "scenario": {"name": cell.scenario.name},
+                      "status": "evaluator-error", "reason": f"evaluator bug: its result is malformed: {exc}"[:400]
+                      + f" (traceback in {where.relative_to(prep.path)})"}
+            store.write_cell(prep.path / "cells" / f"{cell.id}.json", result)
         if result["status"] == "unsupported" and not cell.unsupported:
             refused[same] = f"{result['reason']} (found loading {cell.id})"
         if result["status"] in run.FAILED:
@@ -213,7 +221,7 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
                 where = store.log_evaluator_bug(run_path, f"comparing {c['cell_id']} with {label}")
                 _lose_comparison(c, f"not compared with {label}: evaluator bug: {type(exc).__name__}: {exc} "
                                     f"(traceback in {where.relative_to(run_path)})")
-        store.write_json(run_path / "cells" / f"{c['cell_id']}.json", c)
+        store.write_cell(run_path / "cells" / f"{c['cell_id']}.json", c)
         updated.append(c)
     return updated
 

@@ -10,6 +10,9 @@ import secrets
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from evaluator.catalog.backends import REPO
 
@@ -54,14 +57,46 @@ def run_dir(run_id: str, root: Path = REPORTS) -> Path:
     return root / run_id
 
 
+class Named(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class CellResult(BaseModel):
+    """What every cell file holds, whatever its scenario: the fields every reader relies on
+    (the scenario's own numbers ride along as extra fields, read by their scenario's code)."""
+    model_config = ConfigDict(extra="allow")
+    cell_id: str
+    backend: str
+    variant: str
+    target: Named
+    scenario: Named
+    status: Literal[STATUSES]
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _said_why(self):
+        if self.status != "ok" and not self.reason:
+            raise ValueError(f"a cell that ends {self.status} must say why")
+        return self
+
+
 def read_cell(path: Path) -> dict | None:
     """One stored cell result, the one place cell files are read; None where there is none, or
     where the file is not a cell result (a cell is written atomically, so that is damage)."""
     try:
         cell = json.loads(path.read_text())
-    except (OSError, ValueError):
+        CellResult.model_validate(cell)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
         return None
-    return cell if isinstance(cell, dict) and cell.get("status") in STATUSES and "cell_id" in cell else None
+    return cell
+
+
+def write_cell(path: Path, cell: dict) -> None:
+    """A cell result, checked against CellResult first: a result no reader could read is the
+    evaluator's bug, raised here, never stored."""
+    CellResult.model_validate(cell)
+    write_json(path, cell)
 
 
 def load_run(path: Path) -> tuple[dict, list[dict]]:

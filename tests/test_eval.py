@@ -377,8 +377,9 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     cell = plan.Cell(store.cell_id("stories260k", "onnxruntime_gpu", "cuda-fp16", "local", "latency"), gpu,
                     gpu.variant("cuda-fp16"), targets.resolve(["local"])[0], sc, None)
     info, check = {"name": "stories260k", "sha256": model.content_hash()}, scenarios.Check()
-    store.write_json(tmp_path / "cells" / f"{cell.id}.json", {"cell_id": cell.id, "status": "ok",
-                                                             "key": run.cell_key(cell, info, check)})
+    store.write_json(tmp_path / "cells" / f"{cell.id}.json", {
+        "cell_id": cell.id, "backend": gpu.name, "variant": "cuda-fp16", "target": {"name": "local"},
+        "scenario": {"name": "latency"}, "status": "ok", "key": run.cell_key(cell, info, check)})
     assert run.finished(tmp_path, cell, info, check), "unchanged: kept"
     runner = copy / "onnxruntime" / "runner.py"
     runner.write_text(runner.read_text() + "\n# a change to the runner onnxruntime_gpu reuses\n")
@@ -394,3 +395,23 @@ def test_a_backend_that_cannot_run_the_model_is_planned_out_without_its_environm
     got = cells(run_folder(proc.stderr, tmp_path))
     assert {c["status"] for c in got.values()} == {"unsupported"}
     assert all("heads at least 32 wide; stories260k's are 8" in c["reason"] and "environment" not in c for c in got.values())
+
+
+def test_a_cell_result_is_typed_where_it_is_written_and_where_it_is_read(tmp_path):
+    """store.write_cell refuses what no reader could read; store.read_cell (the one reader: the
+    run, the resume and the report) skips a damaged file instead of losing the report."""
+    import pytest
+
+    from evaluator import store
+
+    good = {"cell_id": "c1", "backend": "b", "variant": "v", "target": {"name": "local"},
+            "scenario": {"name": "latency"}, "status": "ok"}
+    store.write_cell(tmp_path / "cells" / "c1.json", good)
+    for bad in (dict(good, status="fine"), dict(good, status="crashed"), {k: v for k, v in good.items() if k != "backend"}):
+        with pytest.raises(ValueError):
+            store.write_cell(tmp_path / "cells" / "c2.json", bad)
+    assert not (tmp_path / "cells" / "c2.json").exists()
+    (tmp_path / "cells" / "c3.json").write_text('{"cell_id": "c3", "status": ')  # damage from outside
+    store.write_json(tmp_path / "run.json", {"planned_cells": ["c1", "c3"]})
+    _, cells = store.load_run(tmp_path)
+    assert [c["cell_id"] for c in cells] == ["c1"] and store.read_cell(tmp_path / "cells" / "c3.json") is None
