@@ -30,6 +30,7 @@ RECORDED = {
     "pytorch_compile": {"dtype", "attn", "kv_cache", "compile_mode", "inductor_cache"},
     "onnxruntime": {"graph_optimization", "providers", "io_binding", "inter_op_threads"},
     "llamacpp": {"n_ctx", "n_batch", "kv_cache_type", "flash_attn", "logits"},
+    "pytorch_quant": {"quant", "weight_bytes", "nf4_cpu_kernel"},
     "vllm": {"prefix_caching", "kv_cache_memory_bytes"},
 }
 

@@ -64,11 +64,9 @@ class TorchEngine(Engine):
         if not options.get("allow_pickle") and not any(f.endswith(".safetensors") for f in os.listdir(path)):
             raise RunnerError("unsupported", f"{path} has no .safetensors weights; pickle checkpoints load only with allow_pickle")
         self.model = None
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=attn,
-            use_safetensors=not options.get("allow_pickle"),
-            trust_remote_code=bool(options.get("trust_remote_code")),
-        ).to(self.device).eval()
+        self.model = self._from_pretrained(path, dict(
+            dtype=DTYPES[dtype], attn_implementation=attn, use_safetensors=not options.get("allow_pickle"),
+            trust_remote_code=bool(options.get("trust_remote_code")))).eval()
         self.cache_name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         if options.get("weight_noise"):
             self._damage(float(options["weight_noise"]))
@@ -82,6 +80,10 @@ class TorchEngine(Engine):
                          "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache, "cache_keyword": self.cache_name,
                          "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         }
+
+    def _from_pretrained(self, path: str, kwargs: dict):
+        """The model on its device; an engine that loads it another way (quantized) overrides this."""
+        return transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device)
 
     @torch.no_grad()
     def _damage(self, scale):

@@ -11,7 +11,10 @@ from evaluator.catalog import synthetic
 # Bytes per weight of each precision a manifest names (llama.cpp's block formats: bits per
 # weight of the block, scales included; q4_k_m and q5_k_m mix types: their average).
 BYTES_PER_WEIGHT = {"fp32": 4.0, "f32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "q8_0": 34 / 32,
-                    "q6_k": 210 / 256, "q5_k_m": 5.69 / 8, "q4_k_m": 4.89 / 8, "q4_0": 18 / 32}
+                    "q6_k": 210 / 256, "q5_k_m": 5.69 / 8, "q4_k_m": 4.89 / 8, "q4_0": 18 / 32,
+                    # bitsandbytes and torchao (pytorch_quant): int8 with per-row scales; NF4 in
+                    # blocks of 64 with an fp32 absmax each (4.5 bits)
+                    "bnb-int8": 1.0, "torchao-int8wo": 1.0, "bnb-nf4": 4.5 / 8}
 PRECISION_KEYS = ("dtype", "precision", "quant")
 
 

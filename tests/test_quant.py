@@ -1,0 +1,48 @@
+"""The article's quantization methods as pytorch_quant's variants, on the real libraries
+(bitsandbytes, torchao) through the runner protocol: each one quantizes (fewer weight bytes,
+different log-probabilities), stays near fp32, and says which kernel it ran."""
+import pytest
+
+from conftest import start_runner
+from evaluator.catalog import models
+from evaluator.tokens import HostTokenizer
+
+STUDENT = models.resolve("stories260k-student")  # widths that are multiples of 256: every kernel applies
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """Per method: (load answer, log-probabilities of one WikiText-2 window, greedy tokens)."""
+    tok = HostTokenizer(STUDENT.hf_path)
+    window = tok.prompts(128, 1)[0]
+    out = {}
+    with start_runner("pytorch_quant", tmp_path_factory.mktemp("quant")) as runner:
+        for method in ("fp32", "bnb-int8", "bnb-nf4", "torchao-int8wo"):
+            load = runner.request("load", 300, model={"path": str(STUDENT.hf_path), "format": "hf"},
+                                  options={"quant": method})
+            (scored,) = runner.request("score", 120, sequences=[window], start=1, top_k=0)["results"]
+            tokens = runner.request("generate", 120, prompts=[[tok.bos]], max_new_tokens=32)["tokens"][0]
+            out[method] = (load, scored["logprobs"], tokens)
+    return out
+
+
+def test_fp32_is_this_runner_unquantized_and_reproduces_the_published_text(loaded):
+    load, _, tokens = loaded["fp32"]
+    assert load["settings"]["quant"] == "fp32"
+    expected = STUDENT.reference_greedy.read_text(encoding="utf-8")
+    assert expected.startswith(HostTokenizer(STUDENT.hf_path).decode(tokens))
+
+
+@pytest.mark.parametrize("method,most", [("bnb-int8", 0.35), ("torchao-int8wo", 0.35), ("bnb-nf4", 0.2)])
+def test_each_method_stores_fewer_bytes_and_moves_the_numbers_a_little(loaded, method, most):
+    base_load, base, _ = loaded["fp32"]
+    load, got, _ = loaded[method]
+    assert load["weight_bytes"] < most * base_load["weight_bytes"], (method, load["weight_bytes"], base_load["weight_bytes"])
+    diffs = [abs(a - b) for a, b in zip(got, base, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    assert 0 < mean < 0.5, f"{method}: mean |Δ log p| {mean:.4f} nats against fp32 (0: not applied; large: broken)"
+
+
+def test_nf4_says_which_cpu_kernel_ran(loaded):
+    kernel = loaded["bnb-nf4"][0]["settings"]["nf4_cpu_kernel"]
+    assert kernel.startswith(("AVX512-BF16 packed for 28 of 28", "generic")), kernel
