@@ -46,3 +46,24 @@ def test_each_method_stores_fewer_bytes_and_moves_the_numbers_a_little(loaded, m
 def test_nf4_says_which_cpu_kernel_ran(loaded):
     kernel = loaded["bnb-nf4"][0]["settings"]["nf4_cpu_kernel"]
     assert kernel.startswith(("AVX512-BF16 packed for 28 of 28", "generic")), kernel
+
+
+def test_the_techniques_table_has_a_row_per_method_with_its_paired_verdict():
+    from evaluator.report import techniques
+
+    def cell(backend, variant, scenario, **extra):
+        return {"status": "ok", "backend": backend, "variant": variant, "scenario": {"name": scenario},
+                "target": {"name": "local"}, "model": {"size_bytes": 4000}, **extra}
+
+    tpot = {"p50": 10.0, "p50_ci": [9.9, 10.1]}
+    gate = {"verdict": "PASS", "reference": "pytorch_eager.fp32-sdpa-kv@local",
+            "hellaswag": {"acc_norm": {"loss": 0.004, "loss_ci": [-0.01, 0.008]}},
+            "perplexity": {"loss": 0.02, "loss_ci": [0.015, 0.025]}}
+    cells = [cell("pytorch_eager", "fp32-sdpa-kv", "latency", metrics={"tpot_ms": tpot}),
+             cell("pytorch_quant", "bnb-int8", "latency", metrics={"tpot_ms": {"p50": 20.0, "p50_ci": [19.8, 20.2]}},
+                  load={"weight_bytes": 1000}),
+             cell("pytorch_quant", "bnb-int8", "quality", quality_gate=gate, load={"weight_bytes": 1000})]
+    (row,) = techniques.section(cells)["summary"]
+    assert row["technique"] == "quantization: bnb-int8" and row["memory"].startswith("75%")
+    assert row["speedup"].startswith("0.50x") and "tied" not in row["speedup"]
+    assert row["quality"].startswith("PASS: perplexity +2.00% [+1.50, +2.50]"), row["quality"]

@@ -166,6 +166,42 @@ def _compile_rows(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def _quality_lost(cell: dict | None) -> str:
+    """The paired gate's verdict and its larger loss (acc_norm or perplexity), with the interval."""
+    g = (cell or {}).get("quality_gate")
+    if not g:
+        return "no quality cell" if not cell else (cell.get("quality_gate_error") or "not compared")
+    parts = [(name, p) for name, p in (("acc_norm", (g.get("hellaswag") or {}).get("acc_norm")),
+                                       ("perplexity", g.get("perplexity"))) if p]
+    name, worst = max(parts, key=lambda np: np[1]["loss"])
+    lo, hi = worst["loss_ci"]
+    return f'{g["verdict"]}: {name} {100 * worst["loss"]:+.2f}% [{100 * lo:+.2f}, {100 * hi:+.2f}] of {g["reference"]}'
+
+
+def _quant_rows(cells: list[dict]) -> list[dict]:
+    """The quantization methods (pytorch_quant's variants) against pytorch_eager fp32: weight
+    bytes, time per output token, and the paired quality verdict of their quality cells."""
+    ok = [c for c in cells if c.get("status") == "ok"]
+    mine = {(c["variant"], c["scenario"]["name"]): c for c in ok if c["backend"] == "pytorch_quant"}
+    eager = next((c for c in ok if c["backend"] == "pytorch_eager" and c["variant"] == "fp32-sdpa-kv"
+                  and c["scenario"]["name"] == "latency"), None)
+    base_bytes = next((c["load"].get("weight_bytes") for (v, _), c in mine.items() if v == "fp32" and c.get("load")), None)
+    rows = []
+    for variant in dict.fromkeys(v for v, _ in mine if v != "fp32"):
+        lat, qual = mine.get((variant, "latency")), mine.get((variant, "quality"))
+        load = (lat or qual or {}).get("load") or {}
+        base = base_bytes or ((lat or qual or {}).get("model") or {}).get("size_bytes")  # else the checkpoint's size
+        speed = _ratio(eager["metrics"]["tpot_ms"], lat["metrics"]["tpot_ms"]) if lat and eager else None
+        kernel = f'; NF4 kernel: {load["nf4_cpu_kernel"]}' if load.get("nf4_cpu_kernel") else ""
+        rows.append({"technique": f"quantization: {variant}", "memory": _saved(base, load.get("weight_bytes")),
+                     "speedup": _speedup(speed) if lat and eager else "no latency cell beside pytorch_eager fp32",
+                     "quality": _quality_lost(qual),
+                     "how": "weights in memory after load against this runner's fp32 (or the checkpoint's size; "
+                            "embeddings and output layer stay fp32); median time per output token against "
+                            "pytorch_eager fp32-sdpa-kv; quality paired item by item" + kernel})
+    return rows
+
+
 def sections(cells: list[dict]) -> list[dict]:
     """One Techniques section per target that measured a technique, each from its own cells."""
     names = list(dict.fromkeys(c["target"]["name"] for c in cells))
@@ -181,9 +217,10 @@ def section(cells: list[dict]) -> dict | None:
     """Everything the Techniques section shows for one target's cells, or None when it measured
     no technique."""
     by = {c["scenario"]["name"]: c for c in cells if c.get("status") == "ok" and c["scenario"]["name"] in TECHNIQUES}
-    if not by:
+    quant = _quant_rows(cells)
+    if not by and not quant:
         return None
-    out = {"summary": [], "figures": []}
+    out = {"summary": quant, "figures": []}
     if "train" in by:
         out["train"], rows = _train_rows(by["train"])
         out["train_shape"] = by["train"]["train"]
