@@ -64,7 +64,8 @@ def _train_rows(cell: dict) -> tuple[list[dict], list[dict]]:
                             "quality": (f'loss within ±{100 * check["tolerance"]:g}% of fp32 at every step '
                                         f'(max {100 * check["max_relative_deviation"]:.2g}%)' if check.get("within")
                                         else f'loss off fp32 by up to {100 * check.get("max_relative_deviation", 0):.2g}%'),
-                            "how": "peak memory and median step time against fp32 training, same weights and batches"})
+                            "how": "peak memory of a step above its start (gradients, activations; the least over the steps "
+                                   "after the first) and median step time against fp32 training, same weights and batches"})
     return table, summary
 
 
