@@ -317,7 +317,7 @@ def cmd_models(args) -> int:
     from evaluator.catalog.models import catalog
 
     for name, entry in catalog().items():
-        where = entry.get("path") or f"hub {entry['hub']}"
+        where = entry.get("path") or (f"hub {entry['hub']}" if "hub" in entry else "synthetic (built on first use)")
         print(f"{name:<16} {where:<40} {entry.get('description', '')}")
     return 0
 

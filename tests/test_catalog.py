@@ -195,3 +195,12 @@ def test_a_local_gpu_target_is_sized_by_the_cards_memory_not_the_ram(tmp_path, m
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     (local,) = targets.resolve(["local"])
     assert (local.accelerator, local.gpu, local.memory_gb) == ("cuda", "NVIDIA GeForce RTX 3090", 25.8)
+
+
+def test_just_models_lists_every_entry_built_in_hub_and_synthetic():
+    from conftest import run_cli
+
+    proc = run_cli("models")
+    assert proc.returncode == 0, proc.stderr
+    assert "data/stories260k/hf" in proc.stdout and "hub meta-llama/" in proc.stdout
+    assert "synthetic-tiny" in proc.stdout and "synthetic (built on first use)" in proc.stdout
