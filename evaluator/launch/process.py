@@ -5,7 +5,6 @@ waiting is a blocking get with a timeout (no busy-waiting); at expiry the runner
 process group is killed. Every way a runner can fail becomes a RunnerFailure with exactly
 one cell status and a reason a person can act on.
 """
-import ctypes
 import json
 import os
 import queue
@@ -17,6 +16,7 @@ import weakref
 from pathlib import Path
 
 from evaluator.launch import answers
+from evaluator.runner.child import die_with_parent
 from evaluator.runner.protocol import PROTOCOL_VERSION
 
 REAP_S = 30  # waiting for a runner that was told to go, or killed
@@ -24,15 +24,6 @@ _LIVE = weakref.WeakSet()  # every runner not yet closed: what Ctrl-C must take 
 
 
 OWNER_ENV = "DEPLOY_EVAL_EVALUATOR_PID"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it when the evaluator dies, however it dies
-    (kill -9 included), so no runner outlives its run holding the machine's memory."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
-    except (OSError, AttributeError):
-        pass  # not Linux: the pipe's end still stops an idle runner; leftovers.py finds the rest
 
 
 def kill_all() -> None:
@@ -70,7 +61,7 @@ class RunnerProcess:
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
             bufsize=1, env=env, cwd=cwd, start_new_session=True,  # own process group: killable whole
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,  # the kernel kills the runner when this evaluator dies, kill -9 included
         )
         _LIVE.add(self)
         self._lines: queue.Queue = queue.Queue()

@@ -131,16 +131,16 @@ def run_latency(runner: RunnerProcess, prompts: list[list[int]], sc: Latency, ti
     idle = energy.idle_watts(runner, timeout_s)  # after load, before any work: the floor the loop adds to
     for i in range(sc.warmup):
         _generate(runner, [prompts[i % len(prompts)]], sc.new_tokens, timeout_s)
-    outputs, first_output = [], {}
+    first_output, requests = {}, itertools.count()
 
     def step():
-        which = len(outputs) % len(prompts)
+        done = next(requests)
+        which = done % len(prompts)
         answer = _generate(runner, [prompts[which]], sc.new_tokens, timeout_s)
         tokens = answer["tokens"][0]
         if first_output.setdefault(which, tokens) != tokens:  # greedy is deterministic: a change is a bug
-            raise RunnerFailure("invalid", f"timed request {len(outputs) + 1} returned other tokens than the first "
+            raise RunnerFailure("invalid", f"timed request {done + 1} returned other tokens than the first "
                                            f"request on the same prompt ({which + 1} of {len(prompts)})")
-        outputs.append(tokens)
         return _timings(answer, 1, len(prompts[which]))
 
     before = runner.request("energy", timeout_s)

@@ -8,11 +8,13 @@ import subprocess
 from evaluator.runner.protocol import RunnerError
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """In a child, before exec: the kernel kills it when its parent dies, however it dies (kill -9
+    included). The evaluator starts its runners with it, and a runner its build steps."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
-        pass  # not Linux: the evaluator's kill of the runner's process group still reaches it
+        pass  # not Linux: the pipe's end and a kill of the process group still reach it
 
 
 # A bound of its own for a step whose runner is not killed first: the evaluator's load deadline
@@ -24,6 +26,6 @@ def run(args: list[str], what: str, timeout_s: float = BUILD_TIMEOUT_S, **kwargs
     """subprocess.run for a build step: killed with the runner, and after timeout_s with a
     RunnerError("internal") that names the step."""
     try:
-        return subprocess.run(args, preexec_fn=_die_with_parent, timeout=timeout_s, **kwargs)
+        return subprocess.run(args, preexec_fn=die_with_parent, timeout=timeout_s, **kwargs)
     except subprocess.TimeoutExpired:
         raise RunnerError("internal", f"{what} did not finish within {timeout_s:.0f} s") from None
