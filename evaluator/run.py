@@ -260,7 +260,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     if status == "ok":
         raw = measured.pop("raw", None)
         if raw is not None:  # per-item answers, kept beside the cell so any summary can be recomputed
-            store.write_json(run_path / "raw" / f"{cell.id}.json", raw)
+            store.write_json(run_path / "raw" / f"{cell.id}.json", raw, compact=True)
             out["raw"] = f"raw/{cell.id}.json"
         out.update(measured)
         out["parameters"] = measured["load"].get("parameters")

@@ -40,8 +40,11 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_json(path: Path, obj) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+def write_json(path: Path, obj, compact: bool = False) -> None:
+    """Indented for a person to read; `compact` for bulk data (a quality cell's raw answers: an
+    indented number per line would make them two and a half times larger)."""
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1)
+    write_atomic(path, text + "\n")
 
 
 def new_run_id(model: str) -> str:

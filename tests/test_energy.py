@@ -268,7 +268,7 @@ def test_the_report_and_the_export_carry_energy_with_its_interval_idle_and_meter
     assert [(r["statistic"], r["value"]) for r in rows] == [
         ("total: Jetson INA3221 rail VDD_IN", 1.5), ("above idle (20 W idle)", 0.5), ("external meter log m.csv", 1.6)]
     assert (rows[0]["ci_low"], rows[0]["ci_high"]) == pytest.approx((1.4, 1.6))
-    shown = tables._energy(e)
+    shown = tables._energy(export.Rows(export.cell_rows(cell)))
     assert shown.half_pct == "6.7" and "above idle" in shown.note and "INA3221" in shown.note_title
 
 

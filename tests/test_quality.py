@@ -93,13 +93,19 @@ def test_kl_over_the_references_top_ids_is_exact_with_the_whole_vocabulary_and_a
         return w
     for k in (vocab, 5):
         ref = window(ref_lp, k)
-        shared = fidelity.compare([ref], [window(var_lp, k, want_from=ref)])
+        shared = fidelity.compare([ref], [window(var_lp, k, want_from=ref)], exact=k == vocab)
         own = fidelity.compare([ref], [window(var_lp, k)])
+        # as stored now: each position's KL computed while the reference is at hand, `wanted` dropped
+        stored = fidelity.with_kl(window(var_lp, 1, want_from=ref), ref)
+        assert "wanted" not in stored and len(stored["kl"]) == len(ref_lp)
+        assert fidelity.compare([ref], [stored], exact=k == vocab)["kl_mean"] == pytest.approx(shared["kl_mean"], rel=1e-12)
         assert shared["kl_partition"] == "shared" and own["kl_partition"] == "each side's top-k"
         if k == vocab:
             assert shared["kl_mean"] == pytest.approx(exact, rel=1e-9) and shared["reference_mass_covered"] == pytest.approx(1)
+            assert shared["kl_exact"] and "full vocabulary (exact)" in shared["kl_definition"]
         else:
             assert own["kl_mean"] <= shared["kl_mean"] < exact
+            assert not shared["kl_exact"] and "lower bound" in shared["kl_definition"]
 
 
 def _raw(correct: list[bool], nll: list[float]) -> dict:
@@ -181,8 +187,13 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     (bf16,) = [c for c in map(lambda p: json.loads(p.read_text()), tmp_path.glob("*/cells/*.json")) if c["variant"] == "bf16-sdpa-kv"]
     kl = bf16["fidelity_llamacpp"]
     assert kl["top_k"] == 512 and kl["positions"] == "the first 4 llama-perplexity chunks" and kl["kl_mean"] > 0
-    # the variant scored after the reference was sent its top ids: one shared partition
-    assert bf16["fidelity"]["kl_partition"] == "shared" and 0 < bf16["fidelity"]["reference_mass_covered"] < 1
+    # the default windows too, over the whole 512-token vocabulary: the variant, scored after the
+    # reference, was sent all its ids (one shared partition) and stored each position's KL
+    fid = bf16["fidelity"]
+    assert fid["kl_partition"] == "shared" and fid["kl_exact"] and fid["kl_mean"] > 0
+    assert fid["reference_mass_covered"] == pytest.approx(1, abs=1e-4)
+    raw = json.loads((next(tmp_path.glob("*")) / bf16["raw"]).read_text())
+    assert all("kl" in w and "wanted" not in w and len(w["top"][0]) == 1 for w in raw["fidelity_windows"])
 
 
 TINY = ["--scenarios", "quality", "--limit", "50", "--ppl-tokens", "2000"]

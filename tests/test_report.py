@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from evaluator import store
-from evaluator.report import compare, configs, guide, html, tables
+from evaluator.report import compare, configs, export, guide, html, tables
 from evaluator.score import hellaswag
 from evaluator.stats.intervals import summarize
 from tests.conftest import run_cli
@@ -84,10 +84,36 @@ def test_tables_carry_the_numbers_of_the_result_files(real_run, tmp_path):
     assert shows("TTFT p50", lat["metrics"]["ttft_ms"]["p50"])
     assert ("p95", "needs 72 requests") in shown or shows("p95", lat["metrics"]["e2e_ms"]["p95"])
     assert shows("perplexity", q["metrics"]["perplexity"]["rolling"]["token_perplexity"])
-    assert ("KL vs ref", tables.fmt(q["fidelity"]["kl_mean"])) in shown
+    assert shows("KL vs ref", q["fidelity"]["kl_mean"])
     assert "Deploy " in seen["text"] and "baseline" in seen["text"]
     for name in ("TTFT", "Perplexity", "HellaSwag acc_norm", "git revision", "llama-cpp-python"):
         assert name in seen["text"], name
+
+
+def test_the_comparison_table_shows_the_export_tables_numbers_with_their_intervals(real_run):
+    """Built from the same rows `just export` writes: each number and its 95% interval (the KL's
+    and acc_norm's intervals too, which the table once dropped)."""
+    run, cfgs = _configs(real_run)
+    rows, target = export.table(real_run), run["targets"][0]["name"]
+    columns = {"decode": ("decode_tokens_per_s", "median"), "latency p50": ("e2e_ms", "median"),
+               "TTFT p50": ("ttft_ms", "median"), "HellaSwag acc_norm": ("hellaswag_acc_norm", "share"),
+               "perplexity": ("wikitext2_token_perplexity", "value"), "KL vs ref": ("kl", "mean"),
+               "top-1 agree": ("top1_agreement", "mean")}
+    with_interval = set()
+    for row in tables.comparison(cfgs, target, run["reference"], 0.01):
+        backend, variant = row["label"].split(" · ")
+        for header, (metric, statistic) in columns.items():
+            shown = dict(row["values"])[header]
+            mine = [r for r in rows if (r["backend"], r["variant"], r["target"], r["metric"], r["statistic"])
+                    == (backend, variant, target, metric, statistic)]
+            if not mine:
+                assert shown.text == "–", (row["label"], header)
+                continue
+            assert shown.text == tables.fmt(mine[0]["value"]), (row["label"], header)
+            if mine[0]["ci_low"] is not None and mine[0]["value"]:
+                assert shown.interval == f"[{tables.fmt(mine[0]['ci_low'])}, {tables.fmt(mine[0]['ci_high'])}]"
+                with_interval.add(header)
+    assert {"decode", "HellaSwag acc_norm", "KL vs ref"} <= with_interval
 
 
 def test_page_is_one_file_rebuilt_from_results_alone(real_run, tmp_path):
@@ -260,7 +286,7 @@ def test_the_vs_baseline_column_compares_quality_on_the_same_items():
     same.cells["quality"] = {"status": "ok", "scenario": {"name": "quality"},
                              "metrics": {"hellaswag": {"acc_norm": {"value": 0.2375}, "items": 2000}},
                              "quality_gate": {"margin": 0.01, "verdict": "PASS", "hellaswag": {"acc_norm": acc},
-                                              "perplexity": {"ratio": 1.012, "loss": 0.012, "loss_ci": [0.01, 0.014]}}}
+                                              "perplexity": {"ratio": 1.012, "loss": 0.012, "loss_ci": [0.01, 0.014], "verdict": "FAIL"}}}
     shown = ", ".join(d.text for d in tables.deltas(same, base))
     assert "acc_norm" not in shown.replace("+0.0% acc_norm", ""), shown
     assert "+1.2% ppl" in shown

@@ -6,6 +6,7 @@ place that reads cell JSON into flat, named numbers. Anything not measured is No
 """
 from dataclasses import dataclass, field
 
+from evaluator.report import export
 from evaluator.score.gate import rejudge
 
 
@@ -155,25 +156,19 @@ class Config:
 
     # -- memory -------------------------------------------------------------------------
     @property
+    def rows(self) -> export.Rows:
+        """This configuration's rows of the export table: the numbers the report's tables show."""
+        return export.Rows([r for cell in self.cells.values() for r in export.cell_rows(cell)])
+
+    @property
     def peak_memory_bytes(self):
-        """What must fit on the target: device memory on a GPU (NVML's per-process view, with the
-        CUDA context, where it could be read; the allocator's peak otherwise), resident memory on a CPU."""
-        def need(memory: dict):
-            if self.target.get("accelerator") != "cuda":
-                return memory.get("peak_rss_bytes")
-            return memory.get("process_device_bytes") or memory.get("peak_device_bytes")
-        values = [need(c.get("memory") or {}) for c in self.cells.values() if c.get("status") == "ok"]
-        values = [v for v in values if v]
-        return max(values) if values else None
+        """What must fit on the target (export.Rows.peak_memory)."""
+        return self.rows.peak_memory(self.target.get("accelerator") == "cuda")
 
     @property
     def model_bytes(self):
         """Bytes of the file the engine loads (the quantized artifact, where there is one)."""
-        for c in self.cells.values():
-            if c.get("status") == "ok":
-                artifact = (c.get("load") or {}).get("artifact") or {}
-                return artifact.get("size_bytes") or c["model"]["size_bytes"]
-        return None
+        return self.rows.value("model_file")
 
     # -- quality ------------------------------------------------------------------------
     def _q(self, *path):

@@ -12,6 +12,7 @@ pandas reads it as it is: pd.read_csv(path) or pd.read_parquet(path).
 """
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 from evaluator import store
@@ -119,7 +120,7 @@ def cell_rows(cell: dict) -> list[dict]:
         hs = m.get("hellaswag") or {}
         for name in ("acc", "acc_norm"):
             if name in hs:
-                lo, hi = hs[name]["wilson95"]
+                lo, hi = hs[name].get("wilson95") or (None, None)
                 rows.append({"metric": f"hellaswag_{name}", "statistic": "share", "value": hs[name]["value"],
                              "ci_low": lo, "ci_high": hi, "unit": "share", "n": hs["items"]})
         rolling = (m.get("perplexity") or {}).get("rolling") or {}
@@ -170,9 +171,38 @@ def cell_rows(cell: dict) -> list[dict]:
     size = (load.get("artifact") or {}).get("size_bytes") or (cell.get("model") or {}).get("size_bytes")
     if size and load:
         rows.append({"metric": "model_file", "statistic": "size", "value": size, "unit": "bytes"})
-    base = {"run_id": cell["run_id"], "model": cell["model"]["name"], "backend": cell["backend"], "variant": cell["variant"],
-            "target": cell["target"]["name"], "scenario": scenario}
+    base = {"run_id": cell.get("run_id"), "model": (cell.get("model") or {}).get("name"), "backend": cell.get("backend"),
+            "variant": cell.get("variant"), "target": (cell.get("target") or {}).get("name"), "scenario": scenario}
     return [{c: {**base, **r}.get(c) for c in COLUMNS} for r in rows]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Some rows of the table (one configuration's), looked up by metric and statistic."""
+    rows: list[dict]
+
+    def all(self, metric: str, statistic: str = "") -> list[dict]:
+        """The rows of `metric` whose statistic starts with `statistic`."""
+        return [r for r in self.rows if r["metric"] == metric and r["statistic"].startswith(statistic)]
+
+    def first(self, metric: str, statistic: str = "") -> dict | None:
+        found = self.all(metric, statistic)
+        return found[0] if found else None
+
+    def value(self, metric: str, statistic: str = ""):
+        r = self.first(metric, statistic)
+        return None if r is None else r["value"]
+
+    def peak_memory(self, cuda: bool):
+        """What must fit on the target, the most any scenario needed: on a GPU NVML's per-process
+        figure (CUDA context included) where it was read, else the allocator's peak; on a CPU the
+        resident set's peak."""
+        if not cuda:
+            need = {r["scenario"]: r["value"] for r in self.all("peak_rss")}
+        else:
+            need = {r["scenario"]: r["value"] for r in self.all("peak_device_allocator")}
+            need.update({r["scenario"]: r["value"] for r in self.all("device_held_nvml", "after the timed requests")})
+        return max(need.values(), default=None)
 
 
 def table(run_path: Path) -> list[dict]:

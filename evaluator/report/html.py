@@ -52,12 +52,12 @@ DEFINITIONS = [
     ("Perplexity", "WikiText-2 test as one token stream, rolling windows of min(context, 1024) tokens advancing by half "
      "a window; every token scored once with at least half a window of context; exp(mean negative log-likelihood)."),
     ("KL divergence, top-1 agreement", "against the reference variant on the same target, over the first rolling "
-     "windows: KL over the reference's top-10 tokens, each its own bucket, plus one bucket for the rest; the variant "
-     "is sent those very ids and returns its own log-probabilities for them, so both sides share the partition (a "
-     "lower bound of the full KL, tight where those tokens hold most of the reference's mass: the share is in the "
-     "export table). With --ppl-llamacpp and a vocabulary up to 1,024 tokens, the first llama-perplexity chunks are "
-     "scored with whole distributions: the exact KL, as llama-perplexity --kl-divergence computes it. Top-1 agreement "
-     "is the share of positions where both put the same token first."),
+     "windows: where the vocabulary has at most 1,024 tokens, over the whole of it (exact, as llama-perplexity "
+     "--kl-divergence computes it); above that, over the reference's top-64 tokens, each its own bucket, plus one "
+     "bucket for the rest, the variant sent those very ids so both sides share the partition (a lower bound of the "
+     "full KL, tight where those tokens hold most of the reference's mass: the share is in the export table). With "
+     "--ppl-llamacpp the same on the first llama-perplexity chunks. Top-1 agreement is the share of positions where "
+     "both put the same token first."),
     ("Quality gate", "each variant against the reference on the same items (paired): the loss is the acc_norm drop "
      "or the perplexity rise, as a share of the reference's, with a 95% interval (HellaSwag: Agresti–Min interval "
      "for matched proportions, McNemar's exact test; perplexity: ratio estimator over windows). PASS when the whole "

@@ -1,10 +1,16 @@
 """The report's tables as data: the status matrix and the comparison table in the article's
 shape. They hold text and numbers only; templates/report.html.j2 turns them into HTML, where
 Jinja2 escapes every value (nothing here writes markup).
+
+Every number of the comparison table is read from the export table (`Config.rows`: the rows
+`just export` writes for the configuration), so the two cannot disagree. What is not a
+measurement stays with the cells: the status matrix (statuses, reasons, log tails), the
+quality verdict in words, and how many requests an unbounded p95 needs.
 """
 from dataclasses import dataclass
 
 from evaluator.measure import sampling
+from evaluator.report import export
 from evaluator.report.configs import Config, reference_for
 
 
@@ -38,13 +44,23 @@ def shown(value, ci=None, note: str = "", note_title: str = "") -> Shown:
     return Shown(fmt(value), f"{half:.2g}", f"[{fmt(ci[0])}, {fmt(ci[1])}]", note, note_title)
 
 
-def _energy(e: dict) -> Shown:
+def _shown(rows: export.Rows, metric: str, statistic: str = "", scale: float = 1.0, note=None) -> Shown:
+    """The first row of `metric` (and statistic) as a table shows it, with its interval."""
+    r = rows.first(metric, statistic)
+    if r is None:
+        return Shown(fmt(None))
+    ci = (r["ci_low"] / scale, r["ci_high"] / scale) if r["ci_low"] is not None else None
+    return shown(r["value"] / scale, ci, note(r) if note else "")
+
+
+def _energy(rows: export.Rows) -> Shown:
     """Joules per token with its interval; the share above idle and the methods on hover."""
-    per, half, tokens = e.get("joules_per_token"), e.get("joules_ci95"), e.get("tokens")
-    ci = (per - half / tokens, per + half / tokens) if per is not None and half is not None and tokens else None
-    above = e.get("joules_per_token_above_idle")
-    note = f"{fmt(above)} above idle" if above is not None else ""
-    return shown(per, ci, note, "; ".join(sorted(set((e.get("methods") or {}).values()))))
+    total = rows.first("energy_per_token", "total: ")
+    if total is None:
+        return Shown(fmt(None))
+    above = rows.value("energy_per_token", "above idle")
+    return shown(total["value"], (total["ci_low"], total["ci_high"]) if total["ci_low"] is not None else None,
+                 f"{fmt(above)} above idle" if above is not None else "", total["statistic"].removeprefix("total: "))
 
 
 @dataclass(frozen=True)
@@ -68,14 +84,14 @@ def deltas(c: Config, base: Config | None) -> list[Delta]:
         return [Delta("", "–")]
     if c is base:
         return [Delta("", "baseline")]
+    mine, theirs = c.rows, base.rows
     mem = "VRAM" if c.target.get("accelerator") == "cuda" else "memory"
-    speed = (c.decode_tokens_per_s, base.decode_tokens_per_s)
     # Quality changes come from the gate: the variant and the reference on the same items and
     # windows. Their raw scores may cover different items (the budget stops each variant apart).
     gate = c.gate() or {}
     acc, ppl = (gate.get("hellaswag") or {}).get("acc_norm"), gate.get("perplexity")
     parts = [_delta(c.peak_memory_bytes, base.peak_memory_bytes, False, mem),
-             _delta(*speed, True, "speed"),
+             _delta(mine.value("decode_tokens_per_s", "median"), theirs.value("decode_tokens_per_s", "median"), True, "speed"),
              _delta(1 - acc["loss"], 1, True, "acc_norm") if acc else None,
              _delta(ppl["ratio"], 1, False, "ppl") if ppl else None]
     return [p for p in parts if p] or [Delta("", "–")]
@@ -129,26 +145,30 @@ def _matrix_cell(cell: dict, cfg: Config, scenario: str, margin: float) -> dict:
 
 
 def _p95(c: Config) -> Shown:
-    if c.e2e_ms["p95"] is not None:
-        return shown(c.e2e_ms["p95"], c.e2e_ms["p95_ci"])
+    if c.rows.first("e2e_ms", "p95"):
+        return _shown(c.rows, "e2e_ms", "p95")
     need = c.e2e_ms["p95_needs"]
     return Shown("", note=f"needs {need} requests", note_title=f"a p95 needs {need} requests to be bounded") if need else Shown("–")
 
 
+def _items(r: dict) -> str:
+    return f"({r['n']:,} items)" if r.get("n") else ""
+
+
 COLUMNS = [
-    # (header, its value and 95% interval, unit shown under the header)
+    # (header, its value and 95% interval from the configuration's export rows, unit shown under the header)
     ("peak memory", lambda c: shown(_gb(c.peak_memory_bytes)), "GB, one reading"),
-    ("model file", lambda c: shown(_gb(c.model_bytes)), "GB"),
-    ("decode", lambda c: shown(c.decode_tokens_per_s, c.interval("decode_tokens_per_s")), "tokens/s, median"),
-    ("throughput", lambda c: shown(c.throughput_tokens_per_s, c.throughput_ci), "tokens/s, best batch"),
-    ("latency p50", lambda c: shown(c.e2e_ms["p50"], c.e2e_ms["p50_ci"]), "ms"),
+    ("model file", lambda c: _shown(c.rows, "model_file", "size", 1e9), "GB"),
+    ("decode", lambda c: _shown(c.rows, "decode_tokens_per_s", "median"), "tokens/s, median"),
+    ("throughput", lambda c: _shown(c.rows, "tokens_per_s_best_batch"), "tokens/s, best batch"),
+    ("latency p50", lambda c: _shown(c.rows, "e2e_ms", "median"), "ms"),
     ("p95", _p95, "ms"),
-    ("TTFT p50", lambda c: shown(c.ttft_ms, c.interval("ttft_ms")), "ms"),
-    ("energy", lambda c: _energy(c.energy), "J/token"),
-    ("HellaSwag acc_norm", lambda c: shown(c.acc_norm, note=f"({c.acc_norm_items:,} items)" if c.acc_norm_items else ""), ""),
-    ("perplexity", lambda c: shown(c.perplexity, c.perplexity_ci), "WikiText-2"),
-    ("KL vs ref", lambda c: shown(c.kl_mean), "nats"),
-    ("top-1 agree", lambda c: shown(c.top1_agreement), ""),
+    ("TTFT p50", lambda c: _shown(c.rows, "ttft_ms", "median"), "ms"),
+    ("energy", lambda c: _energy(c.rows), "J/token"),
+    ("HellaSwag acc_norm", lambda c: _shown(c.rows, "hellaswag_acc_norm", "share", note=_items), ""),
+    ("perplexity", lambda c: _shown(c.rows, "wikitext2_token_perplexity"), "WikiText-2"),
+    ("KL vs ref", lambda c: _shown(c.rows, "kl", "mean"), "nats"),
+    ("top-1 agree", lambda c: _shown(c.rows, "top1_agreement", "mean"), ""),
 ]
 
 
@@ -180,5 +200,6 @@ def comparison(configs: list[Config], target: str, reference: str | None, margin
     mine = [c for c in configs if c.target_name == target and c.measured]
     base = reference_for(configs, reference, target)
     mine.sort(key=lambda c: c is not base)
-    return [{"label": c.label, "timing_invalid": c.timing_invalid, "values": [(h, read(c)) for h, read, _ in COLUMNS],
+    return [{"label": c.label, "timing_invalid": c.timing_invalid,
+             "values": [(h, read(c)) for h, read, _ in COLUMNS],
              "quality": _quality_cell(c, base, margin), "deltas": deltas(c, base)} for c in mine]

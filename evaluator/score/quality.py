@@ -16,7 +16,7 @@ from typing import Callable
 
 from evaluator.launch.process import RunnerFailure
 from evaluator.phases import Phases
-from evaluator.score import hellaswag, perplexity
+from evaluator.score import fidelity, hellaswag, perplexity
 from evaluator.stats import sequential
 
 # The most logits one grouped score request may make an engine hold: 2^25 floats (128 MiB in
@@ -27,7 +27,7 @@ PPL_MIN_WINDOWS = 32  # with `auto`: enough windows for the ratio estimator's in
 REFERENCE_EXHAUSTED = "the reference has no more items"  # a judge's stop that a later round may lift
 
 
-FULL_VOCAB = 1024  # vocabularies up to this size send whole distributions for the llama.cpp chunks' KL
+FULL_VOCAB = 1024  # vocabularies up to this size send whole distributions: the KL is exact
 KL_CHUNKS = 4      # llama.cpp chunks scored with them: 1,020 positions
 
 
@@ -40,7 +40,7 @@ class Quality:
     ppl_max_tokens: int | None = None    # None: the whole file
     ppl_llamacpp: bool = False           # also llama-perplexity's definition (costs half the rolling pass)
     fidelity_windows: int = 8            # rolling windows scored with top-k for fidelity
-    top_k: int = 10
+    top_k: int = 64                      # the reference's top tokens kept per position above FULL_VOCAB
     name: str = "quality"
 
     @property
@@ -84,8 +84,8 @@ def _score_windows(runner, windows, timeout_s: float, top_k: int, top_k_windows:
                           [len(w.tokens) - w.start], what)
         nll.append(-sum(res["logprobs"]))
         count.append(len(res["logprobs"]))
-        if k:
-            kept.append(res)
+        if k:  # log-probabilities to float32's precision: the raw file stays half the size
+            kept.append(dict(res, top=[[[t, round(lp, 6)] for t, lp in top] for top in res["top"]]))
         if progress and i % 100 == 0:
             progress(f"{what} {i}/{len(windows)}")
     return nll, count, kept
@@ -140,6 +140,11 @@ def wikitext(tok, sc: Quality) -> WikiText:
                     perplexity.window_order(len(rolling), sc.seed if sc.sequential else None))
 
 
+def fidelity_k(sc: Quality, vocab_size: int | None) -> int:
+    """Tokens kept per position for the KL: the whole vocabulary where it is small enough to send."""
+    return vocab_size if vocab_size and vocab_size <= FULL_VOCAB else sc.top_k
+
+
 def _reference_ids(reference_fidelity: list, first: int, count: int) -> list:
     """The reference's top ids at every position of its fidelity windows first .. first+count."""
     return [[[t for t, _ in top] for top in w["top"]] for w in reference_fidelity[first: first + count]]
@@ -157,24 +162,27 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
         raise ValueError("the stored WikiText-2 answers do not follow this cell's window order")
     todo = order[len(done["windows"]): windows_for(sc, extent, len(rolling))]
     top_k_windows = max(0, sc.fidelity_windows - len(done["windows"]))
-    want = None
-    if reference_fidelity and top_k_windows:
-        want = _reference_ids(reference_fidelity, len(raw["fidelity_windows"]), top_k_windows)
+    k = fidelity_k(sc, vocab_size)
+    first = len(raw["fidelity_windows"])
+    want = _reference_ids(reference_fidelity, first, top_k_windows) if reference_fidelity and top_k_windows else None
     try:
-        nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
-                                              "perplexity", progress, want)
+        # Sent the reference's ids, a variant needs only its own first token (top-1 agreement).
+        nll, count, kept = _score_windows(runner, [rolling[i] for i in todo], timeout_s, 1 if want else k, top_k_windows,
+                                          "perplexity", progress, want)
+        kept = [fidelity.with_kl(w, reference_fidelity[first + i]) if "wanted" in w else w for i, w in enumerate(kept)]
     except RunnerFailure as exc:
         if not (want and exc.status == "unsupported"):
             raise
         # an engine that cannot return chosen ids (vLLM's prompt log-probabilities): each side's
         # own top-k, the looser bound, and the cell says so
         raw["fidelity_partition"] = f"each side's own top-{sc.top_k} ({exc.reason})"
-        nll, count, fidelity = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
-                                              "perplexity", progress)
+        nll, count, kept = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
+                                          "perplexity", progress)
+    raw["fidelity_top_k"], raw["vocab_size"] = k, vocab_size
     done = {"windows": done["windows"] + todo, "window_nll": done["window_nll"] + nll,
             "window_tokens": done["window_tokens"] + count, "windows_total": len(rolling)}
     raw["perplexity"] = dict(raw["perplexity"], rolling=done)
-    raw["fidelity_windows"] = raw["fidelity_windows"] + fidelity
+    raw["fidelity_windows"] = raw["fidelity_windows"] + kept
     metrics = {"rolling": perplexity.summarize_rolling(done["window_nll"], done["window_tokens"], len(rolling), source,
                                                        window, stride, whole_file)}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
@@ -184,7 +192,6 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
             chunks = perplexity.llamacpp_windows(stream[: None if whole_file else len(tokens) + 1], tok.bos)
             # The first chunks also with whole distributions where the vocabulary is small enough
             # to send: the exact KL on llama-perplexity's own positions (its --kl-divergence).
-            k = vocab_size if vocab_size and vocab_size <= FULL_VOCAB else sc.top_k
             nll, count, dists = _score_windows(runner, chunks, timeout_s, k, KL_CHUNKS, "llama.cpp perplexity", progress)
             raw["perplexity"]["llamacpp"] = {"window_nll": nll, "window_tokens": count, "fidelity_windows": dists, "top_k": k}
         lc = raw["perplexity"]["llamacpp"]

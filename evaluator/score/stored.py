@@ -12,14 +12,18 @@ class _Shape(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
+def _paired(a: list, b: list, what: str) -> None:
+    if len(a) != len(b):
+        raise ValueError(f"{what}: {len(a)} against {len(b)}")
+
+
 class HellaSwag(_Shape):
     items: list[int]
     ending_logprob_sums: list[list[float]]
 
     @model_validator(mode="after")
-    def _paired(self):
-        if len(self.items) != len(self.ending_logprob_sums):
-            raise ValueError(f"{len(self.items)} items but {len(self.ending_logprob_sums)} rows of ending sums")
+    def _check(self):
+        _paired(self.items, self.ending_logprob_sums, "items and rows of ending sums")
         return self
 
 
@@ -28,9 +32,8 @@ class Windows(_Shape):
     window_tokens: list[int]
 
     @model_validator(mode="after")
-    def _paired(self):
-        if len(self.window_nll) != len(self.window_tokens):
-            raise ValueError(f"{len(self.window_nll)} window NLLs but {len(self.window_tokens)} token counts")
+    def _check(self):
+        _paired(self.window_nll, self.window_tokens, "window NLLs and token counts")
         return self
 
 
@@ -42,12 +45,14 @@ class Perplexity(_Shape):
 class FidelityWindow(_Shape):
     logprobs: list[float]
     top: list[list[list[float]]]  # per position, [token id, log-probability] pairs
-    wanted: list[list[float]] | None = None
+    wanted: list[list[float]] | None = None  # as earlier versions stored it; now `kl`
+    kl: list[float] | None = None
 
     @model_validator(mode="after")
-    def _paired(self):
-        if len(self.top) != len(self.logprobs):
-            raise ValueError(f"{len(self.logprobs)} positions but {len(self.top)} top lists")
+    def _check(self):
+        _paired(self.logprobs, self.top, "positions and top lists")
+        if self.kl is not None:
+            _paired(self.logprobs, self.kl, "positions and KL values")
         return self
 
 
