@@ -59,7 +59,7 @@ def test_what_a_dockerfile_copies_is_in_the_staged_context(name, arch, cuda, tmp
     assert {"BASE", *args} <= declared, f"{name}: build args {sorted({'BASE', *args} - declared)} are not declared"
 
 
-@pytest.mark.parametrize("name", ["vllm_cuda", "onnxruntime_gpu", "pytorch_compile", "pytorch_quant"])
+@pytest.mark.parametrize("name", ["vllm_cuda", "onnxruntime_gpu", "pytorch_compile", "pytorch_quant", "llmcompressor"])
 def test_a_backend_that_runs_a_siblings_runner_gets_the_sibling_in_its_image(name, tmp_path):
     ctx, _ = stage(name, tmp_path)
     sibling = re.search(r'"\.\.", "(\w+)", "runner\.py"', (BACKENDS[name].folder / "runner.py").read_text()).group(1)

@@ -69,6 +69,7 @@ class Manifest(Strict):
     fake: bool = False
     image: Image = Image()
     min_head_dim: Annotated[int, Field(gt=0)] | None = None
+    weight_group_size: Annotated[int, Field(gt=0)] | None = None
 
 
 # -- targets.toml (built in, and the user's) ------------------------------------------------

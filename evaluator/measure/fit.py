@@ -14,7 +14,10 @@ BYTES_PER_WEIGHT = {"fp32": 4.0, "f32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1
                     "q6_k": 210 / 256, "q5_k_m": 5.69 / 8, "q4_k_m": 4.89 / 8, "q4_0": 18 / 32,
                     # bitsandbytes and torchao (pytorch_quant): int8 with per-row scales; NF4 in
                     # blocks of 64 with an fp32 absmax each (4.5 bits)
-                    "bnb-int8": 1.0, "torchao-int8wo": 1.0, "bnb-nf4": 4.5 / 8}
+                    "bnb-int8": 1.0, "torchao-int8wo": 1.0, "bnb-nf4": 4.5 / 8,
+                    # llm-compressor's W4A16 packed (a lower bound: a CPU decompresses them at load):
+                    # 4 bits and a 16-bit scale per 128 weights, AWQ's asymmetric scheme a zero point too
+                    "gptq-w4a16": 4.125 / 8, "awq-w4a16": 4.25 / 8}
 PRECISION_KEYS = ("dtype", "precision", "quant")
 
 

@@ -179,28 +179,44 @@ def _quality_lost(cell: dict | None) -> str:
     return f'{g["verdict"]}: {name} {100 * worst["loss"]:+.2f}% [{100 * lo:+.2f}, {100 * hi:+.2f}] of {g["reference"]}'
 
 
+QUANT_BACKENDS = ("pytorch_quant", "llmcompressor")  # their variants are quantization methods; "fp32" is each one's own baseline
+
+
 def _quant_rows(cells: list[dict]) -> list[dict]:
-    """The quantization methods (pytorch_quant's variants) against pytorch_eager fp32: weight
-    bytes, time per output token, and the paired quality verdict of their quality cells."""
+    """The quantization methods (pytorch_quant's and llmcompressor's variants) against pytorch_eager
+    fp32: weight bytes in memory (and the checkpoint file where the method writes one), time per
+    output token, and the paired quality verdict of their quality cells."""
     ok = [c for c in cells if c.get("status") == "ok"]
-    mine = {(c["variant"], c["scenario"]["name"]): c for c in ok if c["backend"] == "pytorch_quant"}
     eager = next((c for c in ok if c["backend"] == "pytorch_eager" and c["variant"] == "fp32-sdpa-kv"
                   and c["scenario"]["name"] == "latency"), None)
-    base_bytes = next((c["load"].get("weight_bytes") for (v, _), c in mine.items() if v == "fp32" and c.get("load")), None)
     rows = []
-    for variant in dict.fromkeys(v for v, _ in mine if v != "fp32"):
-        lat, qual = mine.get((variant, "latency")), mine.get((variant, "quality"))
-        load = (lat or qual or {}).get("load") or {}
-        base = base_bytes or ((lat or qual or {}).get("model") or {}).get("size_bytes")  # else the checkpoint's size
-        speed = _ratio(eager["metrics"]["tpot_ms"], lat["metrics"]["tpot_ms"]) if lat and eager else None
-        kernel = f'; NF4 kernel: {load["nf4_cpu_kernel"]}' if load.get("nf4_cpu_kernel") else ""
-        rows.append({"technique": f"quantization: {variant}", "memory": _saved(base, load.get("weight_bytes")),
-                     "speedup": _speedup(speed) if lat and eager else "no latency cell beside pytorch_eager fp32",
-                     "quality": _quality_lost(qual),
-                     "how": "weights in memory after load against this runner's fp32 (or the checkpoint's size; "
-                            "embeddings and output layer stay fp32); median time per output token against "
-                            "pytorch_eager fp32-sdpa-kv; quality paired item by item" + kernel})
+    for backend in QUANT_BACKENDS:
+        mine = {(c["variant"], c["scenario"]["name"]): c for c in ok if c["backend"] == backend}
+        base_bytes = next((c["load"].get("weight_bytes") for (v, _), c in mine.items() if v == "fp32" and c.get("load")), None)
+        for variant in dict.fromkeys(v for v, _ in mine if v != "fp32"):
+            rows.append(_quant_row(variant, mine.get((variant, "latency")), mine.get((variant, "quality")), base_bytes, eager))
     return rows
+
+
+def _quant_row(variant: str, lat: dict | None, qual: dict | None, base_bytes, eager: dict | None) -> dict:
+    some = lat or qual or {}
+    load = some.get("load") or {}
+    model_bytes = (some.get("model") or {}).get("size_bytes")
+    base = base_bytes or model_bytes  # else the checkpoint's size
+    speed = _ratio(eager["metrics"]["tpot_ms"], lat["metrics"]["tpot_ms"]) if lat and eager else None
+    notes = [f'NF4 kernel: {load["nf4_cpu_kernel"]}' if load.get("nf4_cpu_kernel") else "",
+             (load.get("settings") or {}).get("compressed_layers") or ""]
+    artifact = load.get("artifact") or {}
+    if artifact.get("size_bytes") and model_bytes:
+        notes.append(f'checkpoint file {_saved(model_bytes, artifact["size_bytes"])}'
+                     + (f', calibrated in {artifact["calibration_s"]:.0f} s on {artifact["calibration"]}'
+                        if artifact.get("calibration_s") else ""))
+    return {"technique": f"quantization: {variant}", "memory": _saved(base, load.get("weight_bytes")),
+            "speedup": _speedup(speed) if lat and eager else "no latency cell beside pytorch_eager fp32",
+            "quality": _quality_lost(qual),
+            "how": "weights in memory after load against this runner's fp32 (or the checkpoint's size; "
+                   "embeddings and output layer stay fp32); median time per output token against "
+                   "pytorch_eager fp32-sdpa-kv; quality paired item by item" + "".join(f"; {n}" for n in notes if n)}
 
 
 def sections(cells: list[dict]) -> list[dict]:
