@@ -227,13 +227,11 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
 
 
 def _compare(ref_raw: dict, raw: dict, label: str, margin: float, sc: quality.Quality) -> dict:
-    vocab = ref_raw.get("vocab_size")  # the reference's top-k is its whole vocabulary: the KL is exact
-    out = {"fidelity": dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"],
-                                             exact=bool(vocab) and ref_raw.get("fidelity_top_k") == vocab), reference=label)}
+    vocab = ref_raw.get("vocab_size")  # where both sides' partitions are the whole vocabulary, the KL is exact
+    out = {"fidelity": dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"], vocab), reference=label)}
     chunks = [(r.get("perplexity") or {}).get("llamacpp") or {} for r in (ref_raw, raw)]
     if all(ch.get("fidelity_windows") for ch in chunks):  # --ppl-llamacpp: on llama-perplexity's positions
-        out["fidelity_llamacpp"] = dict(fidelity.compare(chunks[0]["fidelity_windows"], chunks[1]["fidelity_windows"],
-                                                         exact=bool(vocab) and chunks[0]["top_k"] == vocab),
+        out["fidelity_llamacpp"] = dict(fidelity.compare(chunks[0]["fidelity_windows"], chunks[1]["fidelity_windows"], vocab),
                                         reference=label, top_k=chunks[1]["top_k"],
                                         positions=f"the first {len(chunks[1]['fidelity_windows'])} llama-perplexity chunks")
     out["quality_gate"] = dict(gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items), reference=label)

@@ -63,16 +63,18 @@ def unsupported(model: models.Model, backend: Backend, variant: Variant, target:
         return (f"{backend.name}'s attention kernels take heads at least {backend.min_head_dim} wide; {model.name}'s are "
                 f"{width} (known from its config.json, so its environment is not built)")
     group, widths = backend.weight_group_size, _linear_inputs(model)
-    if group and any(w % group for w in widths):
+    if group and variant.options.get("quant", "fp32") != "fp32" and any(w % group for w in widths):
         return (f"{backend.name} quantizes weights in groups of {group} input features; {model.name}'s linear layers "
                 f"take {' and '.join(map(str, sorted(widths)))} (its config.json says so: nothing installed)")
     return variant.unsupported_reason(target.device)
 
 
 def _linear_inputs(model: models.Model) -> set[int]:
-    """The input widths of a decoder's linear layers: the hidden size (attention, FFN in) and the FFN's."""
-    config = model.config()
-    return {w for w in (config.get("hidden_size"), config.get("intermediate_size")) if w}
+    """The input widths of a decoder's linear layers: the hidden size (q, k, v and the FFN's first
+    layers), the attention output's (heads x head width) and the FFN's last layer's."""
+    config, heads = model.config(), model.config().get("num_attention_heads")
+    return {w for w in (config.get("hidden_size"), config.get("intermediate_size"),
+                        heads and _head_dim(model) and heads * _head_dim(model)) if w}
 
 
 def _head_dim(model: models.Model) -> int | None:

@@ -18,7 +18,8 @@ from evaluator.score import hellaswag, perplexity
 from evaluator.score.quality import Quality
 
 # What must be equal for an earlier run's answers to pair with this run's, item by item.
-SAME_OPTIONS = ("seed", "ppl_window", "ppl_stride", "ppl_max_tokens", "fidelity_windows", "top_k")
+# (top_k need not: a variant is sent the reference's own top ids, whatever their number.)
+SAME_OPTIONS = ("seed", "ppl_window", "ppl_stride", "ppl_max_tokens", "fidelity_windows")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ def load_earlier(run_id: str, reports: Path, reference: Reference, model_info: d
             if theirs.get(key) != getattr(sc, key):
                 raise UserError(f"{what}: its reference on {target} used {key} = {theirs.get(key)!r}, this run "
                                 f"{getattr(sc, key)!r}: the items or windows would not pair")
+        if (theirs.get("items") == "auto") != sc.sequential:
+            order = {True: "a seeded order (--quality-items auto)", False: "the files' own order"}
+            raise UserError(f"{what}: its reference on {target} scored items and windows in {order[not sc.sequential]}, "
+                            f"this run in {order[sc.sequential]}: they would not pair")
         scored = c["metrics"]["hellaswag"]["items"]
         if not sc.sequential and scored < sc.total_items:
             raise UserError(f"{what}: its reference on {target} scored {scored} HellaSwag items, this run asks for "

@@ -93,19 +93,23 @@ def test_kl_over_the_references_top_ids_is_exact_with_the_whole_vocabulary_and_a
         return w
     for k in (vocab, 5):
         ref = window(ref_lp, k)
-        shared = fidelity.compare([ref], [window(var_lp, k, want_from=ref)], exact=k == vocab)
-        own = fidelity.compare([ref], [window(var_lp, k)])
+        shared = fidelity.compare([ref], [window(var_lp, k, want_from=ref)], vocab)
+        own = fidelity.compare([ref], [window(var_lp, k)], vocab)
         # as stored now: each position's KL computed while the reference is at hand, `wanted` dropped
         stored = fidelity.with_kl(window(var_lp, 1, want_from=ref), ref)
         assert "wanted" not in stored and len(stored["kl"]) == len(ref_lp)
-        assert fidelity.compare([ref], [stored], exact=k == vocab)["kl_mean"] == pytest.approx(shared["kl_mean"], rel=1e-12)
+        assert fidelity.compare([ref], [stored], vocab)["kl_mean"] == pytest.approx(shared["kl_mean"], rel=1e-12)
         assert shared["kl_partition"] == "shared" and own["kl_partition"] == "each side's top-k"
         if k == vocab:
-            assert shared["kl_mean"] == pytest.approx(exact, rel=1e-9) and shared["reference_mass_covered"] == pytest.approx(1)
-            assert shared["kl_exact"] and "full vocabulary (exact)" in shared["kl_definition"]
+            for result in (shared, own):  # each side's whole vocabulary is a shared partition too
+                assert result["kl_mean"] == pytest.approx(exact, rel=1e-9) and result["reference_mass_covered"] == pytest.approx(1)
+                assert result["kl_exact"] and "full vocabulary (exact)" in result["kl_definition"]
         else:
             assert own["kl_mean"] <= shared["kl_mean"] < exact
             assert not shared["kl_exact"] and "lower bound" in shared["kl_definition"]
+    # windows are paired by the window they came from, never by position alone
+    with pytest.raises(ValueError, match="window 3 is paired with the variant's 4"):
+        fidelity.compare([dict(ref, window=3)], [dict(stored, window=4)], vocab)
 
 
 def _raw(correct: list[bool], nll: list[float]) -> dict:
@@ -187,6 +191,7 @@ def test_the_reference_joins_the_run_when_the_selection_leaves_it_out(tmp_path):
     (bf16,) = [c for c in map(lambda p: json.loads(p.read_text()), tmp_path.glob("*/cells/*.json")) if c["variant"] == "bf16-sdpa-kv"]
     kl = bf16["fidelity_llamacpp"]
     assert kl["top_k"] == 512 and kl["positions"] == "the first 4 llama-perplexity chunks" and kl["kl_mean"] > 0
+    assert kl["kl_exact"], "both sides sent their whole distributions"
     # the default windows too, over the whole 512-token vocabulary: the variant, scored after the
     # reference, was sent all its ids (one shared partition) and stored each position's KL
     fid = bf16["fidelity"]
@@ -227,7 +232,8 @@ def test_the_reference_can_come_from_an_earlier_run_and_a_mismatch_is_refused(tm
     assert gate_["reference"] == f"pytorch_eager.fp32-sdpa-kv@local of run {earlier}" and gate_["hellaswag"]["items"] == 50
     for args, words in ((["--ppl-tokens", "3000"], "ppl_max_tokens = 2000"),
                         (["--limit", "60"], "scored 50 HellaSwag items, this run asks for 60"),
-                        (["--reference", "llamacpp:f32"], "no finished quality cell of llamacpp:f32")):
+                        (["--reference", "llamacpp:f32"], "no finished quality cell of llamacpp:f32"),
+                        (["--quality-items", "auto"], "in the files' own order, this run in a seeded order")):
         bad = run_cli("eval", "stories260k", "--backends", "llamacpp", "--variants", "q8_0", "--reference-run",
                       str(tmp_path / earlier), "--reports", str(tmp_path / "bad"), *TINY, *args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and words in bad.stderr, bad.stderr

@@ -62,11 +62,13 @@ def _calibrate(source: str, dest: str, method: str) -> None:
         IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(source)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # sampling on the accelerator where there is one
     torch.manual_seed(SEED)
-    start = torch.full((CALIBRATION_SAMPLES, 1), model.config.bos_token_id or 1)
+    start = torch.full((CALIBRATION_SAMPLES, 1), model.config.bos_token_id or 1, device=device)
     with torch.no_grad():
-        text = model.generate(start, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                              max_new_tokens=CALIBRATION_TOKENS - 1, min_new_tokens=CALIBRATION_TOKENS - 1)
+        text = model.to(device).generate(start, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                         max_new_tokens=CALIBRATION_TOKENS - 1, min_new_tokens=CALIBRATION_TOKENS - 1)
+    model.to("cpu")  # llm-compressor's sequential pipeline moves each layer to the device itself
     data = Dataset.from_dict({"input_ids": text.tolist(), "attention_mask": torch.ones_like(text).tolist()})
     modifier = GPTQModifier if method.startswith("gptq") else AWQModifier
     oneshot(model=model, dataset=data, recipe=modifier(targets="Linear", scheme=METHODS[method], ignore=["lm_head"]),
@@ -104,8 +106,9 @@ def artifact(model: dict, method: str, log=print) -> dict:
         with open(os.path.join(tmp, "artifact.json"), "w") as f:
             json.dump({"source": source, "source_sha256": sha, "method": method, "scheme": METHODS[method],
                        "tool": info["tool"], "calibration": calibration(), "calibration_s": build_s}, f)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
+        if not os.path.isfile(os.path.join(path, "artifact.json")):  # else another runner finished it first: keep that one
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dict(info, reused=False, build_s=build_s, calibration_s=build_s, size_bytes=_size(path))

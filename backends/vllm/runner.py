@@ -30,6 +30,7 @@ from evaluator.runner import Engine, RunnerError, check_options, choice, score_g
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads", "prefix_caching"}
 KV_CACHE_GIB = 2  # the KV cache reserved up front, on CPUs and GPUs alike (not vLLM's 92% of the card)
+MAX_LOGPROBS = 1024  # the most log-probabilities a score request asks per position (the evaluator's FULL_VOCAB)
 
 
 def _device() -> str:
@@ -92,8 +93,10 @@ class VllmEngine(Engine):
             # hits as prefills (what MLPerf's TEST04 audit catches). The KV cache is a fixed size
             # on GPUs too, so peak device memory is the model's, not vLLM's share of the card.
             gpu = {} if device == "cpu" else {"kv_cache_memory_bytes": int(kv_gib * 2**30)}
+            # max_logprobs: vLLM refuses more than 20 per position by default; the quality
+            # scenario asks for a small vocabulary's whole distribution (up to 1,024) or 64.
             self.llm = vllm.LLM(model=path, dtype=DTYPES[dtype], max_model_len=max_len, seed=0,
-                                skip_tokenizer_init=True, enforce_eager=eager,
+                                skip_tokenizer_init=True, enforce_eager=eager, max_logprobs=MAX_LOGPROBS,
                                 enable_prefix_caching=bool(options.get("prefix_caching", False)), **gpu)
         except torch.OutOfMemoryError as exc:
             raise RunnerError("out_of_memory", str(exc)[:300]) from None

@@ -70,13 +70,21 @@ def _window_bootstrap(per_window: list[list[float]], qs: tuple) -> list:
     return [[float(a), float(b)] for a, b in zip(lo, hi)]
 
 
-def compare(reference: list[dict], variant: list[dict], exact: bool = False) -> dict:
+def _whole(windows: list[dict], vocab_size: int | None) -> bool:
+    """Every position's top list is the whole vocabulary."""
+    return bool(vocab_size) and all(len(top) == vocab_size for w in windows for top in w["top"])
+
+
+def compare(reference: list[dict], variant: list[dict], vocab_size: int | None = None) -> dict:
     """Both are the raw windows a quality cell stored: [{"logprobs": [...], "top": [...]}, ...];
     a variant's windows may hold "kl" (each position's KL over the shared partition, `with_kl`)
-    or, as earlier versions stored, "wanted". `exact`: the reference's top-k is its whole vocabulary."""
+    or, as earlier versions stored, "wanted". The KL is exact where the reference's top lists are
+    its whole vocabulary and the variant shared them (or sent its whole vocabulary too)."""
     kls, agree, dp, window_kl, window_agree, covered, starts = [], 0, [], [], [], [], []
     shared = all("kl" in w or "wanted" in w for w in variant)
     for ref_w, var_w in zip(reference, variant, strict=True):
+        if ref_w.get("window", var_w.get("window")) != var_w.get("window", ref_w.get("window")):
+            raise ValueError(f"the reference's fidelity window {ref_w['window']} is paired with the variant's {var_w['window']}")
         start, agreed = len(kls), agree
         starts.append(start)
         if shared:
@@ -94,6 +102,7 @@ def compare(reference: list[dict], variant: list[dict], exact: bool = False) -> 
             window_agree.append((agree - agreed) / (len(kls) - start))
     kls_sorted = sorted(kls)
     median_ci, p99_ci = _window_bootstrap([kls[a:b] for a, b in zip(starts, starts[1:] + [len(kls)])], (50, 99))
+    exact = _whole(reference, vocab_size) and (shared or _whole(variant, vocab_size))
     return {
         "positions": len(kls), "windows": len(window_kl),
         "kl_mean": sum(kls) / len(kls), "kl_mean_ci": paired.mean_interval(window_kl)["ci"],
@@ -104,12 +113,12 @@ def compare(reference: list[dict], variant: list[dict], exact: bool = False) -> 
         "kl_partition": "shared" if shared else "each side's top-k",
         "reference_mass_covered": sum(covered) / len(covered),
         "kl_definition": f"KL(reference || variant) {_partition(reference, shared, exact)}; intervals over windows (Student's t)",
-        "kl_exact": shared and exact,
+        "kl_exact": exact,
     }
 
 
 def _partition(reference: list[dict], shared: bool, exact: bool) -> str:
-    if shared and exact:
+    if exact:
         return "over the full vocabulary (exact)"
     if shared:
         return (f"over the reference's top-{len(reference[0]['top'][0])} tokens (the variant's probabilities of those "

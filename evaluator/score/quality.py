@@ -164,7 +164,12 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
     top_k_windows = max(0, sc.fidelity_windows - len(done["windows"]))
     k = fidelity_k(sc, vocab_size)
     first = len(raw["fidelity_windows"])
-    want = _reference_ids(reference_fidelity, first, top_k_windows) if reference_fidelity and top_k_windows else None
+    want = None
+    if reference_fidelity and top_k_windows:
+        theirs = [w.get("window") for w in reference_fidelity[first: first + top_k_windows]]
+        if any(t is not None and t != mine for t, mine in zip(theirs, todo)):
+            raise ValueError(f"the reference scored WikiText-2 windows {theirs} for fidelity, this cell {todo[:len(theirs)]}")
+        want = _reference_ids(reference_fidelity, first, top_k_windows)
     try:
         # Sent the reference's ids, a variant needs only its own first token (top-1 agreement).
         nll, count, kept = _score_windows(runner, [rolling[i] for i in todo], timeout_s, 1 if want else k, top_k_windows,
@@ -174,11 +179,12 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
         if not (want and exc.status == "unsupported"):
             raise
         # an engine that cannot return chosen ids (vLLM's prompt log-probabilities): each side's
-        # own top-k, the looser bound, and the cell says so
-        raw["fidelity_partition"] = f"each side's own top-{sc.top_k} ({exc.reason})"
-        nll, count, kept = _score_windows(runner, [rolling[i] for i in todo], timeout_s, sc.top_k, top_k_windows,
+        # own top-k (exact still where both are the whole vocabulary), and the cell says so
+        raw["fidelity_partition"] = f"each side's own top-{k} ({exc.reason})"
+        nll, count, kept = _score_windows(runner, [rolling[i] for i in todo], timeout_s, k, top_k_windows,
                                           "perplexity", progress)
-    raw["fidelity_top_k"], raw["vocab_size"] = k, vocab_size
+    kept = [dict(w, window=i) for w, i in zip(kept, todo)]  # which window: a later pairing is checked
+    raw["vocab_size"] = vocab_size
     done = {"windows": done["windows"] + todo, "window_nll": done["window_nll"] + nll,
             "window_tokens": done["window_tokens"] + count, "windows_total": len(rolling)}
     raw["perplexity"] = dict(raw["perplexity"], rolling=done)

@@ -2,6 +2,7 @@
 reads them. A file that does not have it is a malformed answer: its comparison is lost, with the
 field that is wrong named. Anything that goes wrong after the check is the evaluator's own bug,
 and is reported as one."""
+import functools
 import json
 from pathlib import Path
 
@@ -67,7 +68,20 @@ class Malformed(ValueError):
 
 
 def read(path: Path) -> dict:
-    """The stored answers at `path` as written, once they are known to have the shape above."""
+    """The stored answers at `path` as written, once they are known to have the shape above.
+
+    Read once per version of the file and shared: the reference's answers are asked for by every
+    variant in every round (a small vocabulary's whole distributions: ~20 MB, seconds to parse
+    and check), so callers build new dicts and lists and never change these in place."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise Malformed(f"{path.name} cannot be read: {exc.strerror}") from None
+    return _read(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: Path, mtime_ns: int, size: int) -> dict:
     try:
         raw = json.loads(path.read_text())
         Answers.model_validate(raw)
