@@ -15,14 +15,12 @@ activations actually see; generic web text would also do, but would have to be f
 checked against the evaluation sets.
 
 Artifacts are folders keyed by (source hash, the tools' versions, method, scheme, calibration),
-built in a temporary folder in a child process and renamed into place: a killed calibration
-leaves nothing reusable, and its memory leaves with the child.
+built by the runner library's build steps (evaluator/runner/child.py): in a child process, into
+a temporary folder renamed into place.
 """
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -77,12 +75,10 @@ def _calibrate(source: str, dest: str, method: str) -> None:
     tok.save_pretrained(dest)
 
 
-def _size(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-
-
 def artifact(model: dict, method: str, log=print) -> dict:
     """The calibrated checkpoint for (source model, method): reused from the cache or built now."""
+    from evaluator.runner import child  # the runner's library: importable in the runner, not in the step itself
+
     # The runner checked both (artifact_home): never a constant key, never beside the source.
     source, sha, cache = model["path"], model["sha256"], model["artifact_cache"]
     versions = _versions()
@@ -93,37 +89,20 @@ def artifact(model: dict, method: str, log=print) -> dict:
     if os.path.isfile(os.path.join(path, "artifact.json")):
         with open(os.path.join(path, "artifact.json")) as f:
             built = json.load(f)
-        return dict(info, reused=True, build_s=None, calibration_s=built.get("calibration_s"), size_bytes=_size(path))
+        return dict(info, reused=True, build_s=None, calibration_s=built.get("calibration_s"), size_bytes=child.folder_bytes(path))
     os.makedirs(cache, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     t0 = time.perf_counter()
-    try:
+
+    def build(tmp: str) -> None:
         log(f"calibrating {source} with {method} ({calibration()})")
-        _in_child(source, tmp, method)
-        build_s = time.perf_counter() - t0
+        child.run_step([sys.executable, os.path.abspath(__file__), source, tmp, method], f"{method} calibration")
         with open(os.path.join(tmp, "artifact.json"), "w") as f:
             json.dump({"source": source, "source_sha256": sha, "method": method, "scheme": METHODS[method],
-                       "tool": info["tool"], "calibration": calibration(), "calibration_s": build_s}, f)
-        if not os.path.isfile(os.path.join(path, "artifact.json")):  # else another runner finished it first: keep that one
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dict(info, reused=False, build_s=build_s, calibration_s=build_s, size_bytes=_size(path))
+                       "tool": info["tool"], "calibration": calibration(), "calibration_s": time.perf_counter() - t0}, f)
 
-
-def _in_child(source: str, dest: str, method: str) -> None:
-    """The calibration in a child process: killed with the runner, bounded in time, and what it
-    allocates leaves with it (a first run's memory after load equals a cached run's)."""
-    from evaluator.runner import child  # the runner's library: importable in the runner, not in the step itself
-
-    done = child.run([sys.executable, os.path.abspath(__file__), source, dest, method], f"{method} calibration",
-                     stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(done.stderr[-20000:])
-    if done.returncode != 0:
-        raise RuntimeError(f"{method} calibration failed: {done.stderr.strip()[-500:]}")
+    child.build_folder(path, build)
+    build_s = time.perf_counter() - t0
+    return dict(info, reused=False, build_s=build_s, calibration_s=build_s, size_bytes=child.folder_bytes(path))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -84,12 +82,10 @@ def _quantize_int8(fp32_dir: str, dest: str) -> None:
                      weight_type=QuantType.QInt8, use_external_data_format=True)
 
 
-def _size(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-
-
 def artifact(model: dict, precision: str, log=print) -> dict:
     """The ONNX folder for (source model, precision): reused from the cache or built now."""
+    from evaluator.runner import child  # the runner's library: importable in the runner, not in the step itself
+
     # The runner checked both (artifact_home): never a constant key, never beside the source.
     source, sha, cache = model["path"], model["sha256"], model["artifact_cache"]
     versions = _versions()
@@ -98,41 +94,26 @@ def artifact(model: dict, precision: str, log=print) -> dict:
     tool = "onnxruntime.quantization.quantize_dynamic" if precision == "int8" else "torch.onnx.export(dynamo=True)"
     info = {"path": path, "key": key, "kind": f"onnx {precision}", "tool": f"{tool} ({versions})"}
     if os.path.isfile(os.path.join(path, "model.onnx")):
-        return dict(info, reused=True, build_s=None, size_bytes=_size(path))
+        return dict(info, reused=True, build_s=None, size_bytes=child.folder_bytes(path))
     os.makedirs(cache, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    t0 = time.perf_counter()
-    try:
+    if precision == "int8":
+        fp32 = artifact(model, "fp32", log)  # quantized from the (cached) fp32 export
+        info["built_from"] = [fp32]
+    t0 = time.perf_counter()  # build_s is this step's own
+
+    def build(tmp: str) -> None:
+        me = [sys.executable, os.path.abspath(__file__)]
         if precision == "int8":
-            fp32 = artifact(model, "fp32", log)  # quantized from the (cached) fp32 export
-            info["built_from"] = [fp32]
-            t0 = time.perf_counter()  # build_s is this step's own
             log(f"quantizing {fp32['path']} to int8")
-            _in_child("quantize-int8", fp32["path"], tmp)
+            child.run_step([*me, "quantize-int8", fp32["path"], tmp], "quantize-int8")
         else:
             log(f"exporting {source} to ONNX ({precision})")
-            _in_child("export", source, tmp, precision)
+            child.run_step([*me, "export", source, tmp, precision], "export")
         with open(os.path.join(tmp, "artifact.json"), "w") as f:
             json.dump({"source": source, "source_sha256": sha, "precision": precision, "tool": info["tool"]}, f)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=_size(path))
 
-
-def _in_child(step: str, *args: str) -> None:
-    """One build step in a child process: what it allocates leaves with it, so the runner's own
-    memory after load is the same on a first run (which builds) as on a cached one."""
-    from evaluator.runner import child  # the runner's library: importable in the runner, not in the step itself
-
-    done = child.run([sys.executable, os.path.abspath(__file__), step, *args], step, stdout=sys.stderr,
-                     stderr=subprocess.PIPE, text=True)
-    sys.stderr.write(done.stderr)
-    if done.returncode != 0:
-        raise RuntimeError(f"{step} failed: {done.stderr.strip()[-500:]}")
+    child.build_folder(path, build)
+    return dict(info, reused=False, build_s=time.perf_counter() - t0, size_bytes=child.folder_bytes(path))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ A run stores one result per cell (configuration x scenario). The report, the dec
 and `compare` all reason about configurations (what a person deploys), so this is the one
 place that reads cell JSON into flat, named numbers. Anything not measured is None.
 """
+import functools
 from dataclasses import dataclass, field
 
 from evaluator.report import export
@@ -155,9 +156,10 @@ class Config:
         return f'bandwidth from the target spec: {self.target.get("memory_bandwidth_gbs")} GB/s'
 
     # -- memory -------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def rows(self) -> export.Rows:
-        """This configuration's rows of the export table: the numbers the report's tables show."""
+        """This configuration's rows of the export table: the numbers the report's tables show
+        (built once, at the first use: every cell is in place by then)."""
         return export.Rows([r for cell in self.cells.values() for r in export.cell_rows(cell)])
 
     @property
