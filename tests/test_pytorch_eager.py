@@ -91,13 +91,17 @@ def test_shared_prefix_scoring_equals_scoring_each_full_sequence(runner, kv_cach
 
 @pytest.mark.parametrize("kv_cache", ["kv", "nokv"])
 def test_many_items_in_one_grouped_request_equal_each_ending_scored_alone(runner, kv_cache):
-    """The batched form pads contexts of different lengths into one KV cache and hides the
-    padding with a mask: each ending must still see exactly its own context."""
+    """The batched form pads contexts of different lengths into one KV cache, hides the padding
+    with a mask and scores the endings in several batches after copies of that cache: each
+    ending must still see exactly its own context."""
     from evaluator.score import hellaswag
 
     runner.request("load", 120, model=MODEL, options={"dtype": "fp32", "kv_cache": kv_cache})
     reqs = hellaswag.requests(hellaswag.order(hellaswag.load(), 7)[:24], TOK)
     assert len({len(r["prefix"]) for r in reqs}) > 10  # contexts of many lengths, so padding is real
+    rows = [(len(r["prefix"]), len(s)) for r in reqs for s in r["sequences"]]
+    # more than runner.SHARED_TOKENS (16,384): the endings take several batches after one cache
+    assert len(rows) * (max(p for p, _ in rows) + max(e for _, e in rows)) > 16384
     grouped = runner.request("score", 120, groups=reqs, top_k=0)["results"]
     worst = 0.0
     for req, answers in zip(reqs, grouped, strict=True):

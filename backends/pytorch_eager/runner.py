@@ -8,6 +8,7 @@ It runs on every transformers 5.x a prepared environment may hold: 5.24 renamed 
 `past_key_values` (and its output field) to `cache`, so the name is read from the loaded
 model's signature, never assumed from a pin.
 """
+import copy
 import inspect
 import os
 import sys
@@ -150,36 +151,42 @@ class TorchEngine(Engine):
             return score_groups_as_rows(groups, top_k, self._score_rows, max_tokens=SHARED_TOKENS)
         order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))  # similar contexts pad little
         answers = [None] * len(groups)
-        for chunk in _chunks(order, groups):
+        for chunk in _cut(order, lambda i: len(groups[i][0])):
             for i, entries in zip(chunk, self._score_shared([groups[i] for i in chunk])):
                 answers[i] = entries
         return answers
 
     @torch.inference_mode()
     def _score_shared(self, groups):
-        """The contexts as one right-padded batch into a KV cache; that cache repeated for each
-        ending, the endings as a second batch after it. An attention mask hides each context's
-        padding from its endings and position ids continue each context where it ends, so every
-        ending sees exactly its own context (checked against plain rows in the tests)."""
+        """The contexts as one right-padded batch into a KV cache; the endings, sorted by length
+        so that each batch of them pads little, as further batches after a copy of that cache
+        holding each ending's own context. An attention mask hides each context's padding from
+        its endings and position ids continue each context where it ends, so every ending sees
+        exactly its own context (checked against plain rows in the tests)."""
         device, longest = self.device, max(len(p) for p, _ in groups)
         contexts = torch.tensor([p + [0] * (longest - len(p)) for p, _ in groups], device=device)
         out = self.model(input_ids=contexts, use_cache=True)
         ends = torch.tensor([len(p) for p, _ in groups], device=device)
-        owner = torch.tensor([g for g, (_, conts) in enumerate(groups) for _ in conts], device=device)
         last = out.logits[torch.arange(len(groups), device=device), ends - 1].float()  # predicts each first token
-        cache = getattr(out, self.cache_name)
-        cache.batch_select_indices(owner)
-        rows = [c for _, conts in groups for c in conts]
-        width = max(len(c) for c in rows)
-        endings = torch.tensor([c + [0] * (width - len(c)) for c in rows], device=device)
-        visible = torch.cat([torch.arange(longest, device=device)[None, :] < ends[owner][:, None],
-                             torch.ones(len(rows), width, dtype=torch.bool, device=device)], dim=1)
-        positions = ends[owner][:, None] + torch.arange(width, device=device)[None, :]
-        logits = self.model(input_ids=endings, attention_mask=visible.long(), position_ids=positions,
-                            **{self.cache_name: cache}, use_cache=True).logits.float()
-        logits = torch.cat([last[owner][:, None], logits[:, :-1]], dim=1)  # row j: the distribution of token j
-        picked = (logits.gather(2, endings[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)).tolist()
-        entries = iter({"logprobs": picked[r][: len(c)], "top": [[] for _ in c]} for r, c in enumerate(rows))
+        rows = [(g, c) for g, (_, conts) in enumerate(groups) for c in conts]
+        by_length = sorted(range(len(rows)), key=lambda r: len(rows[r][1]))
+        picked = [None] * len(rows)
+        for batch in _cut(by_length, lambda r: longest + len(rows[r][1])):
+            owner = torch.tensor([rows[r][0] for r in batch], device=device)
+            cache = copy.deepcopy(getattr(out, self.cache_name))
+            cache.batch_select_indices(owner)
+            width = max(len(rows[r][1]) for r in batch)
+            endings = torch.tensor([rows[r][1] + [0] * (width - len(rows[r][1])) for r in batch], device=device)
+            visible = torch.cat([torch.arange(longest, device=device)[None, :] < ends[owner][:, None],
+                                 torch.ones(len(batch), width, dtype=torch.bool, device=device)], dim=1)
+            positions = ends[owner][:, None] + torch.arange(width, device=device)[None, :]
+            logits = self.model(input_ids=endings, attention_mask=visible.long(), position_ids=positions,
+                                **{self.cache_name: cache}, use_cache=True).logits.float()
+            logits = torch.cat([last[owner][:, None], logits[:, :-1]], dim=1)  # row j: the distribution of token j
+            values = (logits.gather(2, endings[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)).tolist()
+            for r, row in zip(batch, values):
+                picked[r] = row[: len(rows[r][1])]
+        entries = iter({"logprobs": p, "top": [[] for _ in p]} for p in picked)
         return [[next(entries) for _ in conts] for _, conts in groups]
 
     def technique(self, name, params, batches):
@@ -200,21 +207,20 @@ class TorchEngine(Engine):
         return isinstance(exc, torch.OutOfMemoryError)
 
 
-SHARED_TOKENS = 8192  # padded tokens per shared-context batch (contexts and endings): larger ones pad more than they save
+SHARED_TOKENS = 16384  # padded tokens per batch of contexts or of endings (an ending counts its context's keys)
 
 
-def _chunks(order: list[int], groups) -> list[list[int]]:
-    """Groups, taken in `order`, cut into batches of at most SHARED_TOKENS padded tokens."""
-    chunks, chunk, longest, width, rows = [], [], 0, 0, 0
+def _cut(order: list[int], size) -> list[list[int]]:
+    """`order` cut into batches whose padded size (rows x the longest row's `size`) stays
+    within SHARED_TOKENS: larger ones pad more than they save; sorted input pads little."""
+    batches, batch, longest = [], [], 0
     for i in order:
-        prefix, conts = groups[i]
-        nl, nw, nr = max(longest, len(prefix)), max(width, max(len(c) for c in conts)), rows + len(conts)
-        if chunk and (len(chunk) + 1) * nl + nr * (nl + nw) > SHARED_TOKENS:
-            chunks.append(chunk)
-            chunk, nl, nw, nr = [], len(prefix), max(len(c) for c in conts), len(conts)
-        chunk.append(i)
-        longest, width, rows = nl, nw, nr
-    return chunks + [chunk] if chunk else chunks
+        if batch and (len(batch) + 1) * max(longest, size(i)) > SHARED_TOKENS:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, size(i))
+    return batches + [batch] if batch else batches
 
 
 if __name__ == "__main__":
