@@ -86,6 +86,14 @@ def test_backend_honours_the_contract(name, tmp_path):
         tok = HostTokenizer(model.hf_path)
         tokens = runner.request("generate", 300, prompts=[[tok.bos]], max_new_tokens=256)["tokens"][0]
         assert len(tokens) == 256
+        # serving: a small schedule through the engine's asynchronous API, each request exactly
+        # its greedy tokens (as generate makes them), or a plain unsupported
+        schedule = [{"at_s": 0.005 * i, "prompt": [tok.bos], "new_tokens": 8} for i in range(3)]
+        try:
+            served = runner.request("serving", 120, requests=schedule)["requests"]
+            assert [r["tokens"] for r in served] == [tokens[:8]] * 3, f"{name} serves other tokens than it generates"
+        except RunnerFailure as exc:
+            assert exc.status == "unsupported" and "asynchronous" in exc.reason, exc.reason
         if backend.fake:
             return  # reads no weights: nothing to reproduce
         if not model.synthetic:

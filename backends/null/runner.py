@@ -37,6 +37,7 @@ class NullEngine(Engine):
     def __init__(self):
         self.fault = "none"
         self.vocab_size = 512
+        self.in_flight = {}  # serving: rid -> [last token, tokens still to make]
 
     def describe(self):
         return {
@@ -95,6 +96,23 @@ class NullEngine(Engine):
             for row, t in zip(out, last):
                 row.append(t)
             on_token()
+        return out
+
+    def submit(self, rid, prompt, max_new_tokens):
+        self.in_flight[rid] = [prompt[-1], max_new_tokens]
+
+    def step(self):
+        """One token for every request in flight, as generate makes them (continuous batching
+        with no cost: the harness's own ceiling)."""
+        if self.fault == "slow_tokens":
+            time.sleep(0.02)
+        out = []
+        for rid, state in list(self.in_flight.items()):
+            state[0] = (state[0] * 31 + 7) % self.vocab_size
+            state[1] -= 1
+            out.append((rid, [state[0]]))
+            if state[1] == 0:
+                del self.in_flight[rid]
         return out
 
     def score(self, sequences, start, top_k, want=None):

@@ -47,6 +47,7 @@ class VllmEngine(Engine):
     def __init__(self):
         self.llm = None
         self.next_id = 0
+        self.serving = {}  # vLLM's request id -> the serving schedule's
 
     def describe(self):
         device = _device()
@@ -102,12 +103,16 @@ class VllmEngine(Engine):
             raise RunnerError("out_of_memory", str(exc)[:300]) from None
         self.max_len = max_len
         cache = self.llm.llm_engine.vllm_config.cache_config  # what the engine took, not what was asked
+        scheduler = self.llm.llm_engine.vllm_config.scheduler_config  # what continuous batching works with
         return {"parameters": None, "vocab_size": config["vocab_size"], "device": device, "dtype": dtype,
                 "max_model_len": max_len, "enforce_eager": eager, "kv_cache_gib": kv_gib,
                 "settings": {"prefix_caching": bool(cache.enable_prefix_caching), "kv_cache_gib": kv_gib,
                              "kv_cache_memory_bytes": cache.kv_cache_memory_bytes,
                              "gpu_memory_utilization": None if gpu else cache.gpu_memory_utilization,
-                             "threads": options.get("threads") or os.cpu_count()}}
+                             "threads": options.get("threads") or os.cpu_count(),
+                             "chunked_prefill": bool(scheduler.enable_chunked_prefill),
+                             "max_num_seqs": scheduler.max_num_seqs,
+                             "max_num_batched_tokens": scheduler.max_num_batched_tokens}}
 
     def _check_fits(self, n: int):
         if n > self.max_len:
@@ -135,6 +140,18 @@ class VllmEngine(Engine):
                 seen += 1
                 on_token()
         return [tokens[rid] for rid in ids]
+
+    def submit(self, rid, prompt, max_new_tokens):
+        """Serving: into vLLM's scheduler as it is deployed (continuous batching, chunked prefill as
+        the engine configures it); each step's new tokens come back as deltas."""
+        self._check_fits(len(prompt) + max_new_tokens)
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, ignore_eos=True, detokenize=False,
+                                output_kind=RequestOutputKind.DELTA)
+        self.serving[self._add(prompt, params)] = rid
+
+    def step(self):
+        return [(self.serving[out.request_id], list(out.outputs[0].token_ids))
+                for out in self.llm.llm_engine.step() if out.outputs and out.outputs[0].token_ids]
 
     def score(self, sequences, start, top_k):
         return self._score_rows(sequences, [start] * len(sequences), top_k)

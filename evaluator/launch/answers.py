@@ -102,8 +102,20 @@ def _technique(r: dict, req: dict) -> None:
         _need(_is_number(r.get("counted_flops")) and isinstance(r.get("forward_seconds"), list), "counted_flops or forward_seconds missing")
 
 
+def _serving(r: dict, req: dict) -> None:
+    answers, asked = r.get("requests"), req.get("requests", [])
+    _need(isinstance(answers, list) and len(answers) == len(asked), f"requests is not one answer per request ({len(asked)})")
+    for i, a in enumerate(answers):
+        _need(isinstance(a, dict) and _is_int(a.get("submitted_ns")), f"requests[{i}].submitted_ns is not an integer")
+        _ints(a.get("tokens"), f"requests[{i}].tokens")
+        _ints(a.get("token_ns"), f"requests[{i}].token_ns")
+        _need(len(a["token_ns"]) == len(a["tokens"]), f"requests[{i}] has {len(a['tokens'])} tokens and "
+              f"{len(a['token_ns'])} timestamps")
+    _need(_is_int(r.get("start_ns")) and _is_int(r.get("end_ns")), "start_ns and end_ns are not integers")
+
+
 SHAPES = {"describe": _describe, "load": _load, "generate": _generate, "score": _score, "memory": _memory,
-          "energy": _energy, "technique": _technique}
+          "energy": _energy, "technique": _technique, "serving": _serving}
 
 
 def check(op: str, result, request: dict) -> dict:

@@ -121,6 +121,17 @@ technique {"name": "attention"|"train"|"flops"|"kv", "params": {...}, "batches":
     does not implement a technique answers `unsupported` (describe's supports.techniques lists
     those it does).
 
+serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, ...]}
+    -> {"start_ns": int, "end_ns": int,
+        "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...]}, ...]}
+    A load offered by the harness, not the engine (a serving scenario's schedule: arrival
+    offsets in seconds, non-decreasing). The runner library hands request i to the engine's
+    own asynchronous API (Engine.submit, then Engine.step until it is done) as soon as its
+    clock passes start_ns + at_s, never before (`submitted_ns` says when), stamps every token
+    when the step that made it returns, and sleeps while nothing is in flight. Each request
+    gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
+    same work. An engine without such an API answers `unsupported`.
+
 shutdown {}
     -> {} and the process exits 0.
 
@@ -226,6 +237,16 @@ class Engine:
     def score_groups(self, groups: list[tuple[list[int], list[list[int]]]], top_k: int) -> list[list[dict]]:
         """Many (prefix, continuations) at once. Override where one batch can hold them all."""
         return [self.score_continuations(prefix, seqs, top_k) for prefix, seqs in groups]
+
+    def submit(self, rid: int, prompt: list[int], max_new_tokens: int) -> None:
+        """Serving: hand one request to the engine's scheduler; later step() calls decode it,
+        greedily, for exactly max_new_tokens tokens."""
+        raise RunnerError("unsupported", "this engine has no asynchronous API to serve a stream of requests with")
+
+    def step(self) -> list[tuple[int, list[int]]]:
+        """Serving: one scheduler step over every request in flight; (rid, its new tokens) for
+        each request that gained any."""
+        raise NotImplementedError
 
     def technique(self, name: str, params: dict, batches: list[list[list[int]]] | None) -> dict:
         """Measure one of the article's techniques (the `technique` request)."""

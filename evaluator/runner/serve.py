@@ -199,11 +199,55 @@ class _Server:
                     raise RunnerError("bad_request", "the sequences of a training batch must have the same length")
         return self.engine.technique(name, params, batches)
 
+    def serving(self, req):
+        self._loaded("serving")
+        reqs = req.get("requests")
+        if not isinstance(reqs, list) or not reqs or not all(isinstance(r, dict) for r in reqs):
+            raise RunnerError("bad_request", "serving needs requests: a non-empty list of {at_s, prompt, new_tokens}")
+        at = [r.get("at_s") for r in reqs]
+        if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0 for a in at) or at != sorted(at):
+            raise RunnerError("bad_request", "every at_s must be a number >= 0, in non-decreasing order")
+        prompts = _ids([r.get("prompt") for r in reqs], "prompt", self.vocab_size)
+        wanted = [_int(r, "new_tokens", 1) for r in reqs]
+        return run_schedule(self.engine, [round(a * 1e9) for a in at], prompts, wanted)
+
     def shutdown(self, req):
         return {}
 
 
-OPS = ("describe", "load", "generate", "score", "memory", "energy", "technique", "shutdown")
+SPIN_NS = 200_000  # the last 0.2 ms before an arrival is waited out on the clock: sleep() overshoots
+
+
+def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wanted: list[int]) -> dict:
+    """Offer the requests at their times and step the engine until each has its tokens."""
+    clock = time.perf_counter_ns
+    answers = [{"submitted_ns": None, "tokens": [], "token_ns": []} for _ in prompts]
+    open_, due = set(), 0
+    start = clock()
+    while due < len(prompts) or open_:
+        while due < len(prompts) and clock() >= start + at_ns[due]:
+            engine.submit(due, prompts[due], wanted[due])
+            answers[due]["submitted_ns"] = clock()
+            open_.add(due)
+            due += 1
+        if not open_:
+            wait = start + at_ns[due] - clock()
+            if wait > SPIN_NS:
+                time.sleep((wait - SPIN_NS) / 1e9)
+            continue
+        stepped = engine.step()
+        stamp = clock()
+        for rid, tokens in stepped:
+            if rid not in open_:
+                raise RunnerError("internal", f"the engine returned tokens for request {rid}, which is not in flight")
+            answers[rid]["tokens"] += tokens
+            answers[rid]["token_ns"] += [stamp] * len(tokens)
+            if len(answers[rid]["tokens"]) >= wanted[rid]:
+                open_.discard(rid)
+    return {"start_ns": start, "end_ns": clock(), "requests": answers}
+
+
+OPS = ("describe", "load", "generate", "score", "memory", "energy", "technique", "serving", "shutdown")
 TECHNIQUES = ("attention", "train", "flops", "kv")
 
 

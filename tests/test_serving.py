@@ -1,0 +1,66 @@
+"""The serving load: the harness's seeded arrivals, executed by the runner library against an
+engine's asynchronous API, every token stamped, every request getting exactly its tokens."""
+import statistics
+
+import pytest
+
+from evaluator.launch.process import RunnerFailure
+from evaluator.measure import arrivals
+from tests.conftest import STORIES, start_runner
+
+MODEL = {"path": str(STORIES / "hf"), "format": "hf"}
+
+
+@pytest.fixture
+def null(tmp_path):
+    with start_runner("null", tmp_path) as runner:
+        yield runner
+
+
+@pytest.mark.parametrize("burstiness", [1.0, 0.25, 4.0])
+def test_the_gaps_have_the_asked_mean_and_spread_and_the_seed_fixes_them(burstiness):
+    times = arrivals.offsets(rate=50.0, count=20001, seed=3, burstiness=burstiness)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert times[0] == 0 and all(g >= 0 for g in gaps)
+    assert statistics.fmean(gaps) == pytest.approx(1 / 50, rel=0.05)
+    # a gamma gap's coefficient of variation is 1 / sqrt(shape): 1 for Poisson arrivals
+    assert statistics.pstdev(gaps) / statistics.fmean(gaps) == pytest.approx(burstiness ** -0.5, rel=0.05)
+    assert arrivals.offsets(50.0, 100, seed=3, burstiness=burstiness) == times[:100]
+    assert arrivals.offsets(50.0, 100, seed=4, burstiness=burstiness) != times[:100]
+
+
+def test_arrivals_follow_the_schedule_and_every_request_gets_exactly_its_tokens(null):
+    null.request("load", 60, model=MODEL, options={})
+    at = arrivals.offsets(rate=400.0, count=300, seed=0)
+    prompts = [[1, 2 + i % 50] for i in range(len(at))]
+    wanted = [1 + i % 7 for i in range(len(at))]
+    out = null.request("serving", 60, requests=[{"at_s": a, "prompt": p, "new_tokens": n}
+                                                for a, p, n in zip(at, prompts, wanted)])
+    submitted = [r["submitted_ns"] - out["start_ns"] for r in out["requests"]]
+    assert all(s >= round(a * 1e9) for s, a in zip(submitted, at)), "a request was offered before its time"
+    assert submitted == sorted(submitted)
+    for req, prompt, n in zip(out["requests"], prompts, wanted):
+        alone = null.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
+        assert req["tokens"] == alone  # exactly its tokens: as many as asked, the same as one at a time
+        assert req["submitted_ns"] <= req["token_ns"][0] and req["token_ns"] == sorted(req["token_ns"])
+    assert out["end_ns"] >= max(r["token_ns"][-1] for r in out["requests"])
+
+
+@pytest.mark.parametrize("requests_, words", [
+    ([{"at_s": 0.1, "prompt": [1], "new_tokens": 2}, {"at_s": 0.0, "prompt": [1], "new_tokens": 2}], "non-decreasing"),
+    ([{"at_s": 0.0, "prompt": [1], "new_tokens": 0}], "new_tokens"),
+    ([{"at_s": 0.0, "prompt": [], "new_tokens": 1}], "non-empty"),
+    ([], "non-empty list"),
+])
+def test_a_malformed_schedule_is_refused_and_the_runner_stays_up(null, requests_, words):
+    null.request("load", 60, model=MODEL, options={})
+    with pytest.raises(RunnerFailure, match=words):
+        null.request("serving", 60, requests=requests_)
+    assert null.request("describe", 60)["engine"] == "null"
+
+
+def test_an_engine_without_an_asynchronous_api_says_unsupported(tmp_path):
+    with start_runner("pytorch_eager", tmp_path) as runner:
+        runner.request("load", 120, model=MODEL, options={})
+        with pytest.raises(RunnerFailure, match="unsupported.*asynchronous"):
+            runner.request("serving", 60, requests=[{"at_s": 0.0, "prompt": [1], "new_tokens": 2}])
