@@ -43,6 +43,7 @@ def _batch_sizes(text: str) -> tuple:
     return tuple(_positive_int(t) for t in _csv(text))
 
 
+
 GUIDE_OPTIONS = {"memory_budget": "memory_budget_gb", "max_quality_loss": "max_quality_loss_pct",
                  "max_latency_ms": "max_latency_ms", "objective": "objective"}  # option -> Constraints field
 
@@ -75,6 +76,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parser() -> argparse.ArgumentParser:
+    from evaluator.measure import serving
     from evaluator.measure.scenarios import SCENARIOS, Latency, Throughput
     from evaluator.run import Deadlines
 
@@ -94,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--variants", type=_csv, help="comma-separated variant names or globs, e.g. 'fp32-*,bf16-sdpa-kv'; "
                    "'*' for all (default: each backend's defaults)")
     e.add_argument("--scenarios", type=_csv, default=None,
-                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality), and the "
+                   help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality), serving, and the "
                         "techniques attention, train, flops, kv (pytorch_eager; `just techniques MODEL` runs them)")
     e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens,
                    help="prompt length in tokens, BOS included (default: %(default)s)")
@@ -114,6 +116,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
     e.add_argument("--check-tokens", type=_positive_int, default=256,
                    help="greedy tokens from BOS checked before timing (default: %(default)s)")
+    v = e.add_argument_group("serving (scenario `serving`, asked for by name: a seeded stream of requests, rate by rate)")
+    v.add_argument("--rates", type=serving.parse_rates, default=serving.Serving.rates, help="requests/s, light to heavy; the sweep "
+                   "stops at the knee (default: 1,2,4,...,64)")
+    v.add_argument("--serving-requests", type=_positive_int, default=serving.Serving.requests,
+                   help="requests per rate (default: %(default)s)")
+    v.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 Poisson, <1 burstier (default: 1)")
+    v.add_argument("--slo", type=serving.parse_slo, default=(), metavar="ttft:MS,tpot:MS,e2e:MS",
+                   help="latency objectives: goodput and the max requests/s within them")
     q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")
     q.add_argument("--quality-items", type=_quality_items, default="auto", metavar="auto|N|all",
                    help="HellaSwag items, scored in a seeded random order: auto stops once every variant's verdict "
@@ -195,7 +205,7 @@ def _resumed(args) -> argparse.Namespace:
 def cmd_eval(args) -> int:
     from evaluator import run
     from evaluator.launch import leftovers
-    from evaluator.measure import scenarios, techniques
+    from evaluator.measure import scenarios, serving, techniques
     from evaluator.score.quality import Quality
 
     if args.resume:
@@ -209,10 +219,10 @@ def cmd_eval(args) -> int:
         from evaluator.catalog import models
         quality_left_out = models.is_synthetic(args.model, args.model_path)
         args.scenarios = [s for s in scenarios.SCENARIOS if not (quality_left_out and s == "quality")]
-    unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS + techniques.TECHNIQUES]
+    unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS + scenarios.OPT_IN + techniques.TECHNIQUES]
     if unknown:
         from evaluator.errors import unknown as unknown_name
-        raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS + techniques.TECHNIQUES)
+        raise unknown_name("scenario", unknown[0], scenarios.SCENARIOS + scenarios.OPT_IN + techniques.TECHNIQUES)
     if args.precision <= 0:
         raise UserError(f"--precision must be > 0 percent, got {args.precision:g}")
     if args.max_time <= 0:
@@ -231,6 +241,8 @@ def cmd_eval(args) -> int:
                                            max_time_s=min(args.max_time, scenarios.Throughput.max_time_s), **common),
         "quality": Quality(items=args.quality_items, seed=args.seed, ppl_window=args.ppl_window,
                            ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
+        "serving": serving.Serving(rates=args.rates, requests=args.serving_requests, prompt_tokens=args.prompt_tokens,
+                                   new_tokens=args.new_tokens, burstiness=args.burstiness, slo=args.slo),
         "attention": techniques.Attention(), "train": techniques.Train(), "flops": techniques.Flops(), "kv": techniques.Kv(),
     }
     if args.ppl_stride and args.ppl_stride >= (args.ppl_window or args.ppl_stride + 1):

@@ -82,6 +82,14 @@ def _line(cell: plan.Cell, result: dict) -> str:
     if cell.scenario.name == "throughput":
         m = result["metrics"]
         line += f"  best {m['best_tokens_per_s']:,.0f} tokens/s at batch {m['best_batch_size']}"
+    if cell.scenario.name == "serving":
+        m = result["metrics"]
+        peak = max(m["per_rate"], key=lambda r: r["output_tokens_per_s"])
+        line += (f"  {len(m['per_rate'])} rates, up to {peak['output_tokens_per_s']:,.0f} output tokens/s at {peak['rate']:g} "
+                 f"requests/s" + ("" if m["saturated"] else " (not saturated)")
+                 + (f", max {m['max_rate_within_slo']:g} requests/s within the SLO" if m["slo"] and m["max_rate_within_slo"]
+                    else ", no rate within the SLO" if m["slo"] else "")
+                 + "".join(f"; {r['rate']:g}/s INVALID (arrivals offered late)" for r in m["per_rate"] if not r["valid"]))
     if result.get("validity") and not result["validity"]["valid"]:
         line += "  " + sampling.explain(result["validity"])
     if cell.scenario.name == "quality":

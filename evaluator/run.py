@@ -33,7 +33,7 @@ from evaluator.catalog.backends import Backend
 from evaluator.errors import UserError
 from evaluator.launch import docker, local, ssh
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import bandwidth, energy, scenarios, techniques
+from evaluator.measure import bandwidth, energy, scenarios, serving, techniques
 from evaluator.reference import Reference, data_hashes, load_earlier, parse_reference
 from evaluator.score import quality
 from evaluator.tokens import HostTokenizer
@@ -150,6 +150,10 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     elif isinstance(sc, techniques.Flops):
         with phases("flops"):
             result.update(techniques.run_flops(runner, sc, model.config(), deadlines.request_s))
+    elif isinstance(sc, serving.Serving):
+        with phases("serving"):
+            result.update(serving.run_serving(runner, tok.prompts(sc.prompt_tokens, sc.requests), sc,
+                                              deadlines.request_s, progress))
     else:
         prompts = tok.prompts(sc.prompt_tokens, max(sc.batch_sizes) * sc.distinct_batches)
         with phases("throughput"):

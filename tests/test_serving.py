@@ -6,7 +6,8 @@ import pytest
 
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import arrivals
-from tests.conftest import STORIES, start_runner
+from tests.conftest import STORIES, run_cli, start_runner
+from tests.test_eval import cells, run_folder
 
 MODEL = {"path": str(STORIES / "hf"), "format": "hf"}
 
@@ -64,3 +65,43 @@ def test_an_engine_without_an_asynchronous_api_says_unsupported(tmp_path):
         runner.request("load", 120, model=MODEL, options={})
         with pytest.raises(RunnerFailure, match="unsupported.*asynchronous"):
             runner.request("serving", 60, requests=[{"at_s": 0.0, "prompt": [1], "new_tokens": 2}])
+
+
+def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_path):
+    """`--scenarios serving` end to end on the null engine: an instant one serves every rate
+    within the objectives, one that takes 20 ms a step misses the 5 ms TPOT at every rate."""
+    reports = tmp_path / "reports"
+    proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none,slow_tokens", "--scenarios", "serving",
+                   "--rates", "20,80", "--serving-requests", "40", "--new-tokens", "6", "--slo", "ttft:100,tpot:5",
+                   "--reports", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    folder = run_folder(proc.stderr, reports)
+    found = cells(folder)
+    fast, slow = (found[f"synthetic-tiny__null.{v}__local__serving"] for v in ("none", "slow_tokens"))
+    for cell in (fast, slow):
+        assert cell["status"] == "ok" and [r["rate"] for r in cell["metrics"]["per_rate"]] == [20.0, 80.0]
+        for r in cell["metrics"]["per_rate"]:
+            assert r["valid"] and r["requests"] == 40 and r["ttft_ms"]["n"] == 40 and r["itl_ms"]["n"] == 40 * 5
+            assert r["arrivals"]["offered_per_s"] >= 0.95 * r["arrivals"]["schedule_per_s"]
+            assert r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"]
+    assert fast["metrics"]["max_rate_within_slo"] == 80.0 and all(r["slo_share"] == 1 for r in fast["metrics"]["per_rate"])
+    assert slow["metrics"]["max_rate_within_slo"] is None and all(r["slo_share"] == 0 for r in slow["metrics"]["per_rate"])
+    assert all(r["tpot_ms"]["p50"] >= 20 for r in slow["metrics"]["per_rate"])
+    page = (folder / "index.html").read_text()
+    assert "Serving: throughput against time to first token" in page and "max requests/s within the SLO" in page
+    guide = run_cli("report", str(folder), "--objective", "goodput")
+    assert guide.returncode == 0, guide.stderr
+    assert "null · none" in (folder / "index.html").read_text()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--slo", "ttfb:50"], "unknown metric 'ttfb'"),
+    (["--slo", "ttft:fast"], "not a number"),
+    (["--rates", "8,4"], "increasing"),
+    (["--scenarios", "servng"], "Did you mean: serving"),
+])
+def test_bad_serving_options_are_refused_in_one_line(tmp_path, args, words):
+    base = ["eval", "synthetic-tiny", "--backends", "null", "--reports", str(tmp_path)]
+    proc = run_cli(*base, *(args if "--scenarios" in args else ["--scenarios", "serving", *args]))
+    assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.iterdir()), "nothing written for refused input"

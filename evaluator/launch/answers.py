@@ -112,6 +112,9 @@ def _serving(r: dict, req: dict) -> None:
         _need(len(a["token_ns"]) == len(a["tokens"]), f"requests[{i}] has {len(a['tokens'])} tokens and "
               f"{len(a['token_ns'])} timestamps")
     _need(_is_int(r.get("start_ns")) and _is_int(r.get("end_ns")), "start_ns and end_ns are not integers")
+    steps = r.get("steps")
+    _need(isinstance(steps, list) and all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x)) for x in steps),
+          "steps is not a list of [start_ns, end_ns] pairs")
 
 
 SHAPES = {"describe": _describe, "load": _load, "generate": _generate, "score": _score, "memory": _memory,

@@ -69,6 +69,7 @@ class Check:
 
 
 SCENARIOS = ("latency", "throughput", "quality")
+OPT_IN = ("serving",)  # asked for by name: not in a default run
 
 
 def options(scenario) -> dict:

@@ -97,6 +97,25 @@ def _energy_rows(e: dict) -> list[dict]:
     return rows
 
 
+def _serving_rows(m: dict) -> list[dict]:
+    """Per rate: the latency distributions (from each request's scheduled arrival), the rates
+    achieved over the run, goodput under the SLO; then the heaviest rate within the SLO."""
+    rows = []
+    for r in m.get("per_rate", []):
+        valid, at = "VALID" if r["valid"] else "INVALID", f"@{r['rate']:g}/s"
+        for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            rows += _timed(r[key], f"serving_{key.removesuffix('_ms')}{at}", valid)
+        for key, unit in (("requests_per_s", "requests/s"), ("output_tokens_per_s", "tokens/s"), ("goodput_per_s", "requests/s")):
+            if r.get(key) is not None:
+                rows.append({"metric": f"serving_{key}{at}", "statistic": "over the run", "value": r[key], "unit": unit,
+                             "n": r["requests"], "valid": valid})
+    if m.get("max_rate_within_slo") is not None:
+        slo = ", ".join(f"{k} <= {v:g} ms" for k, v in m["slo"].items())
+        rows.append({"metric": "serving_max_rate_within_slo", "statistic": f"{m['slo_share']:.0%} of requests: {slo}",
+                     "value": m["max_rate_within_slo"], "unit": "requests/s"})
+    return rows
+
+
 def fmt_watts(w: float) -> str:
     return f"{w:.3g} W"
 
@@ -116,6 +135,8 @@ def cell_rows(cell: dict) -> list[dict]:
             if "tokens_per_s" in b:
                 valid = "VALID" if b["validity"]["valid"] else "INVALID"
                 rows += _timed(b["tokens_per_s"], f"tokens_per_s@batch{b['batch_size']}", valid)
+    elif scenario == "serving":
+        rows += _serving_rows(m)
     elif scenario == "quality":
         hs = m.get("hellaswag") or {}
         for name in ("acc", "acc_norm"):

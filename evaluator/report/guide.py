@@ -30,6 +30,10 @@ OBJECTIVES = {
     # One reading per cell: no interval, so only equal readings tie.
     "memory": (lambda c: c.peak_memory_bytes and c.peak_memory_bytes / 1e9,
                lambda c: c.peak_memory_bytes and [c.peak_memory_bytes / 1e9] * 2, False, "peak memory", "GB"),
+    # One of the swept rates (`--scenarios serving --slo ...`): likewise, only equal rates tie.
+    "goodput": (lambda c: c.rows.value("serving_max_rate_within_slo"),
+                lambda c: [c.rows.value("serving_max_rate_within_slo")] * 2, True, "max requests/s within the SLO",
+                "requests/s"),
 }
 
 

@@ -175,6 +175,7 @@ def _figures(run: dict, configs: list, targets: list[str], margin: float) -> lis
     figures += [("What fits where", plots.memory_fit(configs, {v: k for k, v in sizes.items()})),
                 ("Latency distribution", plots.latency_distribution(configs)),
                 ("Throughput against batch size", plots.throughput_vs_batch(configs)),
+                ("Serving under load", plots.serving_curve(configs)),
                 ("Against the hardware's limit", plots.bandwidth_ceiling(configs))]
     return [{"title": title, "figure": fig} for title, fig in figures if fig]
 

@@ -130,6 +130,35 @@ def throughput_vs_batch(configs: list[Config]) -> dict | None:
     return {"data": data, "layout": layout}
 
 
+def serving_curve(configs: list[Config]) -> dict | None:
+    """Serving, the classic plot: one point per offered rate, the output tokens/s achieved
+    against the median time to first token (from each request's scheduled arrival; bars: 95%
+    intervals), the TTFT objective dashed where --slo set one. Past the knee a curve turns up:
+    more load only queues."""
+    cs = [(c, c.cell("serving")) for c in configs if c.cell("serving")]
+    if not cs:
+        return None
+    several = len({c.target_name for c in configs}) > 1
+    data = []
+    for c, cell in cs:
+        rows = [r for r in cell["metrics"]["per_rate"] if r["ttft_ms"].get("p50") is not None]
+        cis = [r["ttft_ms"].get("p50_ci") or [r["ttft_ms"]["p50"]] * 2 for r in rows]
+        data.append({"type": "scatter", "mode": "lines+markers", "name": _name(c, several),
+                     "x": [r["output_tokens_per_s"] for r in rows], "y": [r["ttft_ms"]["p50"] for r in rows],
+                     "error_y": {"type": "data", "symmetric": False, "array": [hi - r["ttft_ms"]["p50"] for r, (_, hi) in zip(rows, cis)],
+                                 "arrayminus": [r["ttft_ms"]["p50"] - lo for r, (lo, _) in zip(rows, cis)]},
+                     "text": [escape(f"{r['rate']:g} requests/s offered" + ("" if r["valid"] else " (INVALID: offered late)"))
+                              for r in rows], "hoverinfo": "x+y+text"})
+    layout = _layout("Serving: throughput against time to first token (one point per offered rate)", "output tokens/s",
+                     "TTFT, median (ms)")
+    layout["yaxis"]["type"] = "log"
+    ttft = next((cell["metrics"]["slo"].get("ttft") for _, cell in cs if cell["metrics"].get("slo")), None)
+    if ttft:
+        layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": ttft, "y1": ttft,
+                             "line": {"dash": "dash", "color": "#b00020"}}]
+    return {"data": data, "layout": layout}
+
+
 def bandwidth_ceiling(configs: list[Config]) -> dict | None:
     """Decode speed as a share of the memory-bandwidth ceiling: each decoded token reads every
     weight once, so tokens/s <= bandwidth / model bytes. The bandwidth is the target's spec

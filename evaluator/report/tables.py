@@ -164,6 +164,7 @@ COLUMNS = [
     ("latency p50", lambda c: _shown(c.rows, "e2e_ms", "median"), "ms"),
     ("p95", _p95, "ms"),
     ("TTFT p50", lambda c: _shown(c.rows, "ttft_ms", "median"), "ms"),
+    ("serving", lambda c: _shown(c.rows, "serving_max_rate_within_slo"), "max requests/s within the SLO"),
     ("energy", lambda c: _energy(c.rows), "J/token"),
     ("HellaSwag acc_norm", lambda c: _shown(c.rows, "hellaswag_acc_norm", "share", note=_items), ""),
     ("perplexity", lambda c: _shown(c.rows, "wikitext2_token_perplexity"), "WikiText-2"),

@@ -123,12 +123,15 @@ technique {"name": "attention"|"train"|"flops"|"kv", "params": {...}, "batches":
 
 serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, ...]}
     -> {"start_ns": int, "end_ns": int,
-        "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...]}, ...]}
+        "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...]}, ...],
+        "steps": [[start_ns, end_ns], ...]}
     A load offered by the harness, not the engine (a serving scenario's schedule: arrival
     offsets in seconds, non-decreasing). The runner library hands request i to the engine's
     own asynchronous API (Engine.submit, then Engine.step until it is done) as soon as its
     clock passes start_ns + at_s, never before (`submitted_ns` says when), stamps every token
-    when the step that made it returns, and sleeps while nothing is in flight. Each request
+    when the step that made it returns, and sleeps while nothing is in flight; `steps` are the
+    engine's steps (a request that falls due during one is offered when it returns, as an
+    engine's own server queues it until its next step). Each request
     gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
     same work. An engine without such an API answers `unsupported`.
 

@@ -222,7 +222,7 @@ def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wan
     """Offer the requests at their times and step the engine until each has its tokens."""
     clock = time.perf_counter_ns
     answers = [{"submitted_ns": None, "tokens": [], "token_ns": []} for _ in prompts]
-    open_, due = set(), 0
+    open_, due, steps = set(), 0, []
     start = clock()
     while due < len(prompts) or open_:
         while due < len(prompts) and clock() >= start + at_ns[due]:
@@ -235,8 +235,10 @@ def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wan
             if wait > SPIN_NS:
                 time.sleep((wait - SPIN_NS) / 1e9)
             continue
+        began = clock()
         stepped = engine.step()
         stamp = clock()
+        steps.append([began, stamp])
         for rid, tokens in stepped:
             if rid not in open_:
                 raise RunnerError("internal", f"the engine returned tokens for request {rid}, which is not in flight")
@@ -244,7 +246,7 @@ def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wan
             answers[rid]["token_ns"] += [stamp] * len(tokens)
             if len(answers[rid]["tokens"]) >= wanted[rid]:
                 open_.discard(rid)
-    return {"start_ns": start, "end_ns": clock(), "requests": answers}
+    return {"start_ns": start, "end_ns": clock(), "requests": answers, "steps": steps}
 
 
 OPS = ("describe", "load", "generate", "score", "memory", "energy", "technique", "serving", "shutdown")

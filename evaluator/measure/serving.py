@@ -1,0 +1,139 @@
+"""The serving scenario: how many users a deployment holds within its latency objectives.
+
+For each rate of `rates` (requests per second, light to heavy), `requests` requests arrive on a
+seeded schedule the harness makes (arrivals.py: Poisson by default), each a distinct WikiText-2
+window of `prompt_tokens` with exactly `new_tokens` to generate, offered to the engine's own
+asynchronous API by the runner library (the `serving` op), every token stamped on the runner's
+clock. The sweep stops at the knee: once a rate's output throughput gains less than KNEE_GAIN
+over the rate before, the engine is saturated and heavier rates only queue.
+
+Per rate, every latency is measured from the request's *scheduled* arrival, so the time a
+request waits for the engine (to finish its current step, or for a free slot) is the user's:
+  TTFT   first token - arrival          TPOT  (last - first token) / (new_tokens - 1)
+  ITL    every gap between tokens       E2E   last token - arrival
+each with its median, tails and 95% intervals (stats.intervals.summarize: a tail is reported
+only where the requests suffice for it); requests/s and output tokens/s over the time from the
+first arrival to the last token; with `slo`, goodput: requests/s meeting every objective. The
+lateness (offered - scheduled) is kept, and the generator's own part of it: a request falling
+due during an engine step is offered when the step returns (an engine's own server queues it
+until its next step too), so what remains is the harness's. A rate at which arrivals, delayed
+by that part alone, fall short of the schedule's rate by more than 5% is INVALID: it measured
+the generator, not the engine.
+"max requests/s within the SLO" is the heaviest valid rate at which at least SLO_SHARE of the
+requests meet every objective (MLPerf's Server scenario holds a 90th or 99th percentile).
+"""
+import argparse
+import bisect
+from dataclasses import dataclass
+
+from evaluator.launch.process import RunnerFailure, RunnerProcess
+from evaluator.measure import arrivals
+from evaluator.stats.intervals import summarize
+
+SLO_METRICS = ("ttft", "tpot", "e2e")
+KNEE_GAIN = 1.05   # a rate whose output tokens/s gains less than this factor is past the knee
+FOLLOWED = 0.95    # offered arrivals at least this share of the schedule's own rate
+SLO_SHARE = 0.9    # of the requests meeting every objective, for a rate to count as within the SLO
+
+
+@dataclass(frozen=True)
+class Serving:
+    rates: tuple = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    requests: int = 64           # per rate
+    prompt_tokens: int = 32
+    new_tokens: int = 32
+    burstiness: float = 1.0      # gamma shape of the gaps: 1 is Poisson
+    seed: int = 0
+    slo: tuple = ()              # (("ttft", ms), ("tpot", ms), ("e2e", ms)), any of them
+    name: str = "serving"
+
+
+def parse_rates(text: str) -> tuple:
+    """"1,2,4" -> (1.0, 2.0, 4.0): requests per second, increasing (an argparse type)."""
+    try:
+        rates = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of requests per second") from None
+    if not rates or not all(r > 0 for r in rates) or list(rates) != sorted(set(rates)):
+        raise argparse.ArgumentTypeError(f"{text!r}: rates must be > 0 and increasing, e.g. 1,2,4,8")
+    return rates
+
+
+def parse_slo(text: str) -> tuple:
+    """"ttft:500,tpot:50" -> (("ttft", 500.0), ("tpot", 50.0)), objectives in milliseconds (an argparse type)."""
+    slo = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        metric, _, ms = part.partition(":")
+        if metric not in SLO_METRICS:
+            raise argparse.ArgumentTypeError(f"{part!r}: unknown metric {metric!r}; valid: {', '.join(SLO_METRICS)} "
+                                             "(e.g. ttft:500,tpot:50)")
+        try:
+            bound = float(ms)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {ms!r} is not a number of milliseconds") from None
+        if not bound > 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the bound must be > 0 ms")
+        slo.append((metric, bound))
+    return tuple(slo)
+
+
+def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, timeout_s: float, progress=None) -> dict:
+    def offer(at):
+        asked = [{"at_s": a, "prompt": prompts[i % len(prompts)], "new_tokens": sc.new_tokens} for i, a in enumerate(at)]
+        return runner.request("serving", timeout_s + at[-1], requests=asked)
+
+    # Untimed first: every request at once, so the engine meets each batch size (decode drains
+    # from `requests` to 1) before a timed rate does; vLLM's CPU kernels are built per shape on
+    # first use, and they made the lightest rate look slowest.
+    offer([0.0] * sc.requests)
+    rows = []
+    for rate in sc.rates:
+        at = arrivals.offsets(rate, sc.requests, seed=sc.seed, burstiness=sc.burstiness)
+        rows.append(_rate(rate, at, offer(at), sc))
+        if progress:
+            progress(f"serving {rate:g}/s: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
+        if len(rows) > 1 and rows[-1]["output_tokens_per_s"] < KNEE_GAIN * rows[-2]["output_tokens_per_s"]:
+            break
+    within = [r["rate"] for r in rows if r["valid"] and r.get("slo_share") is not None and r["slo_share"] >= SLO_SHARE]
+    return {"metrics": {"per_rate": rows, "saturated": len(rows) < len(sc.rates),
+                        "max_rate_within_slo": max(within) if sc.slo and within else None,
+                        "slo": dict(sc.slo), "slo_share": SLO_SHARE}}
+
+
+def _ready(arrival_ns: int, steps: list) -> int:
+    """When a request due at arrival_ns could be offered: then, or when the engine step running
+    at that moment returned (the engine's own server would queue it until then too)."""
+    i = bisect.bisect_right(steps, [arrival_ns, float("inf")]) - 1
+    return max(arrival_ns, steps[i][1]) if i >= 0 and steps[i][0] <= arrival_ns < steps[i][1] else arrival_ns
+
+
+def _rate(rate: float, at: list[float], out: dict, sc: Serving) -> dict:
+    start, ms = out["start_ns"], 1e-6
+    arrival = [start + round(a * 1e9) for a in at]
+    for i, r in enumerate(out["requests"]):
+        if len(r["tokens"]) != sc.new_tokens:
+            raise RunnerFailure("invalid", f"serving at {rate:g}/s: request {i} got {len(r['tokens'])} tokens, "
+                                f"{sc.new_tokens} asked")
+    reqs = out["requests"]
+    per = {"ttft": [(r["token_ns"][0] - a) * ms for r, a in zip(reqs, arrival)],
+           "tpot": [(r["token_ns"][-1] - r["token_ns"][0]) * ms / (sc.new_tokens - 1) for r in reqs] if sc.new_tokens > 1 else [],
+           "e2e": [(r["token_ns"][-1] - a) * ms for r, a in zip(reqs, arrival)]}
+    itl = [(b - a) * ms for r in reqs for a, b in zip(r["token_ns"], r["token_ns"][1:])]
+    span_s = (max(r["token_ns"][-1] for r in reqs) - start) / 1e9
+    offered = [r["submitted_ns"] for r in reqs]
+    own = [o - _ready(a, out["steps"]) for o, a in zip(offered, arrival)]  # the generator's own delay
+    schedule_rate = (len(at) - 1) / at[-1] if len(at) > 1 and at[-1] > 0 else None
+    span_offered = (arrival[-1] + own[-1]) - (arrival[0] + own[0])
+    offered_rate = (len(at) - 1) / (span_offered / 1e9) if len(at) > 1 and span_offered > 0 else None
+    followed = schedule_rate is None or (offered_rate is not None and offered_rate >= FOLLOWED * schedule_rate)
+    row = {"rate": rate, "requests": len(reqs), "duration_s": span_s,
+           **{f"{k}_ms": summarize(v, "ms") for k, v in per.items()}, "itl_ms": summarize(itl, "ms"),
+           "requests_per_s": len(reqs) / span_s, "output_tokens_per_s": len(reqs) * sc.new_tokens / span_s,
+           "arrivals": {"schedule_per_s": schedule_rate, "offered_per_s": offered_rate,
+                        "lateness_ms": summarize([(o - a) * ms for o, a in zip(offered, arrival)], "ms"),
+                        "generator_lateness_ms": summarize([d * ms for d in own], "ms")},
+           "valid": followed}
+    if sc.slo:
+        met = [all(per[k][i] <= bound for k, bound in sc.slo if per[k]) for i in range(len(reqs))]
+        row.update(met_slo=sum(met), slo_share=sum(met) / len(reqs), goodput_per_s=sum(met) / span_s)
+    return row
