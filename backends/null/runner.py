@@ -90,13 +90,17 @@ class NullEngine(Engine):
         for _ in range(steps):
             if self.fault == "slow_tokens":
                 time.sleep(0.02)
-            last = [(t * 31 + 7) % self.vocab_size for t in last]
+            last = [self._next(t) for t in last]
             if self.fault == "inconsistent_tokens":
                 last = [self.vocab_size - 1 for _ in last]
             for row, t in zip(out, last):
                 row.append(t)
             on_token()
         return out
+
+    def _next(self, token):
+        """The token generate and step make after `token`: a fixed function, no model."""
+        return (token * 31 + 7) % self.vocab_size
 
     def submit(self, rid, prompt, max_new_tokens):
         self.in_flight[rid] = [prompt[-1], max_new_tokens]
@@ -108,7 +112,7 @@ class NullEngine(Engine):
             time.sleep(0.02)
         out = []
         for rid, state in list(self.in_flight.items()):
-            state[0] = (state[0] * 31 + 7) % self.vocab_size
+            state[0] = self._next(state[0])
             state[1] -= 1
             out.append((rid, [state[0]]))
             if state[1] == 0:

@@ -150,8 +150,12 @@ class VllmEngine(Engine):
         self.serving[self._add(prompt, params)] = rid
 
     def step(self):
-        return [(self.serving[out.request_id], list(out.outputs[0].token_ids))
-                for out in self.llm.llm_engine.step() if out.outputs and out.outputs[0].token_ids]
+        outs = [out for out in self.llm.llm_engine.step() if out.outputs and out.outputs[0].token_ids]
+        made = [(self.serving[out.request_id], list(out.outputs[0].token_ids)) for out in outs]
+        for out in outs:
+            if out.finished:
+                del self.serving[out.request_id]  # a session serves many schedules
+        return made
 
     def score(self, sequences, start, top_k):
         return self._score_rows(sequences, [start] * len(sequences), top_k)
