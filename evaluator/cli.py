@@ -117,11 +117,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--check-tokens", type=_positive_int, default=256,
                    help="greedy tokens from BOS checked before timing (default: %(default)s)")
     v = e.add_argument_group("serving (scenario `serving`, asked for by name: a seeded stream of requests, rate by rate)")
-    v.add_argument("--rates", type=serving.parse_rates, default=serving.Serving.rates, help="requests/s, light to heavy; the sweep "
-                   "stops at the knee (default: 1,2,4,...,64)")
+    v.add_argument("--rates", type=serving.parse_rates, default=serving.Serving.rates, help="requests/s, rising to the knee (1,2,..64)")
     v.add_argument("--serving-requests", type=_positive_int, default=serving.Serving.requests,
                    help="requests per rate (default: %(default)s)")
-    v.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 Poisson, <1 burstier (default: 1)")
+    v.add_argument("--burstiness", type=serving.parse_burstiness, default=1.0,
+                   help="gamma shape of the gaps: 1 Poisson, <1 burstier (default: 1)")
     v.add_argument("--slo", type=serving.parse_slo, default=(), metavar="ttft:MS,tpot:MS,e2e:MS",
                    help="latency objectives: goodput and the max requests/s within them")
     q = e.add_argument_group("quality (scenario `quality`: HellaSwag, WikiText-2 perplexity, fidelity to the reference)")

@@ -98,6 +98,7 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
     (["--slo", "ttfb:50"], "unknown metric 'ttfb'"),
     (["--slo", "ttft:fast"], "not a number"),
     (["--rates", "8,4"], "increasing"),
+    (["--burstiness", "0"], "must be > 0"),
     (["--scenarios", "servng"], "Did you mean: serving"),
 ])
 def test_bad_serving_options_are_refused_in_one_line(tmp_path, args, words):

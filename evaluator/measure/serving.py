@@ -59,6 +59,17 @@ def parse_rates(text: str) -> tuple:
     return rates
 
 
+def parse_burstiness(text: str) -> float:
+    """The gamma shape of the gaps, > 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 (1 is Poisson, below 1 burstier)")
+    return value
+
+
 def parse_slo(text: str) -> tuple:
     """"ttft:500,tpot:50" -> (("ttft", 500.0), ("tpot", 50.0)), objectives in milliseconds (an argparse type)."""
     slo = []
