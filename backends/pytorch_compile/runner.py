@@ -25,6 +25,21 @@ from torch._inductor.runtime.cache_dir_utils import cache_dir  # noqa: E402  (ho
 from evaluator.runner import RunnerError, serve  # noqa: E402
 
 MODES = ("default", "reduce-overhead", "max-autotune")
+GRAPHED = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs on a GPU
+
+
+def _owned(output, cache_name: str):
+    """The forward's output moved out of CUDA-graph memory. Under CUDA graphs every compiled call
+    starts a new iteration that reuses the previous one's output buffers, but the KV cache built
+    by one step is read by the next (and a scoring context's cache by every ending batch): seen on
+    an H200, "accessing tensor output of CUDAGraphs that has been overwritten by a subsequent
+    run". PyTorch's remedy is to clone what must outlive the call, outside the compiled code."""
+    output.logits = output.logits.clone()
+    for layer in getattr(output.get(cache_name), "layers", ()):
+        for name in ("keys", "values"):
+            if isinstance(getattr(layer, name, None), torch.Tensor):
+                setattr(layer, name, getattr(layer, name).clone())
+    return output
 
 
 def _graphs() -> int:
@@ -46,7 +61,9 @@ class CompiledEngine(eager.TorchEngine):
             raise RunnerError("bad_request", f"mode {mode!r}; valid: {', '.join(MODES)}")
         result = super().load(model, dict(options, attn="sdpa", kv_cache="kv"))
         torch._dynamo.reset()
-        self.model.forward = torch.compile(self.model.forward, mode=mode, dynamic=True)
+        compiled = torch.compile(self.model.forward, mode=mode, dynamic=True)
+        graphed = mode in GRAPHED and self.device == "cuda"
+        self.model.forward = (lambda *a, **k: _owned(compiled(*a, **k), self.cache_name)) if graphed else compiled
         t0 = time.perf_counter()
         try:
             self.generate([[1, 2, 3, 4]], 3, lambda: None)  # prefill and decode graphs
@@ -56,7 +73,8 @@ class CompiledEngine(eager.TorchEngine):
         result["compile_s"] = time.perf_counter() - t0
         result["mode"] = mode
         # compile_s is with the kernels this cache already holds: a warm cache compiles less
-        result["settings"] = dict(result["settings"], compile_mode=mode, dynamic=True, inductor_cache=cache_dir())
+        result["settings"] = dict(result["settings"], compile_mode=mode, dynamic=True, inductor_cache=cache_dir(),
+                                  outputs_cloned=graphed)
         self.graphs_after_compile = _graphs()
         return result
 

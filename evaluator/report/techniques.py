@@ -257,5 +257,5 @@ def section(cells: list[dict]) -> dict | None:
         out["flops"] = {"formula": f["per_token_formula"]["total"], "counted": f["per_token_counted"],
                         "agreement": f"{100 * f['agreement']:+.2f}%", "context": f["context"], "dtype": f["dtype"],
                         "achieved": f["achieved_flops_per_s"], "peak": f["peak_flops_per_s"],
-                        "mfu": f"{100 * f['mfu']:.1f}%" if f.get("mfu") is not None else "–", "forward": _ms(f["forward"])}
+                        "mfu": f"{100 * f['mfu']:.2g}%" if f.get("mfu") is not None else "–", "forward": _ms(f["forward"])}
     return out
