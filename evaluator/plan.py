@@ -115,7 +115,8 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
                     cid = store.cell_id(model.name, backend.name, variant.name, target.name, sc.name)
                     why = (unsupported(model, backend, variant, target) or fits(model, variant, target, sc)
                            or (TECHNIQUES_WHY.format(backend=backend.name) if technique and backend.name != "pytorch_eager"
-                               else None))
+                               else None)
+                           or (backend.serving_unsupported if sc.name == "serving" else None))
                     cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference and reference.target in (None, target.name):

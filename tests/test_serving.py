@@ -60,11 +60,37 @@ def test_a_malformed_schedule_is_refused_and_the_runner_stays_up(null, requests_
     assert null.request("describe", 60)["engine"] == "null"
 
 
-def test_an_engine_without_an_asynchronous_api_says_unsupported(tmp_path):
+def test_pytorch_eager_serves_through_continuous_batching_each_request_its_greedy_tokens(tmp_path):
+    """transformers' continuous batching: requests joining while others decode, each exactly the
+    tokens the runner's own loop generates for it, each token stamped when the manager's thread
+    made it (after its request was offered, in order)."""
     with start_runner("pytorch_eager", tmp_path) as runner:
-        runner.request("load", 120, model=MODEL, options={})
-        with pytest.raises(RunnerFailure, match="unsupported.*asynchronous"):
+        loaded = runner.request("load", 120, model=MODEL, options={})
+        assert loaded["settings"]["continuous_batching"]["allow_block_sharing"] is False
+        prompts = [[1, 400 + i] for i in range(6)]
+        wanted = [5 + 3 * i for i in range(6)]
+        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
+                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        for req, prompt, n in zip(out["requests"], prompts, wanted):
+            assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
+            assert req["submitted_ns"] <= req["token_ns"][0] and req["token_ns"] == sorted(req["token_ns"])
+        runner.request("load", 120, model=MODEL, options={"kv_cache": "nokv"})
+        with pytest.raises(RunnerFailure, match="unsupported.*paged KV cache"):
             runner.request("serving", 60, requests=[{"at_s": 0.0, "prompt": [1], "new_tokens": 2}])
+
+
+def test_a_backend_without_a_serving_path_is_refused_by_the_plan_before_anything_is_built():
+    from evaluator import plan
+    from evaluator.catalog import backends, models, targets
+    from evaluator.measure import serving
+
+    found = backends.discover()[0]
+    without = [b for b in found.values() if b.serving_unsupported]
+    assert {"llamacpp", "onnxruntime", "pytorch_compile"} <= {b.name for b in without}
+    cells = plan.plan(models.resolve("stories260k"), [found["pytorch_eager"], found["llamacpp"]], ["fp32-sdpa-kv", "q8_0"],
+                      targets.resolve(["local"]), [serving.Serving()])
+    why = {c.backend.name: c.unsupported for c in cells}
+    assert why == {"pytorch_eager": None, "llamacpp": found["llamacpp"].serving_unsupported}
 
 
 def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_path):

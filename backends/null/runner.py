@@ -105,7 +105,7 @@ class NullEngine(Engine):
     def submit(self, rid, prompt, max_new_tokens):
         self.in_flight[rid] = [prompt[-1], max_new_tokens]
 
-    def step(self):
+    def step(self, wait_s=None):
         """One token for every request in flight, as generate makes them (continuous batching
         with no cost: the harness's own ceiling)."""
         if self.fault == "slow_tokens":

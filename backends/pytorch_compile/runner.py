@@ -78,6 +78,10 @@ class CompiledEngine(eager.TorchEngine):
         self.graphs_after_compile = _graphs()
         return result
 
+    def submit(self, rid, prompt, max_new_tokens):  # backend.toml's serving_unsupported says why
+        raise RunnerError("unsupported", "no asynchronous API of its own (pytorch_eager serves through transformers' "
+                          "continuous batching)")
+
     def stats(self):
         return {"recompiles_after_load": _graphs() - self.graphs_after_compile}
 

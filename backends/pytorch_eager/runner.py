@@ -21,7 +21,8 @@ import transformers  # noqa: E402
 from evaluator.runner import Engine, RunnerError, check_options, choice, score_groups_as_rows, serve  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import techniques  # noqa: E402  (beside this file, in every image and on every target)
+import serving  # noqa: E402  (beside this file, in every image and on every target)
+import techniques  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONS = {"dtype", "attn", "kv_cache", "device", "threads", "allow_pickle", "trust_remote_code", "weight_noise"}
@@ -33,6 +34,7 @@ class TorchEngine(Engine):
         self.device = "cpu"
         self.kv_cache = True
         self.cache_name = "cache"  # the forward's KV-cache keyword and output field (past_key_values before 5.24)
+        self.batching = None       # transformers' continuous batching, from the first served request of a load
 
     def describe(self):
         cuda = torch.cuda.is_available()
@@ -59,6 +61,7 @@ class TorchEngine(Engine):
         if options.get("threads"):
             torch.set_num_threads(int(options["threads"]))
         self.kv_cache = options.get("kv_cache", "kv") == "kv"
+        self._stop_serving()
         path = model["path"]
         if not os.path.isdir(path):
             raise RunnerError("bad_request", f"model folder {path} does not exist")
@@ -79,7 +82,8 @@ class TorchEngine(Engine):
             "device": self.device,
             "settings": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
                          "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache, "cache_keyword": self.cache_name,
-                         "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                         "continuous_batching": serving.settings(self.model) if self.kv_cache else None},
         }
 
     def _from_pretrained(self, path: str, kwargs: dict):
@@ -97,6 +101,7 @@ class TorchEngine(Engine):
 
     @torch.inference_mode()
     def generate(self, prompts, max_new_tokens, on_token):
+        self._stop_serving()
         ids = torch.tensor(prompts, device=self.device)
         out = []
         past = None
@@ -139,6 +144,7 @@ class TorchEngine(Engine):
         return results
 
     def score(self, sequences, start, top_k, want=None):
+        self._stop_serving()
         return self._score_rows(sequences, [start] * len(sequences), top_k, want)
 
     def score_continuations(self, prefix, continuations, top_k):
@@ -147,6 +153,7 @@ class TorchEngine(Engine):
     def score_groups(self, groups, top_k):
         """Many HellaSwag items in few forwards, each context computed once. The variant without
         a KV cache scores every context + ending as its own row, as it would without one."""
+        self._stop_serving()
         if top_k or not self.kv_cache:
             return score_groups_as_rows(groups, top_k, self._score_rows, max_tokens=SHARED_TOKENS)
         order = sorted(range(len(groups)), key=lambda i: len(groups[i][0]))  # similar contexts pad little
@@ -190,6 +197,7 @@ class TorchEngine(Engine):
         return [[next(entries) for _ in conts] for _, conts in groups]
 
     def technique(self, name, params, batches):
+        self._stop_serving()
         if name == "attention":
             return techniques.attention(self.device, params)
         if name == "train":
@@ -197,6 +205,27 @@ class TorchEngine(Engine):
         if name == "kv":
             return techniques.kv(self, params)
         return techniques.flops(self.model, self.device, params)
+
+    def submit(self, rid, prompt, max_new_tokens):
+        if not self.kv_cache:
+            raise RunnerError("unsupported", "continuous batching keeps a paged KV cache: a kv_cache=nokv variant has "
+                              "nothing to serve with")
+        if self.batching is None:
+            self.batching = serving.ContinuousBatching(self.model)
+        self.batching.submit(rid, prompt, max_new_tokens)
+
+    def step(self, wait_s=None):
+        return self.batching.step(wait_s)
+
+    def _stop_serving(self):
+        """Before any other use of the model: the manager's thread shares it, and may have set a
+        paged attention implementation that a plain forward must not run."""
+        if self.batching is not None:
+            self.batching.stop()
+            self.batching = None
+
+    def close(self):
+        self._stop_serving()
 
     def device_memory(self):
         if self.device == "cuda":

@@ -149,7 +149,7 @@ class VllmEngine(Engine):
                                 output_kind=RequestOutputKind.DELTA)
         self.serving[self._add(prompt, params)] = rid
 
-    def step(self):
+    def step(self, wait_s=None):  # vLLM steps synchronously: never waits
         outs = [out for out in self.llm.llm_engine.step() if out.outputs and out.outputs[0].token_ids]
         made = [(self.serving[out.request_id], list(out.outputs[0].token_ids)) for out in outs]
         for out in outs:

@@ -54,6 +54,7 @@ class Backend:
     default_variants: tuple = ()  # what a run without --variants measures
     min_head_dim: int | None = None  # its attention kernels refuse narrower heads: known before any environment is built
     weight_group_size: int | None = None  # weights quantized in groups of this many input features
+    serving_unsupported: str | None = None  # why its runner has no serving path: known before any environment is built
     given_python: tuple = ()  # (path, fingerprint of its packages): an environment the user gave (--python), used as is
 
     def variant(self, name: str) -> Variant:
@@ -127,7 +128,7 @@ def load_manifest(folder: Path) -> Backend:
         engine_packages=tuple(m.image.engine_packages), with_backends=tuple(m.image.with_backends),
         base_image=m.image.base_image or "",
         reference_variant=reference, variants=variants, default_variants=defaults, min_head_dim=m.min_head_dim,
-        weight_group_size=m.weight_group_size,
+        weight_group_size=m.weight_group_size, serving_unsupported=m.serving_unsupported,
     )
 
 

@@ -70,6 +70,7 @@ class Manifest(Strict):
     image: Image = Image()
     min_head_dim: Annotated[int, Field(gt=0)] | None = None
     weight_group_size: Annotated[int, Field(gt=0)] | None = None
+    serving_unsupported: Annotated[str, Field(min_length=20)] | None = None  # why its runner cannot serve
 
 
 # -- targets.toml (built in, and the user's) ------------------------------------------------

@@ -129,7 +129,8 @@ serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, 
     offsets in seconds, non-decreasing). The runner library hands request i to the engine's
     own asynchronous API (Engine.submit, then Engine.step until it is done) as soon as its
     clock passes start_ns + at_s, never before (`submitted_ns` says when), stamps every token
-    when the step that made it returns, and sleeps while nothing is in flight; `steps` are the
+    when the step that made it returns (or, from an engine whose own thread makes tokens, when
+    that thread made it), and sleeps while nothing is in flight; `steps` are the
     engine's steps (a request that falls due during one is offered when it returns, as an
     engine's own server queues it until its next step). Each request
     gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
@@ -246,10 +247,16 @@ class Engine:
         greedily, for exactly max_new_tokens tokens."""
         raise RunnerError("unsupported", "this engine has no asynchronous API to serve a stream of requests with")
 
-    def step(self) -> list[tuple[int, list[int]]]:
+    def step(self, wait_s: float | None = None) -> list[tuple]:
         """Serving: one scheduler step over every request in flight; (rid, its new tokens) for
-        each request that gained any."""
+        each request that gained any, or (rid, tokens, the time.perf_counter_ns each was made)
+        from an engine whose own thread makes them. Such an engine may wait for tokens, but no
+        longer than wait_s, when the next request is due (None: none is)."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop what the engine started beside the protocol's loop (a serving thread) before the
+        runner exits, at shutdown or at the end of its input."""
 
     def technique(self, name: str, params: dict, batches: list[list[list[int]]] | None) -> dict:
         """Measure one of the article's techniques (the `technique` request)."""

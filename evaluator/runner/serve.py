@@ -236,14 +236,15 @@ def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wan
                 time.sleep((wait - SPIN_NS) / 1e9)
             continue
         began = clock()
-        stepped = engine.step()
+        stepped = engine.step((start + at_ns[due] - began) / 1e9 if due < len(prompts) else None)
         stamp = clock()
         steps.append([began, stamp])
-        for rid, tokens in stepped:
+        for rid, tokens, *made_ns in stepped:
             if rid not in open_:
                 raise RunnerError("internal", f"the engine returned tokens for request {rid}, which is not in flight")
             answers[rid]["tokens"] += tokens
-            answers[rid]["token_ns"] += [stamp] * len(tokens)
+            # an engine that keeps each token's own time (a background thread's) says when it was made
+            answers[rid]["token_ns"] += [t or stamp for t in made_ns[0]] if made_ns else [stamp] * len(tokens)
             if len(answers[rid]["tokens"]) >= wanted[rid]:
                 open_.discard(rid)
     return {"start_ns": start, "end_ns": clock(), "requests": answers, "steps": steps}
@@ -292,4 +293,5 @@ def serve(engine: Engine) -> None:
             send({"id": None, "ok": False, "error": {"type": "bad_request", "message": f"not JSON: {exc}"}})
         except Exception as exc:  # every failure becomes a typed answer, never a dead pipe
             send({"id": req_id, "ok": False, "error": _error(exc, engine)})
+    engine.close()
     out.flush()

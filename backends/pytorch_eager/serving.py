@@ -1,0 +1,83 @@
+"""Serving through transformers' own continuous batching (the `serving` request's engine API).
+
+transformers 5 serves a stream of requests with a ContinuousBatchingManager: a paged KV cache,
+a scheduler that admits requests between forward passes, and a background thread that runs
+them; requests go in with add_request and their tokens stream out of a queue. The runner
+submits each request as its scheduled time comes and drains the queue in step(); every token
+carries the time the manager's thread produced it (record_timestamps, the same perf_counter
+clock as the harness), so waiting for the queue never enters a latency.
+
+Settings are set, not inferred from free memory: the KV cache holds KV_CACHE_BYTES (as the
+vLLM runner's), a forward takes at most MAX_BATCH_TOKENS, prefix sharing is off (every request
+pays its own prefill, as in the other engines' runs) and the attention implementation stays the
+variant's (no switch to flash attention). The manager is made on the first request of a load
+and stopped at the next load or at shutdown.
+"""
+import inspect
+
+from transformers import ContinuousBatchingConfig, GenerationConfig
+
+KV_CACHE_BYTES = 2 * 1024 ** 3
+MAX_BATCH_TOKENS = 512
+PAGE_TOKENS = 64
+WAIT_S = 0.05  # the longest step() waits for a token when no arrival is due sooner
+
+
+def settings(model) -> dict:
+    """The manager's configuration for this model (pages that fill KV_CACHE_BYTES), in the
+    names this transformers takes: 5.17 calls a page a block and never switches attention."""
+    config = model.config.get_text_config()
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+    taken = inspect.signature(ContinuousBatchingConfig).parameters
+    wanted = {"num_blocks": max(1, KV_CACHE_BYTES // (per_token * PAGE_TOKENS)),
+              "page_size" if "page_size" in taken else "block_size": PAGE_TOKENS,
+              "max_batch_tokens": MAX_BATCH_TOKENS, "allow_block_sharing": False, "auto_switch_to_flash": False}
+    return {k: v for k, v in wanted.items() if k in taken}
+
+
+class ContinuousBatching:
+    def __init__(self, model):
+        self.model, self.attention = model, model.config._attn_implementation
+        self.settings = settings(model)
+        generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0)
+        self.manager = model.init_continuous_batching(generation_config=generation,
+                                                      continuous_batching_config=ContinuousBatchingConfig(**self.settings))
+        self.manager.start()
+        self.rid = {}    # the manager's request id -> the harness's
+        self.seen = {}   # the harness's id -> tokens already handed back
+
+    def submit(self, rid: int, prompt: list[int], max_new_tokens: int) -> None:
+        key = f"r{rid}-{len(self.rid)}"
+        if self.manager.add_request(list(prompt), request_id=key, max_new_tokens=max_new_tokens, streaming=True,
+                                    record_timestamps=True, eos_token_id=-1) is None:
+            raise RuntimeError("transformers' continuous batching refused the request (its queue is closed)")
+        self.rid[key], self.seen[rid] = rid, 0
+
+    def step(self, wait_s: float | None) -> list[tuple[int, list[int], list]]:
+        """Every token produced since the last step, with the time it was produced (None where
+        the manager kept none); waits for the first one at most until the next arrival is due."""
+        wait = WAIT_S if wait_s is None else min(WAIT_S, max(0.0, wait_s))
+        made, result = {}, self.manager.get_result(timeout=wait)
+        while result is not None:
+            if result.error:
+                raise RuntimeError(f"transformers' continuous batching failed request {result.request_id}: {result.error}")
+            rid = self.rid[result.request_id]
+            new = result.generated_tokens[self.seen[rid]:]
+            stamps = result.timestamps[self.seen[rid]:] if result.timestamps else []
+            self.seen[rid] += len(new)
+            tokens, ns = made.setdefault(rid, ([], []))
+            tokens += new
+            ns += [int(t * 1e9) for t in stamps] if len(stamps) == len(new) else [None] * len(new)
+            if result.is_finished():
+                del self.rid[result.request_id]
+            result = self.manager.get_result(timeout=0)
+        return [(rid, tokens, ns) for rid, (tokens, ns) in made.items()]
+
+    def stop(self) -> None:
+        """Stop the thread and put the variant's attention back: transformers 5.17's manager
+        leaves the model on its paged implementation (5.24's restores it itself)."""
+        self.manager.stop(block=True, timeout=30)
+        if self.model.config._attn_implementation != self.attention:
+            self.model.set_attn_implementation(self.attention)
