@@ -18,7 +18,7 @@ from pathlib import Path
 
 from evaluator import plan, run, store
 from evaluator.launch import process
-from evaluator.measure import sampling
+from evaluator.measure import sampling, serving
 from evaluator.score import budget, fidelity, gate, quality, stored
 
 
@@ -85,8 +85,8 @@ def _line(cell: plan.Cell, result: dict) -> str:
     if cell.scenario.name == "serving":
         m = result["metrics"]
         peak = max(m["per_rate"], key=lambda r: r["output_tokens_per_s"])
-        line += (f"  {len(m['per_rate'])} rates, up to {peak['output_tokens_per_s']:,.0f} output tokens/s at {peak['rate']:g} "
-                 f"requests/s" + ("" if m["saturated"] else " (not saturated)")
+        line += (f"  {len(m['per_rate'])} loads, up to {peak['output_tokens_per_s']:,.0f} output tokens/s at "
+                 f"{serving.load_label(peak)}" + ("" if m["saturated"] else " (not saturated)")
                  + (f", max {m['max_rate_within_slo']:g} requests/s within the SLO" if m["slo"] and m["max_rate_within_slo"]
                     else ", no rate within the SLO" if m["slo"] else "")
                  + "".join(f"; {r['rate']:g}/s INVALID (arrivals offered late)" for r in m["per_rate"] if not r["valid"]))

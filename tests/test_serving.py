@@ -47,6 +47,20 @@ def test_arrivals_follow_the_schedule_and_every_request_gets_exactly_its_tokens(
     assert out["end_ns"] >= max(r["token_ns"][-1] for r in out["requests"])
 
 
+def test_a_closed_load_keeps_exactly_its_users_in_flight(null):
+    """concurrency=3: three requests from the start, and each answer lets the next one in."""
+    null.request("load", 60, model=MODEL, options={})
+    wanted = [2 + i % 5 for i in range(12)]
+    out = null.request("serving", 60, concurrency=3, requests=[{"prompt": [1, 2 + i], "new_tokens": n}
+                                                              for i, n in enumerate(wanted)])
+    reqs = out["requests"]
+    assert [len(r["tokens"]) for r in reqs] == wanted
+    for began, _ in out["steps"]:  # every engine step runs with 3 in flight, or all that remain
+        done = sum(1 for r in reqs if r["token_ns"][-1] <= began)
+        offered = sum(1 for r in reqs if r["submitted_ns"] <= began)
+        assert offered - done == min(3, len(reqs) - done)
+
+
 @pytest.mark.parametrize("requests_, words", [
     ([{"at_s": 0.1, "prompt": [1], "new_tokens": 2}, {"at_s": 0.0, "prompt": [1], "new_tokens": 2}], "non-decreasing"),
     ([{"at_s": 0.0, "prompt": [1], "new_tokens": 0}], "new_tokens"),
@@ -120,7 +134,22 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
     assert "null · none" in (folder / "index.html").read_text()
 
 
+def test_a_concurrency_sweep_reports_each_number_of_users(tmp_path):
+    reports = tmp_path / "reports"
+    proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none", "--scenarios", "serving",
+                   "--concurrency", "1,4", "--serving-requests", "24", "--new-tokens", "4", "--slo", "ttft:100",
+                   "--reports", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    cell = cells(run_folder(proc.stderr, reports))["synthetic-tiny__null.none__local__serving"]
+    rows = cell["metrics"]["per_rate"]
+    assert [r["concurrency"] for r in rows] == [1, 4] and all(r["valid"] and r["arrivals"] is None for r in rows)
+    assert all(r["requests"] == 24 and r["ttft_ms"]["n"] == 24 for r in rows)
+    # within the SLO at every load: the heaviest one's achieved requests/s
+    assert cell["metrics"]["max_rate_within_slo"] == pytest.approx(max(r["requests_per_s"] for r in rows))
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--concurrency", "4,2"], "increasing"),
     (["--slo", "ttfb:50"], "unknown metric 'ttfb'"),
     (["--slo", "ttft:fast"], "not a number"),
     (["--rates", "8,4"], "increasing"),

@@ -21,6 +21,12 @@ by that part alone, fall short of the schedule's rate by more than 5% is INVALID
 the generator, not the engine.
 "max requests/s within the SLO" is the heaviest valid rate at which at least SLO_SHARE of the
 requests meet every objective (MLPerf's Server scenario holds a 90th or 99th percentile).
+
+With `concurrency` (vLLM's `bench serve --max-concurrency`, a closed load) the sweep is over
+numbers of users instead: N requests in flight from the start, each answered one letting the
+next in, so a request "arrives" when it is offered and there is no schedule to fall behind;
+"max requests/s within the SLO" is then the requests/s achieved at the heaviest concurrency
+within it.
 """
 import argparse
 import bisect
@@ -45,7 +51,13 @@ class Serving:
     burstiness: float = 1.0      # gamma shape of the gaps: 1 is Poisson
     seed: int = 0
     slo: tuple = ()              # (("ttft", ms), ("tpot", ms), ("e2e", ms)), any of them
+    concurrency: tuple = ()      # users in flight, instead of rates: a closed load
     name: str = "serving"
+
+
+def load_label(row: dict) -> str:
+    """The load a row was measured under, for people: "16 requests/s" or "16 users"."""
+    return f"{row['rate']:g} requests/s" if "rate" in row else f"{row['concurrency']} users"
 
 
 def parse_rates(text: str) -> tuple:
@@ -57,6 +69,17 @@ def parse_rates(text: str) -> tuple:
     if not rates or not all(r > 0 for r in rates) or list(rates) != sorted(set(rates)):
         raise argparse.ArgumentTypeError(f"{text!r}: rates must be > 0 and increasing, e.g. 1,2,4,8")
     return rates
+
+
+def parse_concurrency(text: str) -> tuple:
+    """"1,4,16" -> (1, 4, 16): users in flight, increasing (an argparse type)."""
+    try:
+        users = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of whole numbers of users") from None
+    if not users or not all(u > 0 for u in users) or list(users) != sorted(set(users)):
+        raise argparse.ArgumentTypeError(f"{text!r}: concurrencies must be > 0 and increasing, e.g. 1,4,16")
+    return users
 
 
 def parse_burstiness(text: str) -> float:
@@ -89,24 +112,30 @@ def parse_slo(text: str) -> tuple:
 
 
 def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, timeout_s: float, progress=None) -> dict:
-    def offer(at):
+    def offer(at, **closed):
         asked = [{"at_s": a, "prompt": prompts[i % len(prompts)], "new_tokens": sc.new_tokens} for i, a in enumerate(at)]
-        return runner.request("serving", timeout_s + at[-1], requests=asked)
+        return runner.request("serving", timeout_s + at[-1], requests=asked, **closed)
 
     # Untimed first: every request at once, so the engine meets each batch size (decode drains
     # from `requests` to 1) before a timed rate does; vLLM's CPU kernels are built per shape on
     # first use, and they made the lightest rate look slowest.
     offer([0.0] * sc.requests)
     rows = []
-    for rate in sc.rates:
-        at = arrivals.offsets(rate, sc.requests, seed=sc.seed, burstiness=sc.burstiness)
-        rows.append(_rate(rate, at, offer(at), sc))
+    for load in sc.concurrency or sc.rates:
+        if sc.concurrency:
+            out = offer([0.0] * sc.requests, concurrency=load)
+            at = [(r["submitted_ns"] - out["start_ns"]) / 1e9 for r in out["requests"]]  # offered is arrived
+            rows.append(_rate(at, out, sc, concurrency=load))
+        else:
+            at = arrivals.offsets(load, sc.requests, seed=sc.seed, burstiness=sc.burstiness)
+            rows.append(_rate(at, offer(at), sc, rate=load))
         if progress:
-            progress(f"serving {rate:g}/s: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
+            progress(f"serving {load_label(rows[-1])}: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
         if len(rows) > 1 and rows[-1]["output_tokens_per_s"] < KNEE_GAIN * rows[-2]["output_tokens_per_s"]:
             break
-    within = [r["rate"] for r in rows if r["valid"] and r.get("slo_share") is not None and r["slo_share"] >= SLO_SHARE]
-    return {"metrics": {"per_rate": rows, "saturated": len(rows) < len(sc.rates),
+    within = [r.get("rate") or r["requests_per_s"] for r in rows
+              if r["valid"] and r.get("slo_share") is not None and r["slo_share"] >= SLO_SHARE]
+    return {"metrics": {"per_rate": rows, "saturated": len(rows) < len(sc.concurrency or sc.rates),
                         "max_rate_within_slo": max(within) if sc.slo and within else None,
                         "slo": dict(sc.slo), "slo_share": SLO_SHARE}}
 
@@ -118,12 +147,13 @@ def _ready(arrival_ns: int, steps: list) -> int:
     return max(arrival_ns, steps[i][1]) if i >= 0 and steps[i][0] <= arrival_ns < steps[i][1] else arrival_ns
 
 
-def _rate(rate: float, at: list[float], out: dict, sc: Serving) -> dict:
+def _rate(at: list[float], out: dict, sc: Serving, **load) -> dict:
+    """One load's row; `load` is rate=requests/s (an open schedule) or concurrency=users."""
     start, ms = out["start_ns"], 1e-6
     arrival = [start + round(a * 1e9) for a in at]
     for i, r in enumerate(out["requests"]):
         if len(r["tokens"]) != sc.new_tokens:
-            raise RunnerFailure("invalid", f"serving at {rate:g}/s: request {i} got {len(r['tokens'])} tokens, "
+            raise RunnerFailure("invalid", f"serving at {load_label(load)}: request {i} got {len(r['tokens'])} tokens, "
                                 f"{sc.new_tokens} asked")
     reqs = out["requests"]
     per = {"ttft": [(r["token_ns"][0] - a) * ms for r, a in zip(reqs, arrival)],
@@ -137,13 +167,15 @@ def _rate(rate: float, at: list[float], out: dict, sc: Serving) -> dict:
     span_offered = (arrival[-1] + own[-1]) - (arrival[0] + own[0])
     offered_rate = (len(at) - 1) / (span_offered / 1e9) if len(at) > 1 and span_offered > 0 else None
     followed = schedule_rate is None or (offered_rate is not None and offered_rate >= FOLLOWED * schedule_rate)
-    row = {"rate": rate, "requests": len(reqs), "duration_s": span_s,
+    closed = "concurrency" in load  # arrivals are the offers themselves: no schedule to follow
+    row = {**load, "requests": len(reqs), "duration_s": span_s,
            **{f"{k}_ms": summarize(v, "ms") for k, v in per.items()}, "itl_ms": summarize(itl, "ms"),
            "requests_per_s": len(reqs) / span_s, "output_tokens_per_s": len(reqs) * sc.new_tokens / span_s,
-           "arrivals": {"schedule_per_s": schedule_rate, "offered_per_s": offered_rate,
-                        "lateness_ms": summarize([(o - a) * ms for o, a in zip(offered, arrival)], "ms"),
-                        "generator_lateness_ms": summarize([d * ms for d in own], "ms")},
-           "valid": followed}
+           "arrivals": None if closed else {
+               "schedule_per_s": schedule_rate, "offered_per_s": offered_rate,
+               "lateness_ms": summarize([(o - a) * ms for o, a in zip(offered, arrival)], "ms"),
+               "generator_lateness_ms": summarize([d * ms for d in own], "ms")},
+           "valid": closed or followed}
     if sc.slo:
         met = [all(per[k][i] <= bound for k, bound in sc.slo if per[k]) for i in range(len(reqs))]
         row.update(met_slo=sum(met), slo_share=sum(met) / len(reqs), goodput_per_s=sum(met) / span_s)

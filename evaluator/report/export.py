@@ -102,7 +102,7 @@ def _serving_rows(m: dict) -> list[dict]:
     achieved over the run, goodput under the SLO; then the heaviest rate within the SLO."""
     rows = []
     for r in m.get("per_rate", []):
-        valid, at = "VALID" if r["valid"] else "INVALID", f"@{r['rate']:g}/s"
+        valid, at = "VALID" if r["valid"] else "INVALID", f"@{r['rate']:g}/s" if "rate" in r else f"@{r['concurrency']}users"
         for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
             rows += _timed(r[key], f"serving_{key.removesuffix('_ms')}{at}", valid)
         for key, unit in (("requests_per_s", "requests/s"), ("output_tokens_per_s", "tokens/s"), ("goodput_per_s", "requests/s")):

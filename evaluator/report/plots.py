@@ -8,6 +8,7 @@ that came from a result (model, backend, variant, target names) is passed throug
 import math
 from html import escape as _html_escape
 
+from evaluator.measure import serving
 from evaluator.report.configs import Config
 
 GB = 1e9
@@ -131,7 +132,7 @@ def throughput_vs_batch(configs: list[Config]) -> dict | None:
 
 
 def serving_curve(configs: list[Config]) -> dict | None:
-    """Serving, the classic plot: one point per offered rate, the output tokens/s achieved
+    """Serving, the classic plot: one point per offered rate (or number of users), the output tokens/s achieved
     against the median time to first token (from each request's scheduled arrival; bars: 95%
     intervals), the TTFT objective dashed where --slo set one. Past the knee a curve turns up:
     more load only queues."""
@@ -147,9 +148,9 @@ def serving_curve(configs: list[Config]) -> dict | None:
                      "x": [r["output_tokens_per_s"] for r in rows], "y": [r["ttft_ms"]["p50"] for r in rows],
                      "error_y": {"type": "data", "symmetric": False, "array": [hi - r["ttft_ms"]["p50"] for r, (_, hi) in zip(rows, cis)],
                                  "arrayminus": [r["ttft_ms"]["p50"] - lo for r, (lo, _) in zip(rows, cis)]},
-                     "text": [escape(f"{r['rate']:g} requests/s offered" + ("" if r["valid"] else " (INVALID: offered late)"))
+                     "text": [escape(serving.load_label(r) + ("" if r["valid"] else " (INVALID: offered late)"))
                               for r in rows], "hoverinfo": "x+y+text"})
-    layout = _layout("Serving: throughput against time to first token (one point per offered rate)", "output tokens/s",
+    layout = _layout("Serving: throughput against time to first token (one point per offered load)", "output tokens/s",
                      "TTFT, median (ms)")
     layout["yaxis"]["type"] = "log"
     ttft = next((cell["metrics"]["slo"].get("ttft") for _, cell in cs if cell["metrics"].get("slo")), None)

@@ -121,7 +121,7 @@ technique {"name": "attention"|"train"|"flops"|"kv", "params": {...}, "batches":
     does not implement a technique answers `unsupported` (describe's supports.techniques lists
     those it does).
 
-serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, ...]}
+serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, ...], "concurrency"?: int}
     -> {"start_ns": int, "end_ns": int,
         "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...]}, ...],
         "steps": [[start_ns, end_ns], ...]}
@@ -134,7 +134,9 @@ serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, 
     engine's steps (a request that falls due during one is offered when it returns, as an
     engine's own server queues it until its next step). Each request
     gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
-    same work. An engine without such an API answers `unsupported`.
+    same work. With "concurrency": N (and no at_s), the load is closed: N requests go in at
+    once and each one answered lets the next in, as N users who send again on each answer. An
+    engine without such an API answers `unsupported`.
 
 shutdown {}
     -> {} and the process exits 0.

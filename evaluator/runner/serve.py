@@ -204,12 +204,13 @@ class _Server:
         reqs = req.get("requests")
         if not isinstance(reqs, list) or not reqs or not all(isinstance(r, dict) for r in reqs):
             raise RunnerError("bad_request", "serving needs requests: a non-empty list of {at_s, prompt, new_tokens}")
-        at = [r.get("at_s") for r in reqs]
+        concurrency = _int(req, "concurrency", 1) if "concurrency" in req else None
+        at = [0.0] * len(reqs) if concurrency else [r.get("at_s") for r in reqs]
         if not all(isinstance(a, (int, float)) and not isinstance(a, bool) and a >= 0 for a in at) or at != sorted(at):
             raise RunnerError("bad_request", "every at_s must be a number >= 0, in non-decreasing order")
         prompts = _ids([r.get("prompt") for r in reqs], "prompt", self.vocab_size)
         wanted = [_int(r, "new_tokens", 1) for r in reqs]
-        return run_schedule(self.engine, [round(a * 1e9) for a in at], prompts, wanted)
+        return run_schedule(self.engine, [round(a * 1e9) for a in at], prompts, wanted, concurrency)
 
     def shutdown(self, req):
         return {}
@@ -218,14 +219,21 @@ class _Server:
 SPIN_NS = 200_000  # the last 0.2 ms before an arrival is waited out on the clock: sleep() overshoots
 
 
-def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wanted: list[int]) -> dict:
-    """Offer the requests at their times and step the engine until each has its tokens."""
+def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wanted: list[int],
+                 concurrency: int | None = None) -> dict:
+    """Offer the requests at their times (or, with `concurrency`, the next one whenever fewer
+    are in flight: that many users, each sending again once answered) and step the engine until
+    each has its tokens."""
     clock = time.perf_counter_ns
     answers = [{"submitted_ns": None, "tokens": [], "token_ns": []} for _ in prompts]
     open_, due, steps = set(), 0, []
     start = clock()
+
+    def is_due() -> bool:
+        return len(open_) < concurrency if concurrency else clock() >= start + at_ns[due]
+
     while due < len(prompts) or open_:
-        while due < len(prompts) and clock() >= start + at_ns[due]:
+        while due < len(prompts) and is_due():
             engine.submit(due, prompts[due], wanted[due])
             answers[due]["submitted_ns"] = clock()
             open_.add(due)
@@ -236,7 +244,7 @@ def run_schedule(engine: Engine, at_ns: list[int], prompts: list[list[int]], wan
                 time.sleep((wait - SPIN_NS) / 1e9)
             continue
         began = clock()
-        stepped = engine.step((start + at_ns[due] - began) / 1e9 if due < len(prompts) else None)
+        stepped = engine.step((start + at_ns[due] - began) / 1e9 if due < len(prompts) and not concurrency else None)
         stamp = clock()
         steps.append([began, stamp])
         for rid, tokens, *made_ns in stepped:
