@@ -89,7 +89,10 @@ def _line(cell: plan.Cell, result: dict) -> str:
                  f"{serving.load_label(peak)}" + ("" if m["saturated"] else " (not saturated)")
                  + (f", max {m['max_rate_within_slo']:g} requests/s within the SLO" if m["slo"] and m["max_rate_within_slo"]
                     else ", no rate within the SLO" if m["slo"] else "")
-                 + "".join(f"; {r['rate']:g}/s INVALID (arrivals offered late)" for r in m["per_rate"] if not r["valid"]))
+                 + "".join(f"; {r['rate']:g}/s INVALID (arrivals offered late)" for r in m["per_rate"] if not r["valid"])
+                 + "".join(f"; {serving.load_label(r)} undecided for the SLO ({r['met_slo']} of {r['requests']} met it: "
+                           f"{m['slo_requests_needed']}+ requests can show {m['slo_share']:.0%})"
+                           for r in m["per_rate"] if r.get("slo_verdict") == "undecided"))
     if result.get("validity") and not result["validity"]["valid"]:
         line += "  " + sampling.explain(result["validity"])
     if cell.scenario.name == "quality":

@@ -126,6 +126,7 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
             assert r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"]
     assert fast["metrics"]["max_rate_within_slo"] == 80.0 and all(r["slo_share"] == 1 for r in fast["metrics"]["per_rate"])
     assert slow["metrics"]["max_rate_within_slo"] is None and all(r["slo_share"] == 0 for r in slow["metrics"]["per_rate"])
+    assert [r["slo_verdict"] for r in fast["metrics"]["per_rate"] + slow["metrics"]["per_rate"]] == ["within"] * 2 + ["outside"] * 2
     assert all(r["tpot_ms"]["p50"] >= 20 for r in slow["metrics"]["per_rate"])
     page = (folder / "index.html").read_text()
     assert "Serving: throughput against time to first token" in page and "max requests/s within the SLO" in page
@@ -137,15 +138,30 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
 def test_a_concurrency_sweep_reports_each_number_of_users(tmp_path):
     reports = tmp_path / "reports"
     proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none", "--scenarios", "serving",
-                   "--concurrency", "1,4", "--serving-requests", "24", "--new-tokens", "4", "--slo", "ttft:100",
+                   "--concurrency", "1,4", "--serving-requests", "40", "--new-tokens", "4", "--slo", "ttft:100",
                    "--reports", str(reports))
     assert proc.returncode == 0, proc.stderr
     cell = cells(run_folder(proc.stderr, reports))["synthetic-tiny__null.none__local__serving"]
     rows = cell["metrics"]["per_rate"]
     assert [r["concurrency"] for r in rows] == [1, 4] and all(r["valid"] and r["arrivals"] is None for r in rows)
-    assert all(r["requests"] == 24 and r["ttft_ms"]["n"] == 24 for r in rows)
+    assert all(r["requests"] == 40 and r["ttft_ms"]["n"] == 40 and r["slo_verdict"] == "within" for r in rows)
     # within the SLO at every load: the heaviest one's achieved requests/s
     assert cell["metrics"]["max_rate_within_slo"] == pytest.approx(max(r["requests_per_s"] for r in rows))
+
+
+def test_too_few_requests_leave_the_slo_undecided_even_when_all_meet_it(tmp_path):
+    """20 of 20 within the objectives cannot show 90% with 95% confidence (Wilson: 35 can)."""
+    from evaluator.measure import serving
+
+    assert serving.SLO_REQUESTS_NEEDED == 35
+    reports = tmp_path / "reports"
+    proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none", "--scenarios", "serving",
+                   "--rates", "50", "--serving-requests", "20", "--new-tokens", "3", "--slo", "ttft:100",
+                   "--reports", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    row, = (m := cells(run_folder(proc.stderr, reports))["synthetic-tiny__null.none__local__serving"]["metrics"])["per_rate"]
+    assert row["met_slo"] == 20 and row["slo_verdict"] == "undecided" and m["max_rate_within_slo"] is None
+    assert "undecided for the SLO (20 of 20 met it: 35+ requests can show 90%)" in proc.stderr
 
 
 @pytest.mark.parametrize("args, words", [

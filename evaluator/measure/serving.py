@@ -19,8 +19,12 @@ due during an engine step is offered when the step returns (an engine's own serv
 until its next step too), so what remains is the harness's. A rate at which arrivals, delayed
 by that part alone, fall short of the schedule's rate by more than 5% is INVALID: it measured
 the generator, not the engine.
-"max requests/s within the SLO" is the heaviest valid rate at which at least SLO_SHARE of the
-requests meet every objective (MLPerf's Server scenario holds a 90th or 99th percentile).
+"max requests/s within the SLO" is the heaviest valid rate shown, with 95% confidence, to have at
+least SLO_SHARE of its requests meet every objective (MLPerf's Server scenario holds a 90th or
+99th percentile): the Wilson interval of the share met must lie above SLO_SHARE ("within"),
+wholly below it is "outside", and in between "undecided": too few requests to tell, as MLPerf's
+early stopping declines to claim a percentile its sample cannot bound. Even with every request
+meeting the objectives, 35 requests are the fewest that can show 90% (SLO_REQUESTS_NEEDED).
 
 With `concurrency` (vLLM's `bench serve --max-concurrency`, a closed load) the sweep is over
 numbers of users instead: N requests in flight from the start, each answered one letting the
@@ -34,12 +38,13 @@ from dataclasses import dataclass
 
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 from evaluator.measure import arrivals
-from evaluator.stats.intervals import summarize
+from evaluator.stats.intervals import summarize, wilson_interval
 
 SLO_METRICS = ("ttft", "tpot", "e2e")
 KNEE_GAIN = 1.05   # a rate whose output tokens/s gains less than this factor is past the knee
 FOLLOWED = 0.95    # offered arrivals at least this share of the schedule's own rate
 SLO_SHARE = 0.9    # of the requests meeting every objective, for a rate to count as within the SLO
+SLO_REQUESTS_NEEDED = next(n for n in range(1, 10_000) if wilson_interval(n, n)[0] >= SLO_SHARE)
 
 
 @dataclass(frozen=True)
@@ -133,11 +138,10 @@ def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, ti
             progress(f"serving {load_label(rows[-1])}: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
         if len(rows) > 1 and rows[-1]["output_tokens_per_s"] < KNEE_GAIN * rows[-2]["output_tokens_per_s"]:
             break
-    within = [r.get("rate") or r["requests_per_s"] for r in rows
-              if r["valid"] and r.get("slo_share") is not None and r["slo_share"] >= SLO_SHARE]
+    within = [r.get("rate") or r["requests_per_s"] for r in rows if r["valid"] and r.get("slo_verdict") == "within"]
     return {"metrics": {"per_rate": rows, "saturated": len(rows) < len(sc.concurrency or sc.rates),
                         "max_rate_within_slo": max(within) if sc.slo and within else None,
-                        "slo": dict(sc.slo), "slo_share": SLO_SHARE}}
+                        "slo": dict(sc.slo), "slo_share": SLO_SHARE, "slo_requests_needed": SLO_REQUESTS_NEEDED}}
 
 
 def _ready(arrival_ns: int, steps: list) -> int:
@@ -178,5 +182,7 @@ def _rate(at: list[float], out: dict, sc: Serving, **load) -> dict:
            "valid": closed or followed}
     if sc.slo:
         met = [all(per[k][i] <= bound for k, bound in sc.slo if per[k]) for i in range(len(reqs))]
-        row.update(met_slo=sum(met), slo_share=sum(met) / len(reqs), goodput_per_s=sum(met) / span_s)
+        low, high = wilson_interval(sum(met), len(reqs))
+        row.update(met_slo=sum(met), slo_share=sum(met) / len(reqs), slo_share_ci=[low, high], goodput_per_s=sum(met) / span_s,
+                   slo_verdict="within" if low >= SLO_SHARE else "outside" if high < SLO_SHARE else "undecided")
     return row
