@@ -139,7 +139,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
                                                        phases)
     elif isinstance(sc, techniques.Attention):
         with phases("attention"):
-            result.update(techniques.run_attention(runner, sc, deadlines.request_s))
+            result.update(techniques.run_attention(runner, sc, deadlines.request_s, cell.target.device))
     elif isinstance(sc, techniques.Train):
         with phases("train"):
             result.update(techniques.run_train(runner, sc, tok.prompts(sc.sequence_tokens, sc.batch * sc.steps),

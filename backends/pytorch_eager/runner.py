@@ -180,8 +180,7 @@ class TorchEngine(Engine):
         picked = [None] * len(rows)
         for batch in _cut(by_length, lambda r: longest + len(rows[r][1])):
             owner = torch.tensor([rows[r][0] for r in batch], device=device)
-            cache = copy.deepcopy(getattr(out, self.cache_name))
-            cache.batch_select_indices(owner)
+            cache = _rows_of(getattr(out, self.cache_name), owner)
             width = max(len(rows[r][1]) for r in batch)
             endings = torch.tensor([rows[r][1] + [0] * (width - len(rows[r][1])) for r in batch], device=device)
             visible = torch.cat([torch.arange(longest, device=device)[None, :] < ends[owner][:, None],
@@ -234,6 +233,20 @@ class TorchEngine(Engine):
 
     def is_out_of_memory(self, exc):
         return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _rows_of(cache, owner: torch.Tensor):
+    """A new cache holding the contexts' rows `owner` (each ending batch's own contexts), the
+    contexts' cache left as it is for the next batch. Indexing makes the new rows, and a forward
+    only rebinds a layer's tensors, never writes into them: copying the layer objects suffices,
+    not every context's keys and values (what a deep copy did, once per ending batch)."""
+    if not hasattr(cache, "layers"):  # another cache class: copy it whole
+        cache = copy.deepcopy(cache)
+    else:
+        cache = copy.copy(cache)
+        cache.layers = [copy.copy(layer) for layer in cache.layers]
+    cache.batch_select_indices(owner)
+    return cache
 
 
 SHARED_TOKENS = 16384  # padded tokens per batch of contexts or of endings (an ending counts its context's keys)
