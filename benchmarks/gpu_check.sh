@@ -9,7 +9,7 @@
 #
 # On an H200 in a gVisor sandbox (2026-12-04) every cell spent ~15 s starting its runner and
 # loading (importing torch and transformers, creating the CUDA context), so all stages together
-# take about 9 minutes; within a 10-minute call, leave the rest out with STAGES.
+# take about 11 minutes; within a 10-minute call, leave the rest out with STAGES.
 #
 # OUT_DIR receives stages.txt (one line per stage: exit status, seconds), probe.json, targets.toml and
 # check.tgz (each stage's log and its run folder without raw/, report.html included).
@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(
 # every stage's evaluation: prepared environments, reports under OUT_DIR, short loops
 eval_=("$host" -m evaluator eval --python "pytorch_eager=$py" --reports "$out/reports" --max-time 5)
 
-only=",${STAGES:-probe,stories-latency,stories-quality,synthetic-1b,compile,techniques},"
+only=",${STAGES:-probe,stories-latency,stories-quality,synthetic-1b,serving,compile,techniques},"
 
 stage() {  # stage NAME SECONDS COMMAND...: run it with a limit, log it, note status and time
     local name=$1 limit=$2 start=$SECONDS
@@ -60,6 +60,10 @@ stage stories-quality 100 "${eval_[@]}" stories260k --backends pytorch_eager \
 # bandwidth, bf16 throughput at batch 1 and 16.
 stage synthetic-1b 150 "${eval_[@]}" synthetic-llama3.2-1b --backends pytorch_eager \
     --variants 'fp32-sdpa-kv,bf16-sdpa-kv' --scenarios latency,throughput --batch-sizes 1,16
+
+# Serving under load through transformers' continuous batching on the card (paged KV cache).
+stage serving 120 "${eval_[@]}" synthetic-llama3.2-1b --backends pytorch_eager --variants bf16-sdpa-kv \
+    --scenarios serving --rates 4,16,64 --serving-requests 40 --slo ttft:200,tpot:50
 
 # torch.compile on the card: compile time apart, decode against eager's.
 stage compile 150 "${eval_[@]}" synthetic-tiny --backends pytorch_eager,pytorch_compile --python "pytorch_compile=$py" \
