@@ -1,5 +1,6 @@
 """The serving load: the harness's seeded arrivals, executed by the runner library against an
 engine's asynchronous API, every token stamped, every request getting exactly its tokens."""
+import json
 import statistics
 
 import pytest
@@ -133,6 +134,13 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
     guide = run_cli("report", str(folder), "--objective", "goodput")
     assert guide.returncode == 0, guide.stderr
     assert "null · none" in (folder / "index.html").read_text()
+    # a run stored before rows had an SLO verdict still renders
+    path = folder / "cells" / "synthetic-tiny__null.none__local__serving.json"
+    old = json.loads(path.read_text())
+    for r in old["metrics"]["per_rate"]:
+        del r["slo_verdict"], r["slo_share_ci"]
+    path.write_text(json.dumps(old))
+    assert run_cli("report", str(folder)).returncode == 0
 
 
 def test_a_concurrency_sweep_reports_each_number_of_users(tmp_path):

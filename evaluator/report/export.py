@@ -109,7 +109,7 @@ def _serving_rows(m: dict) -> list[dict]:
             if r.get(key) is not None:
                 rows.append({"metric": f"serving_{key}{at}", "statistic": "over the run", "value": r[key], "unit": unit,
                              "n": r["requests"], "valid": valid})
-        if r.get("slo_share") is not None:  # with its Wilson interval: "within" only when all of it is above the share
+        if r.get("slo_verdict"):  # with its Wilson interval: "within" only when all of it is above the share (runs since 12-04)
             rows.append({"metric": f"serving_slo_share{at}", "statistic": f"share meeting the SLO: {r['slo_verdict']}",
                          "value": r["slo_share"], "ci_low": r["slo_share_ci"][0], "ci_high": r["slo_share_ci"][1],
                          "unit": "share", "n": r["requests"], "valid": valid})
