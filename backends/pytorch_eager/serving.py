@@ -60,6 +60,9 @@ class ContinuousBatching:
         the manager kept none); waits for the first one at most until the next arrival is due."""
         wait = WAIT_S if wait_s is None else min(WAIT_S, max(0.0, wait_s))
         made, result = {}, self.manager.get_result(timeout=wait)
+        if result is None and not self.manager.is_running():  # else the schedule would wait for ever
+            why = getattr(getattr(self.manager, "background_thread_status", None), "fatal_error", None)
+            raise RuntimeError(f"transformers' continuous batching stopped: {why or 'its thread is not running'}")
         while result is not None:
             if result.error:
                 raise RuntimeError(f"transformers' continuous batching failed request {result.request_id}: {result.error}")
