@@ -8,7 +8,7 @@ carries the time the manager's thread produced it (record_timestamps, the same p
 clock as the harness), so waiting for the queue never enters a latency.
 
 Settings are set, not inferred from free memory: the KV cache holds KV_CACHE_BYTES (as the
-vLLM runner's), a forward takes at most MAX_BATCH_TOKENS, prefix sharing is off (every request
+vLLM runner's) or MAX_CACHED_TOKENS, whichever is less, a forward takes at most MAX_BATCH_TOKENS, prefix sharing is off (every request
 pays its own prefill, as in the other engines' runs) and the attention implementation stays the
 variant's (no switch to flash attention). The manager is made on the first request of a load
 and stopped at the next load or at shutdown.
@@ -18,6 +18,7 @@ import inspect
 from transformers import ContinuousBatchingConfig, GenerationConfig
 
 KV_CACHE_BYTES = 2 * 1024 ** 3
+MAX_CACHED_TOKENS = 131_072  # a small model's 2 GiB would be millions of tokens: allocating them took seconds
 MAX_BATCH_TOKENS = 512
 PAGE_TOKENS = 64
 WAIT_S = 0.05  # the longest step() waits for a token when no arrival is due sooner
@@ -31,7 +32,7 @@ def settings(model) -> dict:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_token = 2 * config.num_hidden_layers * heads * head_dim * model.dtype.itemsize
     taken = inspect.signature(ContinuousBatchingConfig).parameters
-    wanted = {"num_blocks": max(1, KV_CACHE_BYTES // (per_token * PAGE_TOKENS)),
+    wanted = {"num_blocks": max(1, min(KV_CACHE_BYTES // per_token, MAX_CACHED_TOKENS) // PAGE_TOKENS),
               "page_size" if "page_size" in taken else "block_size": PAGE_TOKENS,
               "max_batch_tokens": MAX_BATCH_TOKENS, "allow_block_sharing": False, "auto_switch_to_flash": False}
     return {k: v for k, v in wanted.items() if k in taken}
