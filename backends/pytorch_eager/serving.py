@@ -48,9 +48,10 @@ class ContinuousBatching:
         self.manager.start()
         self.rid = {}    # the manager's request id -> the harness's
         self.seen = {}   # the harness's id -> tokens already handed back
+        self.submitted = 0  # the manager's ids stay unique across schedules (the harness's restart at 0)
 
     def submit(self, rid: int, prompt: list[int], max_new_tokens: int) -> None:
-        key = f"r{rid}-{len(self.rid)}"
+        key, self.submitted = f"r{self.submitted}", self.submitted + 1
         if self.manager.add_request(list(prompt), request_id=key, max_new_tokens=max_new_tokens, streaming=True,
                                     record_timestamps=True, eos_token_id=-1) is None:
             raise RuntimeError("transformers' continuous batching refused the request (its queue is closed)")
