@@ -83,7 +83,7 @@ class TorchEngine(Engine):
             "settings": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
                          "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache, "cache_keyword": self.cache_name,
                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                         "continuous_batching": serving.settings(self.model) if self.kv_cache else None},
+                         "continuous_batching": self._serving_settings()},
         }
 
     def _from_pretrained(self, path: str, kwargs: dict):
@@ -204,6 +204,15 @@ class TorchEngine(Engine):
         if name == "kv":
             return techniques.kv(self, params)
         return techniques.flops(self.model, self.device, params)
+
+    def _serving_settings(self):
+        """What serving would run with (recorded at load), or why it cannot."""
+        if not self.kv_cache:
+            return None
+        try:
+            return serving.settings(self.model)
+        except (RunnerError, AttributeError, TypeError) as exc:  # an old transformers, or a config without the sizes
+            return {"unavailable": str(exc)[:200]}
 
     def submit(self, rid, prompt, max_new_tokens):
         if not self.kv_cache:

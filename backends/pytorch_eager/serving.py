@@ -8,14 +8,17 @@ carries the time the manager's thread produced it (record_timestamps, the same p
 clock as the harness), so waiting for the queue never enters a latency.
 
 Settings are set, not inferred from free memory: the KV cache holds KV_CACHE_BYTES (as the
-vLLM runner's) or MAX_CACHED_TOKENS, whichever is less, a forward takes at most MAX_BATCH_TOKENS, prefix sharing is off (every request
-pays its own prefill, as in the other engines' runs) and the attention implementation stays the
-variant's (no switch to flash attention). The manager is made on the first request of a load
-and stopped at the next load or at shutdown.
+vLLM runner's) or MAX_CACHED_TOKENS, whichever is less, a forward takes at most
+MAX_BATCH_TOKENS, prefix sharing is off (every request pays its own prefill, as in the other
+engines' runs) and the attention is the variant's in its paged form (no switch to flash
+attention: 5.24 is told so, 5.17 is given `paged|<attn>` first, which it keeps). The manager is
+made on the first request of a load and stopped, its thread at once, before any other use of
+the model, at the next load and at shutdown. transformers without continuous batching (before
+5.x's ContinuousBatchingConfig) answers `unsupported` for serving and runs everything else.
 """
 import inspect
 
-from transformers import ContinuousBatchingConfig, GenerationConfig
+from evaluator.runner import RunnerError
 
 KV_CACHE_BYTES = 2 * 1024 ** 3
 MAX_CACHED_TOKENS = 131_072  # a small model's 2 GiB would be millions of tokens: allocating them took seconds
@@ -24,9 +27,18 @@ PAGE_TOKENS = 64
 WAIT_S = 0.05  # the longest step() waits for a token when no arrival is due sooner
 
 
+def _api():
+    try:
+        from transformers import ContinuousBatchingConfig, GenerationConfig
+    except ImportError as exc:
+        raise RunnerError("unsupported", f"this transformers has no continuous batching to serve with ({exc})") from None
+    return ContinuousBatchingConfig, GenerationConfig
+
+
 def settings(model) -> dict:
     """The manager's configuration for this model (pages that fill KV_CACHE_BYTES), in the
-    names this transformers takes: 5.17 calls a page a block and never switches attention."""
+    names this transformers takes (5.17 calls a page a block and has no auto_switch_to_flash)."""
+    ContinuousBatchingConfig, _ = _api()
     config = model.config.get_text_config()
     heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -40,12 +52,16 @@ def settings(model) -> dict:
 
 class ContinuousBatching:
     def __init__(self, model):
+        ContinuousBatchingConfig, GenerationConfig = _api()
         self.model, self.attention = model, model.config._attn_implementation
         self.settings = settings(model)
+        if "auto_switch_to_flash" not in self.settings and not self.attention.startswith("paged|"):
+            model.set_attn_implementation(f"paged|{self.attention}")  # 5.17: else it may switch to flash
         generation = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0)
         self.manager = model.init_continuous_batching(generation_config=generation,
                                                       continuous_batching_config=ContinuousBatchingConfig(**self.settings))
         self.manager.start()
+        self.settings = dict(self.settings, attention=model.config._attn_implementation)  # what it serves with
         self.rid = {}    # the manager's request id -> the harness's
         self.seen = {}   # the harness's id -> tokens already handed back
         self.submitted = 0  # the manager's ids stay unique across schedules (the harness's restart at 0)
@@ -70,7 +86,8 @@ class ContinuousBatching:
                 raise RuntimeError(f"transformers' continuous batching failed request {result.request_id}: {result.error}")
             rid = self.rid[result.request_id]
             new = result.generated_tokens[self.seen[rid]:]
-            stamps = result.timestamps[self.seen[rid]:] if result.timestamps else []
+            # from the end: a request the manager restarted keeps its tokens but times anew
+            stamps = result.timestamps[len(result.timestamps) - len(new):] if result.timestamps and new else []
             self.seen[rid] += len(new)
             tokens, ns = made.setdefault(rid, ([], []))
             tokens += new
@@ -81,8 +98,10 @@ class ContinuousBatching:
         return [(rid, tokens, ns) for rid, (tokens, ns) in made.items()]
 
     def stop(self) -> None:
-        """Stop the thread and put the variant's attention back: transformers 5.17's manager
-        leaves the model on its paged implementation (5.24's restores it itself)."""
-        self.manager.stop(block=True, timeout=30)
+        """Stop the thread at once (requests still in flight are dropped: the schedule that
+        wanted them has ended) and put the variant's attention back."""
+        self.manager.stop(block=True, timeout=30, hard_stop=True)
+        if self.manager.is_running():
+            raise RunnerError("internal", "transformers' continuous batching thread did not stop within 30 s")
         if self.model.config._attn_implementation != self.attention:
             self.model.set_attn_implementation(self.attention)

@@ -34,6 +34,7 @@ within it.
 """
 import argparse
 import bisect
+import math
 from dataclasses import dataclass
 
 from evaluator.launch.process import RunnerFailure, RunnerProcess
@@ -119,7 +120,9 @@ def parse_slo(text: str) -> tuple:
 def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, timeout_s: float, progress=None) -> dict:
     def offer(at, **closed):
         asked = [{"at_s": a, "prompt": prompts[i % len(prompts)], "new_tokens": sc.new_tokens} for i, a in enumerate(at)]
-        return runner.request("serving", timeout_s + at[-1], requests=asked, **closed)
+        # a closed load of N users serves its requests N at a time: as many request times, back to back
+        rounds = math.ceil(len(at) / closed["concurrency"]) if closed else 1
+        return runner.request("serving", timeout_s * rounds + at[-1], requests=asked, **closed)
 
     # Untimed first: every request at once, so the engine meets each batch size (decode drains
     # from `requests` to 1) before a timed rate does; vLLM's CPU kernels are built per shape on
