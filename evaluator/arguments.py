@@ -7,7 +7,7 @@ from pathlib import Path
 from evaluator import store
 
 
-def positive_int(text: str) -> int:
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -28,13 +28,13 @@ def _quality_items(text: str) -> str:
     if text in ("auto", "all"):
         return text
     try:
-        return str(positive_int(text))
+        return str(_positive_int(text))
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not auto, all or a positive number of items") from None
 
 
 def _batch_sizes(text: str) -> tuple:
-    return tuple(positive_int(t) for t in _csv(text))
+    return tuple(_positive_int(t) for t in _csv(text))
 
 
 
@@ -92,12 +92,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--scenarios", type=_csv, default=None,
                    help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all; synthetic models: no quality), serving, and the "
                         "techniques attention, train, flops, kv (pytorch_eager; `just techniques MODEL` runs them)")
-    e.add_argument("--prompt-tokens", type=positive_int, default=Latency.prompt_tokens,
+    e.add_argument("--prompt-tokens", type=_positive_int, default=Latency.prompt_tokens,
                    help="prompt length in tokens, BOS included (default: %(default)s)")
-    e.add_argument("--new-tokens", type=positive_int, default=Latency.new_tokens,
+    e.add_argument("--new-tokens", type=_positive_int, default=Latency.new_tokens,
                    help="tokens generated per request (default: %(default)s)")
     e.add_argument("--warmup", type=int, default=Latency.warmup, help="untimed requests before timing (default: %(default)s)")
-    e.add_argument("--min-iterations", type=positive_int, default=Latency.min_iterations,
+    e.add_argument("--min-iterations", type=_positive_int, default=Latency.min_iterations,
                    help="latency: at least this many timed requests (default: %(default)s)")
     e.add_argument("--min-duration", type=float, default=Latency.min_duration_s,
                    help="latency: and at least this many seconds of them (default: %(default)s)")
@@ -108,11 +108,11 @@ def parser() -> argparse.ArgumentParser:
                    help="timing: the cap on a latency loop, and on each batch size of the throughput sweep "
                         f"({Throughput.max_time_s:g} s by default there), precision reached or not (default: %(default)g)")
     e.add_argument("--batch-sizes", type=_batch_sizes, default=Throughput.batch_sizes, help="throughput sweep (default: 1,4,16)")
-    e.add_argument("--check-tokens", type=positive_int, default=256,
+    e.add_argument("--check-tokens", type=_positive_int, default=256,
                    help="greedy tokens from BOS checked before timing (default: %(default)s)")
     v = e.add_argument_group("serving (scenario `serving`, asked for by name: a seeded stream of requests, rate by rate)")
     v.add_argument("--rates", type=serving.parse_rates, default=serving.Serving.rates, help="requests/s, rising to the knee (1,2,..64)")
-    v.add_argument("--serving-requests", type=positive_int, default=serving.Serving.requests,
+    v.add_argument("--serving-requests", type=_positive_int, default=serving.Serving.requests,
                    help="requests per rate (default: %(default)s)")
     v.add_argument("--concurrency", type=serving.parse_concurrency, default=(), metavar="N,N,..",
                    help="sweep numbers of users instead of rates: N requests in flight, each answered one letting "
@@ -125,12 +125,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--quality-items", type=_quality_items, default="auto", metavar="auto|N|all",
                    help="HellaSwag items, scored in a seeded random order: auto stops once every variant's verdict "
                         "against the reference is known (or cannot be); N: the first N; all: 10,042 (default: %(default)s)")
-    q.add_argument("--limit", type=lambda t: str(positive_int(t)), dest="quality_items", metavar="N",
+    q.add_argument("--limit", type=lambda t: str(_positive_int(t)), dest="quality_items", metavar="N",
                    help="the same as --quality-items N")
     q.add_argument("--seed", type=int, default=1234, help="seed of the HellaSwag order (default: %(default)s)")
-    q.add_argument("--ppl-window", type=positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
-    q.add_argument("--ppl-stride", type=positive_int, help="rolling perplexity stride (default: half the window)")
-    q.add_argument("--ppl-tokens", type=positive_int, help="only the first N tokens of WikiText-2 test (default: the whole "
+    q.add_argument("--ppl-window", type=_positive_int, help="rolling perplexity window in tokens (default: min(context, 1024))")
+    q.add_argument("--ppl-stride", type=_positive_int, help="rolling perplexity stride (default: half the window)")
+    q.add_argument("--ppl-tokens", type=_positive_int, help="only the first N tokens of WikiText-2 test (default: the whole "
                    "file; with --quality-items auto its windows are sampled in a seeded order, as many as the verdicts need)")
     q.add_argument("--ppl-llamacpp", action="store_true",
                    help="also perplexity as llama-perplexity -c 512 defines it (512-token chunks, second half scored)")
@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
                    help="run BACKEND's runner with this interpreter, an environment you prepared (offline GPU boxes, "
                         "another transformers): used as it is, nothing is built; checked once before the run; local "
                         "targets (repeat for several backends)")
-    e.add_argument("--threads", type=positive_int, default=None,
+    e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s,
                    help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
