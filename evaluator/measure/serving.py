@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from evaluator.launch.process import RunnerFailure, RunnerProcess
 from evaluator.measure import arrivals
-from evaluator.stats.intervals import summarize, wilson_interval
+from evaluator.stats.intervals import samples_needed, summarize, wilson_interval
 
 SLO_METRICS = ("ttft", "tpot", "e2e")
 KNEE_GAIN = 1.05   # a rate whose output tokens/s gains less than this factor is past the knee
@@ -51,7 +51,7 @@ SLO_REQUESTS_NEEDED = next(n for n in range(1, 10_000) if wilson_interval(n, n)[
 @dataclass(frozen=True)
 class Serving:
     rates: tuple = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-    requests: int = 64           # per rate
+    requests: int = samples_needed(0.95)  # per rate: 72, the fewest whose order statistics bound a p95
     prompt_tokens: int = 32
     new_tokens: int = 32
     burstiness: float = 1.0      # gamma shape of the gaps: 1 is Poisson
