@@ -66,26 +66,25 @@ def load_label(row: dict) -> str:
     return f"{row['rate']:g} requests/s" if "rate" in row else f"{row['concurrency']} users"
 
 
-def parse_rates(text: str) -> tuple:
-    """"1,2,4" -> (1.0, 2.0, 4.0): requests per second, increasing (an argparse type)."""
+def _increasing(text: str, cast, unit: str, example: str) -> tuple:
+    """A comma-separated list of loads, each > 0, increasing (the sweep's order)."""
     try:
-        rates = tuple(float(t) for t in text.split(",") if t.strip())
+        loads = tuple(cast(t) for t in text.split(",") if t.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of requests per second") from None
-    if not rates or not all(r > 0 for r in rates) or list(rates) != sorted(set(rates)):
-        raise argparse.ArgumentTypeError(f"{text!r}: rates must be > 0 and increasing, e.g. 1,2,4,8")
-    return rates
+        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of {unit}") from None
+    if not loads or not all(x > 0 for x in loads) or list(loads) != sorted(set(loads)):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be > 0 and increasing, e.g. {example}")
+    return loads
+
+
+def parse_rates(text: str) -> tuple:
+    """"1,2,4" -> (1.0, 2.0, 4.0): requests per second (an argparse type)."""
+    return _increasing(text, float, "requests per second", "1,2,4,8")
 
 
 def parse_concurrency(text: str) -> tuple:
-    """"1,4,16" -> (1, 4, 16): users in flight, increasing (an argparse type)."""
-    try:
-        users = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a comma-separated list of whole numbers of users") from None
-    if not users or not all(u > 0 for u in users) or list(users) != sorted(set(users)):
-        raise argparse.ArgumentTypeError(f"{text!r}: concurrencies must be > 0 and increasing, e.g. 1,4,16")
-    return users
+    """"1,4,16" -> (1, 4, 16): users in flight (an argparse type)."""
+    return _increasing(text, int, "whole numbers of users", "1,4,16")
 
 
 def parse_burstiness(text: str) -> float:
@@ -131,12 +130,10 @@ def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, ti
     rows = []
     for load in sc.concurrency or sc.rates:
         if sc.concurrency:
-            out = offer([0.0] * sc.requests, concurrency=load)
-            at = [(r["submitted_ns"] - out["start_ns"]) / 1e9 for r in out["requests"]]  # offered is arrived
-            rows.append(_rate(at, out, sc, concurrency=load))
+            rows.append(_rate(offer([0.0] * sc.requests, concurrency=load), sc, None, concurrency=load))
         else:
             at = arrivals.offsets(load, sc.requests, seed=sc.seed, burstiness=sc.burstiness)
-            rows.append(_rate(at, offer(at), sc, rate=load))
+            rows.append(_rate(offer(at), sc, at, rate=load))
         if progress:
             progress(f"serving {load_label(rows[-1])}: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
         if len(rows) > 1 and rows[-1]["output_tokens_per_s"] < KNEE_GAIN * rows[-2]["output_tokens_per_s"]:
@@ -154,35 +151,40 @@ def _ready(arrival_ns: int, steps: list) -> int:
     return max(arrival_ns, steps[i][1]) if i >= 0 and steps[i][0] <= arrival_ns < steps[i][1] else arrival_ns
 
 
-def _rate(at: list[float], out: dict, sc: Serving, **load) -> dict:
-    """One load's row; `load` is rate=requests/s (an open schedule) or concurrency=users."""
+def _arrivals(at: list[float], arrival: list[int], offered: list[int], steps: list) -> tuple[dict, bool]:
+    """An open schedule's arrivals as offered: lateness, the generator's own part of it, and
+    whether the offered rate kept up with the schedule's (FOLLOWED)."""
+    own = [o - _ready(a, steps) for o, a in zip(offered, arrival)]  # the generator's own delay
+    schedule_rate = (len(at) - 1) / at[-1] if len(at) > 1 and at[-1] > 0 else None
+    span_offered = (arrival[-1] + own[-1]) - (arrival[0] + own[0])
+    offered_rate = (len(at) - 1) / (span_offered / 1e9) if len(at) > 1 and span_offered > 0 else None
+    followed = schedule_rate is None or (offered_rate is not None and offered_rate >= FOLLOWED * schedule_rate)
+    return {"schedule_per_s": schedule_rate, "offered_per_s": offered_rate,
+            "lateness_ms": summarize([(o - a) * 1e-6 for o, a in zip(offered, arrival)], "ms"),
+            "generator_lateness_ms": summarize([d * 1e-6 for d in own], "ms")}, followed
+
+
+def _rate(out: dict, sc: Serving, at: list[float] | None, **load) -> dict:
+    """One load's row; `load` is rate=requests/s (an open schedule, arrivals `at`) or
+    concurrency=users (a closed load: a request arrives when it is offered)."""
     start, ms = out["start_ns"], 1e-6
-    arrival = [start + round(a * 1e9) for a in at]
-    for i, r in enumerate(out["requests"]):
+    reqs = out["requests"]
+    for i, r in enumerate(reqs):
         if len(r["tokens"]) != sc.new_tokens:
             raise RunnerFailure("invalid", f"serving at {load_label(load)}: request {i} got {len(r['tokens'])} tokens, "
                                 f"{sc.new_tokens} asked")
-    reqs = out["requests"]
+    offered = [r["submitted_ns"] for r in reqs]
+    arrival = offered if at is None else [start + round(a * 1e9) for a in at]
     per = {"ttft": [(r["token_ns"][0] - a) * ms for r, a in zip(reqs, arrival)],
            "tpot": [(r["token_ns"][-1] - r["token_ns"][0]) * ms / (sc.new_tokens - 1) for r in reqs] if sc.new_tokens > 1 else [],
            "e2e": [(r["token_ns"][-1] - a) * ms for r, a in zip(reqs, arrival)]}
     itl = [(b - a) * ms for r in reqs for a, b in zip(r["token_ns"], r["token_ns"][1:])]
     span_s = (max(r["token_ns"][-1] for r in reqs) - start) / 1e9
-    offered = [r["submitted_ns"] for r in reqs]
-    own = [o - _ready(a, out["steps"]) for o, a in zip(offered, arrival)]  # the generator's own delay
-    schedule_rate = (len(at) - 1) / at[-1] if len(at) > 1 and at[-1] > 0 else None
-    span_offered = (arrival[-1] + own[-1]) - (arrival[0] + own[0])
-    offered_rate = (len(at) - 1) / (span_offered / 1e9) if len(at) > 1 and span_offered > 0 else None
-    followed = schedule_rate is None or (offered_rate is not None and offered_rate >= FOLLOWED * schedule_rate)
-    closed = "concurrency" in load  # arrivals are the offers themselves: no schedule to follow
+    schedule, followed = _arrivals(at, arrival, offered, out["steps"]) if at is not None else (None, True)
     row = {**load, "requests": len(reqs), "duration_s": span_s,
            **{f"{k}_ms": summarize(v, "ms") for k, v in per.items()}, "itl_ms": summarize(itl, "ms"),
            "requests_per_s": len(reqs) / span_s, "output_tokens_per_s": len(reqs) * sc.new_tokens / span_s,
-           "arrivals": None if closed else {
-               "schedule_per_s": schedule_rate, "offered_per_s": offered_rate,
-               "lateness_ms": summarize([(o - a) * ms for o, a in zip(offered, arrival)], "ms"),
-               "generator_lateness_ms": summarize([d * ms for d in own], "ms")},
-           "valid": closed or followed}
+           "arrivals": schedule, "valid": followed}
     if sc.slo:
         met = [all(per[k][i] <= bound for k, bound in sc.slo if per[k]) for i in range(len(reqs))]
         low, high = wilson_interval(sum(met), len(reqs))
