@@ -14,12 +14,21 @@
 # OUT_DIR receives stages.txt (one line per stage: exit status, seconds), probe.json, targets.toml and
 # check.tgz (each stage's log and its run folder without raw/, report.html included).
 set -uo pipefail
-out=$(realpath -m "${1:?usage: benchmarks/gpu_check.sh OUT_DIR [PYTHON]}")
+fail() { echo "error: $*" >&2; exit 2; }
+[ $# -ge 1 ] && [ -n "$1" ] || fail "usage: benchmarks/gpu_check.sh OUT_DIR [PYTHON] (OUT_DIR: a new or empty folder)"
+out=$(realpath -m "$1")
+if [ -e "$out" ] && { [ ! -d "$out" ] || [ -n "$(ls -A "$out")" ]; }; then
+    fail "$out is not a new or empty folder: nothing there is overwritten"
+fi
 py=${2:-python3}
+command -v "$py" >/dev/null || fail "$py: no such interpreter (the prepared python that holds CUDA torch, e.g. python3)"
 host=${HOST_PYTHON:-$py}  # the evaluator's interpreter, where it is not the same
+"$host" -c 'import plotly, pydantic, tqdm, jinja2, tokenizers' 2>/dev/null ||
+    fail "$host lacks the evaluator's packages (plotly, pydantic, tqdm, jinja2, tokenizers): carry their wheels (README: A GPU box without network)"
 cd "$(dirname "$0")/.."
 mkdir -p "$out/logs" "$out/reports"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+failed=0
 
 # every stage's evaluation: prepared environments, reports under OUT_DIR, short loops
 eval_=("$host" -m evaluator eval --python "pytorch_eager=$py" --reports "$out/reports" --max-time 5)
@@ -33,6 +42,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a limit, log it, note st
     echo "== $name (limit ${limit}s)"
     timeout --kill-after=10 "$limit" "$@" >"$out/logs/$name.log" 2>&1
     local rc=$?
+    [ $rc -eq 0 ] || failed=1
     echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$out/stages.txt"
     tail -n 25 "$out/logs/$name.log"
 }
@@ -40,11 +50,13 @@ stage() {  # stage NAME SECONDS COMMAND...: run it with a limit, log it, note st
 if [[ $only == *",probe,"* ]]; then
     echo "== probe"
     timeout 60 "$py" benchmarks/gpu_probe.py >"$out/probe.json" 2>"$out/logs/probe.log"
-    echo "probe rc=$? ${SECONDS}s" | tee -a "$out/stages.txt"
+    rc=$?
+    [ $rc -eq 0 ] || failed=1
+    echo "probe rc=$rc ${SECONDS}s" | tee -a "$out/stages.txt"
     cat "$out/probe.json"
     # The local target's decode ceiling is the card's copy bandwidth as the probe measured it (the
     # evaluator probes only a CPU target's DRAM itself).
-    gbs=$("$host" -c 'import json, sys; print(json.load(open(sys.argv[1]))["copy_bandwidth"]["gbs"])' "$out/probe.json") &&
+    gbs=$("$host" -c 'import json, sys; print(json.load(open(sys.argv[1]))["copy_bandwidth"]["gbs"])' "$out/probe.json" 2>/dev/null) &&
         printf '[local]\ndescription = "this machine (GPU ceiling: probed copy bandwidth)"\ntransport = "local"\narch = "auto"\naccelerator = "auto"\nmemory_gb = "auto"\nmemory_bandwidth_gbs = %s\n' \
             "$gbs" >"$out/targets.toml" && export DEPLOY_EVAL_TARGETS=$out/targets.toml
 fi
@@ -79,3 +91,4 @@ done
 find "$out/reports" -type d -name raw -prune -exec rm -rf {} +
 tar -czf "$out/check.tgz" -C "$out" logs reports && rm -rf "$out/logs" "$out/reports"
 cat "$out/stages.txt"
+exit $failed
