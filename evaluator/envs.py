@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from evaluator.catalog.backends import REPO, Backend
+from evaluator.hardlinks import share_identical
 from evaluator.launch import bounded
 
 VENVS = REPO / ".venvs"
@@ -59,6 +60,9 @@ def python_for(backend: Backend, log=print) -> Path:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)
                 raise EnvironmentFailed(f"building .venvs/{backend.name} failed: {' | '.join(tail)}")
+    saved = share_identical(venv, [v for v in VENVS.iterdir() if v.is_dir()])
+    if saved:
+        log(f"  {saved / 1e9:.1f} GB of it stored once with the other environments (identical files hard-linked)")
     stamp.write_text(want)  # last: a half-built environment has no stamp and is rebuilt
     return python
 
