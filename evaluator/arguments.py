@@ -24,6 +24,19 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def model_names(text: str) -> list[str]:
+    """MODEL[,MODEL...]: a synthetic spec's own commas (synthetic:hidden_size=64,...) stay in it."""
+    names = []
+    for part in text.split(","):
+        if names and names[-1].startswith("synthetic:") and "=" in part and not part.startswith("synthetic:"):
+            names[-1] += "," + part
+        elif not part.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty model name; give MODEL or MODEL,MODEL,...")
+        else:
+            names.append(part.strip())
+    return names
+
+
 def _quality_items(text: str) -> str:
     if text in ("auto", "all"):
         return text
@@ -81,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
         "Run every (backend variant x target x scenario) cell for MODEL and write reports/<run-id>/ "
         "with one JSON file per cell and index.html. Each cell first checks greedy output from BOS "
         "(against the published reference where the model has one), then times."))
-    e.add_argument("model", nargs="?", help="catalog name (see `just models`), a hub id org/name, or a label with --model-path")
+    e.add_argument("model", nargs="?", type=model_names, help="catalog name (see `just models`), a hub id org/name, or a "
+                   "label with --model-path; several comma-separated compare models (a teacher and its distilled or "
+                   "pruned student): the first is the reference, HellaSwag items pair across all of them")
     e.add_argument("--resume", metavar="RUN_ID", help="finish an interrupted run: re-runs only the cells that did not end ok or "
                    "unsupported, or whose inputs changed (model, backend, options); takes no other arguments")
     e.add_argument("--model-path", help="local Hugging Face folder (config.json, *.safetensors, tokenizer.json)")

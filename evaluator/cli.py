@@ -43,7 +43,7 @@ def cmd_eval(args) -> int:
     quality_left_out = False
     if args.scenarios is None:  # random weights have no quality worth a quarter of an hour
         from evaluator.catalog import models
-        quality_left_out = models.is_synthetic(args.model, args.model_path)
+        quality_left_out = all(models.is_synthetic(m, args.model_path) for m in args.model)
         args.scenarios = [s for s in scenarios.SCENARIOS if not (quality_left_out and s == "quality")]
     unknown = [s for s in args.scenarios if s not in scenarios.SCENARIOS + scenarios.OPT_IN + techniques.TECHNIQUES]
     if unknown:
@@ -78,7 +78,7 @@ def cmd_eval(args) -> int:
         raise UserError("--ppl-window must be at least 2 tokens")
     scenario_list = [chosen[s] for s in args.scenarios]
     constraints = arguments.constraints(args)  # refused here, before anything runs
-    with leftovers.hold_machine(f"run of {args.model}"):  # before the run folder: a refusal leaves nothing
+    with leftovers.hold_machine(f"run of {','.join(args.model)}"):  # before the run folder: a refusal leaves nothing
         return _measure(args, scenario_list, constraints, deadlines, quality_left_out)
 
 
@@ -92,10 +92,10 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
     prep = run.start_run(args.model, args.model_path, args.targets, args.backends, args.variants, scenario_list,
                          args.reports, args.reference, argv=args.argv, resume_id=args.resume, threads=args.threads,
                          reference_run=args.reference_run, pythons=args.python)
-    check = scenarios.Check(new_tokens=min(args.check_tokens, (prep.tok.context_length or 10**9) - 1))
+    check = scenarios.Check(new_tokens=min(args.check_tokens, (prep.context_length or 10**9) - 1))
     if quality_left_out:
-        print(f"{args.model} is synthetic (random weights): quality is left out; ask with --scenarios quality",
-              file=sys.stderr)
+        print(f"{','.join(args.model)} {'is' if len(args.model) == 1 else 'are'} synthetic (random weights): quality is "
+              "left out; ask with --scenarios quality", file=sys.stderr)
     print(f"run {prep.run_id}: {len(prep.cells)} cells -> {prep.path}", file=sys.stderr)
     bar = tqdm(total=len(prep.cells), unit="cell", file=sys.stderr, dynamic_ncols=True, disable=None)  # no bar off a terminal
 

@@ -47,10 +47,13 @@ def python_for(backend: Backend, log=print) -> Path:
     log(f"setting up the {backend.name} environment in .venvs/{backend.name} from "
         f"{backend.requirements.relative_to(REPO)} (once; pip's log: {logfile.relative_to(REPO)})")
     VENVS.mkdir(exist_ok=True)
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(backend.requirements)]
+    # --no-compile: byte-compiling every module of torch took 30 of pip's 46 s per environment;
+    # a runner compiles only what it imports, once, on its first start (launch/local.py).
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-r",
+           str(backend.requirements)]
     house = wheelhouse(backend, log=log)
     if house:  # compiled once, shared with the backend's image
-        pip[4:4] = ["--no-index", "--find-links", str(house)]
+        pip[5:5] = ["--no-index", "--find-links", str(house)]
     with open(logfile, "w") as out:
         steps = [[sys.executable, "-m", "venv", str(venv)], pip]
         if backend.post_install:  # e.g. fetch a converter, remove what pip dragged in

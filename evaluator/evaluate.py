@@ -113,10 +113,10 @@ def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, 
 
 
 def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tuple[list[dict], list[dict]]:
-    failed, imprecise, refused = [], [], {}  # refused: (backend, variant, target) -> why its runner refused the model
+    failed, imprecise, refused = [], [], {}  # refused: (model, backend, variant, target) -> why its runner refused it
 
     def kept(cell):
-        result = run.finished(prep.path, cell, prep.model_info, check) if resume else None
+        result = run.finished(prep.path, cell, prep.subject(cell).info, check) if resume else None
         if result:
             say(f"{result['status']:>14}  {cell.id}  (kept from before the resume)")
         return result
@@ -125,10 +125,11 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
         if stopping.is_set():
             raise Stopped
         bar.set_description(cell.id)
-        same = (cell.backend.name, cell.variant.name, cell.target.name)
+        same = (cell.model, cell.backend.name, cell.variant.name, cell.target.name)
         if same in refused and not cell.unsupported:
             cell = dataclasses.replace(cell, unsupported=refused[same])
-        result = run.run_cell(cell, prep.model, prep.model_info, prep.tok, prep.path, prep.run_id, check, deadlines,
+        subject = prep.subject(cell)
+        result = run.run_cell(cell, subject.model, subject.info, subject.tok, prep.path, prep.run_id, check, deadlines,
                               log=say, progress=lambda n: bar.set_postfix_str(f"{n}"), rnd=rnd)
         if stopping.is_set():
             raise Stopped  # its runner was killed mid-cell: that is not a result
@@ -186,9 +187,13 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
                 return earlier.get(prep.reference.target or cell.target.name) or next(iter(earlier.values()))
             return prep.reference.cell_for(cell, scored)
 
+        def same_tokens(cell):
+            ref = prep.subjects.get(prep.reference.model)
+            return ref is None or prep.subject(cell).info["tokenizer_sha256"] == ref.info["tokenizer_sha256"]
+
         kept_results.update({e.id: e.result for e in earlier.values()})
         budget.run(scored, sc, margin, reference_of, quality_session,
-                   lambda r: stored.read(prep.path / r["raw"]), machine_of, kept_results)
+                   lambda r: stored.read(prep.path / r["raw"]), machine_of, kept_results, same_tokens)
         bar.update(len(scored))
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
@@ -210,24 +215,27 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
     reference cells), item by item: `fidelity` and `quality_gate` written into the cell
     (atomically). Returns the updated cells."""
     _, cells = store.load_run(run_path)
-    mine = {(c["backend"], c["variant"], c["target"]["name"]): c for c in cells
+    mine = {((c.get("model") or {}).get("name", ""), c["backend"], c["variant"], c["target"]["name"]): c for c in cells
             if c["scenario"]["name"] == "quality" and c["status"] == "ok"}
     theirs = {c["target"]["name"]: c for c in earlier}
+    several = len({key[0] for key in mine}) > 1
+    ref_model = reference.model or next(iter(mine), ("",))[0]  # planned first: the reference model's cells
     updated = []
-    for (_, _, target), c in mine.items():
+    for (_, _, _, target), c in mine.items():
         where = reference.target or target
         ref = (theirs.get(where) or next(iter(theirs.values())) if theirs else
-               mine.get((reference.backend.name, reference.variant.name, where)))
+               mine.get((ref_model, reference.backend.name, reference.variant.name, where)))
         if ref is None or ref is c:
             continue
-        label = f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}" + (f" of run {ref['run_id']}" if theirs else "")
+        label = (f"{ref['model']['name']} · " if several else "") + f"{ref['backend']}.{ref['variant']}@{ref['target']['name']}"
+        label += f" of run {ref['run_id']}" if theirs else ""
         try:
             ref_raw, raw = stored.read(run_path / ref["raw"]), stored.read(run_path / c["raw"])
         except stored.Malformed as exc:
             _lose_comparison(c, f"not compared with {label}: the stored answer is malformed: {exc}")
         else:
             try:
-                c.update(_compare(ref_raw, raw, label, margin, sc))
+                c.update(_compare(ref_raw, raw, label, margin, sc, _other_tokenizer(ref, c)))
             except Exception as exc:  # the answers were well formed: what failed is this evaluator
                 where = store.log_evaluator_bug(run_path, f"comparing {c['cell_id']} with {label}")
                 _lose_comparison(c, f"not compared with {label}: evaluator bug: {type(exc).__name__}: {exc} "
@@ -237,7 +245,21 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
     return updated
 
 
-def _compare(ref_raw: dict, raw: dict, label: str, margin: float, sc: quality.Quality) -> dict:
+def _other_tokenizer(ref: dict, c: dict) -> str | None:
+    """Why `c` cannot be compared with its reference token by token, if it cannot: another
+    model whose tokenizer encodes text differently (windows and vocabularies do not pair)."""
+    a, b = ref.get("model") or {}, c.get("model") or {}
+    if a.get("name") == b.get("name") or a.get("tokenizer_sha256") == b.get("tokenizer_sha256"):
+        return None
+    return (f"{b['name']} and {a['name']} tokenize differently: KL and the perplexity ratio need the same tokens, so "
+            "only HellaSwag is paired; compare their perplexity in bits per byte")
+
+
+def _compare(ref_raw: dict, raw: dict, label: str, margin: float, sc: quality.Quality, other_tokenizer: str | None = None) -> dict:
+    if other_tokenizer:  # HellaSwag items pair across any tokenizers; windows and distributions do not
+        gate_ = gate.assess(ref_raw, raw, margin, sc.design(), sc.total_items, same_tokens=False)
+        return {"fidelity": {"unavailable": other_tokenizer, "reference": label},
+                "quality_gate": dict(gate_, reference=label, perplexity_unpaired=other_tokenizer)}
     vocab = ref_raw.get("vocab_size")  # where both sides' partitions are the whole vocabulary, the KL is exact
     out = {"fidelity": dict(fidelity.compare(ref_raw["fidelity_windows"], raw["fidelity_windows"], vocab), reference=label)}
     chunks = [(r.get("perplexity") or {}).get("llamacpp") or {} for r in (ref_raw, raw)]
@@ -260,7 +282,11 @@ def gate_line(c: dict) -> str:
     if c.get("quality_gate_error"):
         return f"quality {c['backend']}.{c['variant']}@{c['target']['name']}: {c['quality_gate_error']}"
     f, g = c["fidelity"], c["quality_gate"]
-    kl = f"KL mean {f['kl_mean']:.2e}" + (f" [{f['kl_mean_ci'][0]:.2e}, {f['kl_mean_ci'][1]:.2e}]" if f.get("kl_mean_ci") else "")
+    if f.get("unavailable"):
+        kl = f"KL not compared ({f['unavailable']})"
+    else:
+        kl = (f"KL mean {f['kl_mean']:.2e}" + (f" [{f['kl_mean_ci'][0]:.2e}, {f['kl_mean_ci'][1]:.2e}]" if f.get("kl_mean_ci")
+                                               else "") + f", top-1 agreement {f['top1_agreement']:.4f}")
     verdict = g["verdict"] + (": " + "; ".join(g["reasons"]) if g["reasons"] else "")
-    return (f"quality {c['backend']}.{c['variant']}@{c['target']['name']} vs {g['reference']}: {kl}, "
-            f"top-1 agreement {f['top1_agreement']:.4f}; gate {verdict}")
+    model = f"{c['model']['name']} · " if " · " in g["reference"] else ""  # the run compares models
+    return f"quality {model}{c['backend']}.{c['variant']}@{c['target']['name']} vs {g['reference']}: {kl}; gate {verdict}"

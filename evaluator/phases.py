@@ -34,8 +34,10 @@ def summarize(results: list[dict], wall_s: float, top: int = 3) -> list[str]:
                 totals[name] = totals.get(name, 0.0) + s
                 by_cell.setdefault(name, {}).setdefault(r["cell_id"], 0.0)
                 by_cell[name][r["cell_id"]] += s
+    several = len({r["cell_id"].split("__", 1)[0] for r in results}) > 1
+    short = (lambda cid: cid) if several else (lambda cid: cid.split("__", 1)[1])  # one model: no need to name it
     lines = [f"where the time went ({wall_s / 60:.1f} min in all; cells run one at a time per machine):"]
     for name, s in sorted(totals.items(), key=lambda kv: -kv[1]):
         worst = sorted(by_cell[name].items(), key=lambda kv: -kv[1])[:top]
-        lines.append(f"  {name:<22} {s:8.1f} s   " + ", ".join(f"{cid.split('__', 1)[1]} {t:.0f} s" for cid, t in worst))
+        lines.append(f"  {name:<22} {s:8.1f} s   " + ", ".join(f"{short(cid)} {t:.0f} s" for cid, t in worst))
     return lines

@@ -29,6 +29,7 @@ class Cell:
     scenario: object
     unsupported: str | None  # known before anything runs
     engine_options: tuple = ()  # (key, value) pairs every runner gets on top of the variant's (--threads)
+    model: str = ""  # the catalog name of the model this cell measures (a run may compare several)
 
     @property
     def options(self) -> dict:
@@ -117,7 +118,7 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
                            or (TECHNIQUES_WHY.format(backend=backend.name) if technique and backend.name != "pytorch_eager"
                                else None)
                            or (backend.serving_unsupported if sc.name == "serving" else None))
-                    cells.append(Cell(cid, backend, variant, target, sc, why, engine_options))
+                    cells.append(Cell(cid, backend, variant, target, sc, why, engine_options, model.name))
         quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
         if quality_sc and reference and reference.target in (None, target.name):
             variant = reference.variant
@@ -126,5 +127,5 @@ def plan(model: models.Model, backends: list[Backend], variant_patterns: list[st
             if cid not in {c.id for c in cells}:
                 first = next(i for i, c in enumerate(cells) if c.target == target) if cells else 0
                 cells.insert(first, Cell(cid, backend, variant, target, quality_sc,
-                                         unsupported(model, backend, variant, target), engine_options))
+                                         unsupported(model, backend, variant, target), engine_options, model.name))
     return cells

@@ -29,6 +29,7 @@ class Reference:
     backend: Backend
     variant: Variant
     target: str | None = None
+    model: str | None = None  # with several models in a run, the first one's configuration
 
     @property
     def label(self) -> str:
@@ -38,7 +39,8 @@ class Reference:
         """The reference quality cell `cell` is compared with, among `cells`."""
         where = self.target or cell.target.name
         return next((c for c in cells if isinstance(c.scenario, Quality) and c.backend.name == self.backend.name
-                     and c.variant.name == self.variant.name and c.target.name == where), None)
+                     and c.variant.name == self.variant.name and c.target.name == where
+                     and self.model in (None, c.model)), None)
 
 
 def parse_reference(text: str, target_names: list[str] | None = None) -> Reference:

@@ -22,7 +22,7 @@ import json
 import platform
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from evaluator import envs, preflight, provenance, store
 from evaluator.phases import Phases
@@ -304,36 +304,56 @@ def store_guide(run_path, constraints: dict) -> None:
     store.write_json(run_json, run_info)
 
 
-def start_run(model_name: str, model_path: str | None, target_names: list[str], backend_names: list[str] | None,
-              variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
-              reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None,
-              threads: int | None = None, reference_run: str | None = None, pythons: list[str] = ()):
-    """Preflight: every name and option checked before any runner starts."""
-    model = models.resolve(model_name, model_path)
-    target_list = targets.resolve(target_names)
-    backends = envs.given(backend_catalog.select(backend_names), list(pythons))
-    ref = parse_reference(reference, [t.name for t in target_list])
-    for target in target_list:
-        preflight.reachable(target)
-    preflight.disk_space([reports_root, store.ARTIFACTS], model.size_bytes())
+def _subject(name: str, model_path: str | None, scenario_list: list) -> "Subject":
+    """One model of the run, checked: its tokenizer, its context against the scenarios, its identity."""
+    model = models.resolve(name, model_path)
     tok = HostTokenizer(model.hf_path)
     for sc in scenario_list:
         if not isinstance(sc, quality.Quality):
             scenarios.check_fits(sc, tok.context_length)
         elif sc.ppl_window and tok.context_length and sc.ppl_window > tok.context_length:
-            raise UserError(f"--ppl-window {sc.ppl_window} exceeds the model's context of {tok.context_length} tokens")
+            raise UserError(f"--ppl-window {sc.ppl_window} exceeds {model.name}'s context of {tok.context_length} tokens")
+    info = {"name": model.name, "source": model.source, "synthetic": model.synthetic, "path": str(model.hf_path),
+            "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash(),
+            "tokenizer_sha256": tok.fingerprint()}
+    return Subject(model, info, tok)
+
+
+def start_run(model_names: list[str], model_path: str | None, target_names: list[str], backend_names: list[str] | None,
+              variant_patterns: list[str] | None, scenario_list: list, reports_root=store.REPORTS,
+              reference: str = "pytorch_eager:fp32-sdpa-kv", argv: list[str] | None = None, resume_id: str | None = None,
+              threads: int | None = None, reference_run: str | None = None, pythons: list[str] = ()):
+    """Preflight: every name and option checked before any runner starts. With several models,
+    the first is the reference: every other model's quality is compared with its reference
+    configuration, item by item (a distilled or pruned student against its teacher)."""
+    if len(set(model_names)) != len(model_names):
+        raise UserError(f"model {next(m for m in model_names if model_names.count(m) > 1)!r} is named twice")
+    if model_path and len(model_names) > 1:
+        raise UserError("--model-path gives one model's folder: name a single MODEL with it")
+    if reference_run and len(model_names) > 1:
+        raise UserError("--reference-run pairs one model with an earlier run's reference: name a single MODEL with it")
+    subjects = {name: _subject(name, model_path, scenario_list) for name in model_names}
+    first = next(iter(subjects.values()))
+    target_list = targets.resolve(target_names)
+    backends = envs.given(backend_catalog.select(backend_names), list(pythons))
+    ref = replace(parse_reference(reference, [t.name for t in target_list]), model=first.model.name)
+    for target in target_list:
+        preflight.reachable(target)
+    preflight.disk_space([reports_root, store.ARTIFACTS], sum(s.model.size_bytes() for s in subjects.values()))
     quality_sc = next((sc for sc in scenario_list if isinstance(sc, quality.Quality)), None)
-    model_info = {"name": model.name, "source": model.source, "synthetic": model.synthetic, "path": str(model.hf_path),
-                  "formats": list(model.formats), "size_bytes": model.size_bytes(), "sha256": model.content_hash()}
-    earlier = (load_earlier(reference_run, reports_root, ref, model_info, quality_sc)
+    earlier = (load_earlier(reference_run, reports_root, ref, first.info, quality_sc)
                if reference_run and quality_sc else {})
     backends_on = {t.name: envs.on_target(backends, t) for t in target_list}
-    cells = plan(model, backends, variant_patterns, target_list, scenario_list, None if reference_run else ref,
-                 (("threads", threads),) if threads else (), backends_on)
-    run_id = resume_id or store.new_run_id(model.name)
+    cells = []
+    for s in subjects.values():  # the reference's quality cell is the first model's only
+        cells += plan(s.model, backends, variant_patterns, target_list, scenario_list,
+                      None if reference_run or s is not first else ref,
+                      (("threads", threads),) if threads else (), backends_on)
+    run_id = resume_id or store.new_run_id("+".join(model_names))
     path = store.run_dir(run_id, reports_root)
     run_info = {
-        "schema": store.SCHEMA_VERSION, "run_id": run_id, "model": model_info,
+        "schema": store.SCHEMA_VERSION, "run_id": run_id, "model": first.info,
+        "models": [s.info for s in subjects.values()],
         "targets": [vars(t) for t in target_list], "backends": [b.name for b in backends],
         "scenarios": [{"name": s.name, "options": scenarios.options(s)} for s in scenario_list],
         "planned_cells": [c.id for c in cells], "host": provenance.host(),
@@ -345,18 +365,33 @@ def start_run(model_name: str, model_path: str | None, target_names: list[str], 
         run_info["started_at"] = previous["started_at"]
         run_info["resumed_at"] = previous.get("resumed_at", []) + [time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     store.write_json(path / "run.json", run_info)
-    return Prepared(model, model_info, tok, cells, run_id, path, run_info, ref, earlier)
+    return Prepared(subjects, cells, run_id, path, run_info, ref, earlier)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model of the run and what its cells need: its info (as stored) and its tokenizer."""
+    model: models.Model
+    info: dict
+    tok: HostTokenizer
 
 
 @dataclass(frozen=True)
 class Prepared:
     """A run that passed preflight: what `evaluate` needs to execute it."""
-    model: models.Model
-    model_info: dict
-    tok: HostTokenizer
+    subjects: dict  # model name -> Subject, the reference model first
     cells: list
     run_id: str
     path: object
     run_info: dict
     reference: Reference
     earlier: dict  # target -> an earlier run's reference quality cell (--reference-run)
+
+    def subject(self, cell: Cell) -> Subject:
+        return self.subjects.get(cell.model) or next(iter(self.subjects.values()))
+
+    @property
+    def context_length(self) -> int | None:
+        """The shortest context of the run's models (what a check from BOS must fit in)."""
+        lengths = [s.tok.context_length for s in self.subjects.values() if s.tok.context_length]
+        return min(lengths) if lengths else None

@@ -5,6 +5,7 @@ tokens off; BOS is added here, from config.json. (For stories260K this equals Se
 on every HellaSwag and WikiText line; transformers' AutoTokenizer does not: data/README.md.)
 llama-perplexity's definition tokenizes the way llama.cpp does instead: `encode_as_llamacpp`.
 """
+import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,11 @@ class HostTokenizer:
         self.bos = int(bos[0] if isinstance(bos, list) else bos)
         self.context_length = config.get("max_position_embeddings")
         self._json = hf_path / "tokenizer.json"
+
+    def fingerprint(self) -> str:
+        """The tokenizer as it encodes (vocabulary, merges, normalizer, BOS): two models with the
+        same fingerprint see the same token ids, so their windows and distributions pair."""
+        return hashlib.sha256(self._tok.to_str().encode() + f"|bos {self.bos}".encode()).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

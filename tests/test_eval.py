@@ -144,7 +144,7 @@ def test_a_dying_runner_fails_its_cell_and_the_run_goes_on(tmp_path):
     (["eval", "stories260k", "--cell-timeout", "-1"], "--cell-timeout must be > 0"),
     (["eval", "stories260k", "--reference", "pytorch_eager"], "must be BACKEND:VARIANT"),
     (["eval", "stories260k", "--reference", "pytorch_eager:fp64"], "fp64"),
-    (["eval", "stories260k", "--ppl-window", "4096"], "exceeds the model's context of 512"),
+    (["eval", "stories260k", "--ppl-window", "4096"], "exceeds stories260k's context of 512"),
     (["eval", "stories260k", "--ppl-window", "64", "--ppl-stride", "64"], "must be smaller than --ppl-window"),
     (["eval", "synthetic:hidden_size=7"], "synthetic"),
     (["fly"], "invalid choice"),

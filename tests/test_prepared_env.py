@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from evaluator import envs
+from evaluator.hardlinks import share_identical
 from tests.conftest import EXPECTED_GREEDY, REPO, run_cli
 from tests.test_eval import FAST, cells, run_folder
 
@@ -22,9 +24,10 @@ def older_transformers():
     python = venv / "bin" / "python"
     if not (venv / ".done").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PACKAGES],
-                              capture_output=True, text=True, timeout=1200)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+                               *PACKAGES], capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, done.stderr[-2000:]
+        share_identical(venv, [v for v in envs.VENVS.iterdir() if v.is_dir()])  # its torch is theirs
         (venv / ".done").write_text("")
     return python
 

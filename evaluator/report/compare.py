@@ -132,14 +132,14 @@ def compare_cells(a: dict, b: dict, folder_a: Path | None = None, folder_b: Path
 
 def compare(folder_a: Path, folder_b: Path) -> tuple[list[Row], list[str]]:
     """Rows for every matched cell, and notes for cells present in only one run."""
-    def key(c):
-        return c["backend"], c["variant"], c["target"]["name"], c["scenario"]["name"]
+    def key(c):  # a run may measure several models: a cell pairs with the same model's
+        return (c.get("model") or {}).get("name", ""), c["backend"], c["variant"], c["target"]["name"], c["scenario"]["name"]
 
     by_a = {key(c): c for c in store.load_run(folder_a)[1]}
     by_b = {key(c): c for c in store.load_run(folder_b)[1]}
     rows = [r for k in by_a if k in by_b for r in compare_cells(by_a[k], by_b[k], folder_a, folder_b)]
-    notes = [f"only in A: {'.'.join(k)}" for k in by_a if k not in by_b]
-    notes += [f"only in B: {'.'.join(k)}" for k in by_b if k not in by_a]
+    notes = [f"only in A: {'.'.join(filter(None, k))}" for k in by_a if k not in by_b]
+    notes += [f"only in B: {'.'.join(filter(None, k))}" for k in by_b if k not in by_a]
     return rows, notes
 
 

@@ -17,10 +17,12 @@ class Config:
     variant: str
     target: dict
     cells: dict = field(default_factory=dict)  # scenario -> cell result
+    model: str = ""
+    several_models: bool = False  # the run compares models: each label names its own
 
     @property
     def label(self) -> str:
-        return f"{self.backend} · {self.variant}"
+        return (f"{self.model} · " if self.several_models else "") + f"{self.backend} · {self.variant}"
 
     @property
     def target_name(self) -> str:
@@ -28,7 +30,7 @@ class Config:
 
     @property
     def key(self) -> tuple:
-        return self.backend, self.variant, self.target_name
+        return self.model, self.backend, self.variant, self.target_name
 
     def cell(self, scenario: str) -> dict | None:
         c = self.cells.get(scenario)
@@ -217,9 +219,11 @@ class Config:
 def group(cells: list[dict]) -> list[Config]:
     """Configurations in the order their first cell was planned."""
     by_key: dict[tuple, Config] = {}
+    several = len({(c.get("model") or {}).get("name") for c in cells}) > 1
     for c in cells:
-        key = (c["backend"], c["variant"], c["target"]["name"])
-        cfg = by_key.setdefault(key, Config(c["backend"], c["variant"], c["target"]))
+        model = (c.get("model") or {}).get("name", "")
+        key = (model, c["backend"], c["variant"], c["target"]["name"])
+        cfg = by_key.setdefault(key, Config(c["backend"], c["variant"], c["target"], model=model, several_models=several))
         cfg.cells[c["scenario"]["name"]] = c
     return list(by_key.values())
 
@@ -232,4 +236,6 @@ def reference_for(configs: list[Config], reference: str | None, target: str) -> 
     spec, _, where = reference.partition("@")
     backend, _, variant = spec.partition(":")
     key = (backend, variant, where or target)
+    # Configurations come in planned order, the reference model's first: with several models,
+    # the first match is the reference model's.
     return next((c for c in configs if (c.backend, c.variant, c.target_name) == key), None)

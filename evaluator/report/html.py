@@ -97,13 +97,14 @@ def metric_blocks(cells: list[dict], targets: list[str]) -> list[dict]:
     """The export table pivoted for reading: one block per metric and statistic, one row per
     configuration (and scenario, where a metric comes from several), one column per target."""
     blocks: dict[tuple, dict] = {}
+    several = len({(c.get("model") or {}).get("name") for c in cells}) > 1  # rows then name their model
     for cell in cells:
         for r in export.cell_rows(cell):
             title, better = export.describe(r["metric"])
             block = blocks.setdefault((r["metric"], r["statistic"]), {
                 "title": title, "statistic": r["statistic"], "unit": r["unit"], "better": better, "rows": {}, "scenarios": set()})
             block["scenarios"].add(r["scenario"])
-            row = block["rows"].setdefault((r["backend"], r["variant"], r["scenario"]), {})
+            row = block["rows"].setdefault((r["model"] if several else "", r["backend"], r["variant"], r["scenario"]), {})
             row[r["target"]] = r
     out = []
     for block in blocks.values():
@@ -112,8 +113,8 @@ def metric_blocks(cells: list[dict], targets: list[str]) -> list[dict]:
         values = [r["value"] / scale for row in block["rows"].values() for r in row.values() if r["value"] is not None]
         best = (min if block["better"] == "lower" else max)(values) if values else None
         rows = []
-        for (backend, variant, scenario), by_target in block["rows"].items():
-            label = f"{backend} · {variant}" + (f" ({scenario})" if len(block["scenarios"]) > 1 else "")
+        for (model, backend, variant, scenario), by_target in block["rows"].items():
+            label = (f"{model} · " if model else "") + f"{backend} · {variant}" + (f" ({scenario})" if len(block["scenarios"]) > 1 else "")
             shown = []
             for t in targets:
                 r = by_target.get(t)

@@ -40,11 +40,12 @@ def _final(result: dict) -> bool:
 
 
 def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session: Callable, raw_of: Callable,
-        machine_of: Callable, stored: dict) -> dict:
+        machine_of: Callable, stored: dict, same_tokens: Callable = lambda cell: True) -> dict:
     """Score every quality cell in rounds. `session(cell, Round) -> result` runs one round and
     stores it; `raw_of(result)` reads a result's raw answers; `stored` holds results kept from
-    before a resume, and the references of an earlier run (which are never scored further).
-    Returns the latest result per cell id."""
+    before a resume, and the references of an earlier run (which are never scored further);
+    `same_tokens(cell)` is False for a model that tokenizes unlike the reference's (only its
+    HellaSwag items pair). Returns the latest result per cell id."""
     design, total = sc.design(), sc.total_items
     refs = list({r.id: r for r in (reference_of(c) for c in cells) if r is not None}.values())
     ref_ids = {r.id for r in refs}
@@ -67,9 +68,10 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
                     continue
                 ref_res = state[ref.id] if ref else None
                 ref_raw = raw_of(ref_res) if _ok(ref_res) else None
-                judge = gate.judge(ref_raw, margin, design, total) if ref_raw else None
+                paired = same_tokens(c)
+                judge = gate.judge(ref_raw, margin, design, total, paired) if ref_raw else None
                 state[c.id] = session(c, Round(upto, _previous(res, raw_of), judge,
-                                               ref_raw.get("fidelity_windows") if ref_raw else None))
+                                               ref_raw.get("fidelity_windows") if ref_raw and paired else None))
 
         by_machine = {}
         for c in pending:
@@ -84,7 +86,7 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
                 continue
             if ref.id in fixed and scored(state[ref.id]) <= scored(res):
                 continue  # an earlier run's reference has no more items to pair with
-            g = gate.assess(raw_of(state[ref.id]), raw_of(res), margin, design, total)
+            g = gate.assess(raw_of(state[ref.id]), raw_of(res), margin, design, total, same_tokens=same_tokens(c))
             want = max((part.get("items_to_decide") or 0 for part in (g["hellaswag"]["acc_norm"], g.get("perplexity") or {})
                         if part.get("verdict") == "INCONCLUSIVE" and not part.get("futile")), default=0)
             if want:

@@ -89,15 +89,17 @@ def _judge_ppl(ppl: dict, margin: float, z: float, total: int | None, windows_to
         ppl["windows_total"] = windows_total
 
 
-def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int, n: int | None = None) -> dict:
-    """The gate for one variant on the first n items both scored (default: all of them)."""
+def assess(ref_raw: dict, var_raw: dict, margin: float, design: dict, total: int, n: int | None = None,
+           same_tokens: bool = True) -> dict:
+    """The gate for one variant on the first n items both scored (default: all of them); the
+    perplexity ratio only where both tokenized the text alike (`same_tokens`)."""
     n = min(len(ref_raw["hellaswag"]["items"]), len(var_raw["hellaswag"]["items"]), n or total)
     out = {"margin": margin, "design": design}
     verdicts = []
     if n:
         out["hellaswag"] = hellaswag_pairs(ref_raw, var_raw, n, design["z"], total, margin)
         verdicts.append(out["hellaswag"]["acc_norm"]["verdict"])
-    ppl = perplexity_pair(ref_raw, var_raw, margin, design["z"], total)
+    ppl = perplexity_pair(ref_raw, var_raw, margin, design["z"], total) if same_tokens else None
     if ppl:
         out["perplexity"] = ppl
         verdicts.append(ppl["verdict"])
@@ -155,12 +157,12 @@ def _part(g: dict, name: str) -> dict:
     return g["hellaswag"]["acc_norm"] if name == "acc_norm" else g["perplexity"]
 
 
-def judge(ref_raw: dict, margin: float, design: dict, total: int):
+def judge(ref_raw: dict, margin: float, design: dict, total: int, same_tokens: bool = True):
     """The stopping rule a variant's quality cell asks at each look: a reason to stop, or None."""
     def at_look(var_raw: dict, n: int) -> str | None:
         if n > len(ref_raw["hellaswag"]["items"]):
             return quality.REFERENCE_EXHAUSTED
-        g = assess(ref_raw, var_raw, margin, design, total, n)
+        g = assess(ref_raw, var_raw, margin, design, total, n, same_tokens)
         if g["verdict"] != "INCONCLUSIVE":
             return f"gate verdict {g['verdict']} at {n} items"
         open_parts = [name for name, part in (("acc_norm", g["hellaswag"]["acc_norm"]), ("perplexity", g.get("perplexity")))
