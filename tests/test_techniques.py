@@ -127,6 +127,9 @@ def test_the_report_fills_the_techniques_section_from_the_measurements(measured)
     # Each target its own section: two machines' numbers are never mixed.
     two = [dict(c, target={"name": t}) for t in ("here", "there") for c in cells]
     assert [s["target"] for s in report_techniques.sections(two)] == ["here", "there"]
+    # Nor two models' (a run comparing a teacher with its student).
+    models_ = [dict(c, target={"name": "here"}, model={"name": m}) for m in ("teacher", "student") for c in cells]
+    assert [s["target"] for s in report_techniques.sections(models_)] == ["here, teacher", "here, student"]
 
 
 def test_a_techniques_run_plans_one_cell_per_backend_and_says_why_other_engines_sit_out():

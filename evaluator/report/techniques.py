@@ -220,13 +220,17 @@ def _quant_row(variant: str, lat: dict | None, qual: dict | None, base_bytes, ea
 
 
 def sections(cells: list[dict]) -> list[dict]:
-    """One Techniques section per target that measured a technique, each from its own cells."""
-    names = list(dict.fromkeys(c["target"]["name"] for c in cells))
+    """One Techniques section per target (and model, where a run compares several) that measured
+    a technique, each from its own cells."""
+    def where(c):
+        return (c.get("model") or {}).get("name", ""), c["target"]["name"]
+    places = list(dict.fromkeys(map(where, cells)))
+    several = len({model for model, _ in places}) > 1
     out = []
-    for name in names:
-        got = section([c for c in cells if c["target"]["name"] == name])
+    for model, target in places:
+        got = section([c for c in cells if where(c) == (model, target)])
         if got:
-            out.append(dict(got, target=name))
+            out.append(dict(got, target=f"{target}, {model}" if several else target))
     return out
 
 
