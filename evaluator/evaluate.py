@@ -189,7 +189,7 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
 
         def same_tokens(cell):
             ref = prep.subjects.get(prep.reference.model)
-            return ref is None or prep.subject(cell).info["tokenizer_sha256"] == ref.info["tokenizer_sha256"]
+            return ref is None or other_tokenizer(ref.info, prep.subject(cell).info) is None
 
         kept_results.update({e.id: e.result for e in earlier.values()})
         budget.run(scored, sc, margin, reference_of, quality_session,
@@ -235,7 +235,7 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
             _lose_comparison(c, f"not compared with {label}: the stored answer is malformed: {exc}")
         else:
             try:
-                c.update(_compare(ref_raw, raw, label, margin, sc, _other_tokenizer(ref, c)))
+                c.update(_compare(ref_raw, raw, label, margin, sc, other_tokenizer(ref.get("model") or {}, c.get("model") or {})))
             except Exception as exc:  # the answers were well formed: what failed is this evaluator
                 where = store.log_evaluator_bug(run_path, f"comparing {c['cell_id']} with {label}")
                 _lose_comparison(c, f"not compared with {label}: evaluator bug: {type(exc).__name__}: {exc} "
@@ -245,10 +245,9 @@ def finish_quality(run_path, reference: run.Reference, margin: float, sc: qualit
     return updated
 
 
-def _other_tokenizer(ref: dict, c: dict) -> str | None:
-    """Why `c` cannot be compared with its reference token by token, if it cannot: another
-    model whose tokenizer encodes text differently (windows and vocabularies do not pair)."""
-    a, b = ref.get("model") or {}, c.get("model") or {}
+def other_tokenizer(a: dict, b: dict) -> str | None:
+    """Why model `b` cannot be compared with reference model `a` (their run infos) token by token,
+    if it cannot: its tokenizer encodes text differently (windows and vocabularies do not pair)."""
     if a.get("name") == b.get("name") or a.get("tokenizer_sha256") == b.get("tokenizer_sha256"):
         return None
     return (f"{b['name']} and {a['name']} tokenize differently: KL and the perplexity ratio need the same tokens, so "
