@@ -85,6 +85,12 @@ stage compile 150 "${eval_[@]}" synthetic-tiny --backends pytorch_eager,pytorch_
 stage techniques 90 "${eval_[@]}" stories260k --backends pytorch_eager --variants 'fp32-sdpa-kv,bf16-sdpa-kv' \
     --scenarios attention,train,flops
 
+# torchao int4 weight-only (tinygemm, the card's own kernel) on the student, whose widths the
+# layout holds, against fp32 item by item. Not in the default stages: torchao must be importable
+# by $py (carry its wheel; STAGES=int4).
+stage int4 120 "${eval_[@]}" stories260k-student --backends pytorch_eager,pytorch_quant --python "pytorch_quant=$py" \
+    --variants 'fp32-sdpa-kv,torchao-int4wo' --scenarios latency,quality --quality-items 200 --ppl-tokens 10000
+
 for run in "$out"/reports/*/; do  # a stage stopped at its limit wrote no report: build it from its cells
     [ -f "$run/index.html" ] || timeout 60 "$host" -m evaluator report "$run" >>"$out/logs/reports.log" 2>&1
 done

@@ -67,3 +67,17 @@ def test_the_techniques_table_has_a_row_per_method_with_its_paired_verdict():
     assert row["technique"] == "quantization: bnb-int8" and row["memory"].startswith("75%")
     assert row["speedup"].startswith("0.50x") and "tied" not in row["speedup"]
     assert row["quality"].startswith("PASS: perplexity +2.00% [+1.50, +2.50]"), row["quality"]
+
+
+def test_int4_is_planned_for_gpus_only_and_says_why_on_a_cpu():
+    """torchao's int4 weight-only kernels are CUDA's: on a CPU target the plan says so before
+    anything is built; on a GPU target the variant is planned (run there by benchmarks/gpu_check.sh)."""
+    from evaluator.catalog import backends, targets
+    from evaluator.plan import unsupported
+
+    quant = backends.select(["pytorch_quant"])[0]
+    int4 = quant.variant("torchao-int4wo")
+    cpu = targets.resolve(["local"])[0]
+    reason = unsupported(STUDENT, quant, int4, cpu)
+    assert reason and "no CPU path for int4" in reason and "tinygemm" in reason
+    assert unsupported(STUDENT, quant, int4, targets.resolve(["rtx3090"])[0]) is None

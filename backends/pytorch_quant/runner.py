@@ -6,6 +6,11 @@
   computing in fp32 on a CPU and bf16 on a GPU.
 - torchao-int8wo: torchao's int8 weight-only quantization (per-channel scales), applied to the
   loaded fp32 model with quantize_(model, Int8WeightOnlyConfig()).
+- torchao-int4wo: torchao's int4 weight-only quantization (groups of 128 along the input, a bf16
+  scale and zero point each) in the tinygemm layout (`tile_packed_to_4d`), whose matmul is
+  PyTorch's own `_weight_int4pack_mm` on CUDA (compute capability 8.0+): the model computes in
+  bf16. Linear layers whose widths the layout cannot hold (inputs not a multiple of the group,
+  outputs not of 8) and the output layer stay in bf16; the result says how many were quantized.
 - fp32: this runner unquantized, the same numbers as pytorch_eager fp32: every difference in
   the other rows is the method's.
 
@@ -29,7 +34,8 @@ import transformers  # noqa: E402
 
 from evaluator.runner import RunnerError, choice, serve  # noqa: E402
 
-METHODS = ("fp32", "bnb-int8", "bnb-nf4", "torchao-int8wo")
+METHODS = ("fp32", "bnb-int8", "bnb-nf4", "torchao-int8wo", "torchao-int4wo")
+INT4_GROUP = 128
 
 
 def _version(package: str) -> str | None:
@@ -65,18 +71,34 @@ class QuantEngine(eager.TorchEngine):
         options = dict(options)
         self.method = choice(options, "quant", METHODS, "fp32")
         options.pop("quant", None)
-        result = super().load(model, dict(options, dtype="fp32", attn="sdpa", kv_cache="kv"))
+        dtype = "bf16" if self.method == "torchao-int4wo" else "fp32"  # tinygemm multiplies bf16 activations
+        result = super().load(model, dict(options, dtype=dtype, attn="sdpa", kv_cache="kv"))
         if self.method == "torchao-int8wo":
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
             quantize_(self.model, Int8WeightOnlyConfig())
+        if self.method == "torchao-int4wo":
+            result["int4_layers"] = self._int4_tinygemm()
         if self.method == "bnb-nf4":
             result["nf4_cpu_kernel"] = self._nf4_cpu_kernel()
         weight_bytes = sum(_nbytes(t) for t in [*self.model.parameters(), *self.model.buffers()])
         result.update(quant=self.method, weight_bytes=weight_bytes)
         result["settings"] = dict(result["settings"], quant=self.method, weight_bytes=weight_bytes,
-                                  nf4_cpu_kernel=result.get("nf4_cpu_kernel"),
+                                  nf4_cpu_kernel=result.get("nf4_cpu_kernel"), int4_layers=result.get("int4_layers"),
                                   bitsandbytes=_version("bitsandbytes"), torchao=_version("torchao"))
         return result
+
+    def _int4_tinygemm(self) -> str:
+        """Quantize the bf16 model's Linear layers to int4 in tinygemm's layout; returns how many it took."""
+        from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+        if self.device != "cuda" or torch.cuda.get_device_capability()[0] < 8:
+            raise RunnerError("unsupported", "torchao int4 weight-only (tinygemm) needs a CUDA GPU of compute capability 8.0+")
+        head = self.model.get_output_embeddings()
+        linears = [m for m in self.model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+        fits = {id(m) for m in linears if m.in_features % INT4_GROUP == 0 and m.out_features % 8 == 0}
+        quantize_(self.model, Int4WeightOnlyConfig(group_size=INT4_GROUP, int4_packing_format="tile_packed_to_4d"),
+                  filter_fn=lambda m, fqn: id(m) in fits)
+        return f"{len(fits)} of {len(linears)} Linear layers int4 (group {INT4_GROUP}); the rest and the output layer bf16"
 
     def _nf4_cpu_kernel(self) -> str | None:
         """bitsandbytes repacks NF4 weights for its AVX512-BF16 CPU kernel in blocks of 32 output
