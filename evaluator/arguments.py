@@ -152,6 +152,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--reference", default="pytorch_eager:fp32-sdpa-kv", metavar="BACKEND:VARIANT[@TARGET]",
                    help="what every variant's quality is compared with: on each target its own, or with @TARGET that "
                         "target's for all (default: %(default)s)")
+    q.add_argument("--rescore", action="store_true",
+                   help="score every quality cell anew, even where an earlier run on this machine kept the answers of the "
+                        "same configuration (same model bytes, backend files, evaluator code, data and options), which a "
+                        "run otherwise starts from and names in its report")
     q.add_argument("--reference-run", metavar="RUN_ID", help="take the reference's quality from an earlier run instead "
                    "of measuring it (same model, data, order and windows; refused otherwise)")
     e.add_argument("--python", action="append", default=[], metavar="BACKEND=PATH",

@@ -28,6 +28,11 @@ def _resumed(args) -> argparse.Namespace:
     return old
 
 
+def _options(argv: list[str]) -> list[str]:
+    """The option names in an argument list (`--name` or `--name=value`)."""
+    return [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+
+
 def cmd_eval(args) -> int:
     from evaluator import run
     from evaluator.launch import leftovers
@@ -35,8 +40,10 @@ def cmd_eval(args) -> int:
     from evaluator.score.quality import Quality
 
     if args.resume:
-        if args.model is not None:
-            raise UserError("--resume RUN_ID takes no model or other options: the run's own are reused")
+        given = [*(args.model or []), *(a for a in _options(args.argv or []) if a not in ("--resume", "--reports"))]
+        if given:
+            raise UserError(f"--resume RUN_ID takes no model or other options (given: {' '.join(given)}): "
+                            "the run's own are reused")
         args = _resumed(args)
     elif args.model is None:
         raise UserError("eval needs a MODEL (see `just models`), or --resume RUN_ID")
@@ -105,7 +112,7 @@ def _measure(args, scenario_list: list, constraints, deadlines, quality_left_out
     started = time.monotonic()
     try:
         failed, imprecise = evaluate.execute(prep, check, deadlines, constraints.margin,
-                                             bool(args.resume), say, bar)
+                                             bool(args.resume), say, bar, not args.rescore)
     except KeyboardInterrupt:
         bar.close()
         report, done = evaluate.close(prep, constraints.as_dict())

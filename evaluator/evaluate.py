@@ -19,7 +19,8 @@ from pathlib import Path
 from evaluator import plan, run, store
 from evaluator.launch import process
 from evaluator.measure import sampling, serving
-from evaluator.score import budget, fidelity, gate, quality, stored
+from evaluator.reference import Earlier
+from evaluator.score import budget, fidelity, gate, quality, reuse, stored
 
 
 class Stopped(Exception):
@@ -105,14 +106,15 @@ def _line(cell: plan.Cell, result: dict) -> str:
 
 
 def execute(prep: run.Prepared, check, deadlines: run.Deadlines, margin: float, resume: bool, say,
-            bar) -> tuple[list[dict], list[dict]]:
+            bar, reuse_answers: bool = True) -> tuple[list[dict], list[dict]]:
     """Run every cell of a prepared run; returns (failed cells, timing cells whose loop did not
-    reach the asked precision: measured, with the precision they reached)."""
+    reach the asked precision: measured, with the precision they reached). With `reuse_answers`,
+    a quality cell starts from the answers an earlier run kept under its key (score/reuse.py)."""
     with _interruptible(stopping := threading.Event()):
-        return _execute(prep, check, deadlines, margin, resume, say, bar, stopping)
+        return _execute(prep, check, deadlines, margin, resume, say, bar, stopping, reuse_answers)
 
 
-def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tuple[list[dict], list[dict]]:
+def _execute(prep, check, deadlines, margin, resume, say, bar, stopping, reuse_answers) -> tuple[list[dict], list[dict]]:
     failed, imprecise, refused = [], [], {}  # refused: (model, backend, variant, target) -> why its runner refused it
 
     def kept(cell):
@@ -172,20 +174,28 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
     _side_by_side(timing, timed)
     if scored:
         sc = scored[0].scenario
-        kept_results = {c.id: r for c in scored if (r := kept(c))}
-        history = {cid: r.get("rounds", []) for cid, r in kept_results.items()}
-
-        def quality_session(cell, rnd):
-            result = session(cell, rnd, history.get(cell.id, ()))
-            history[cell.id] = result.get("rounds", [])
-            return result
-
         earlier = prep.earlier
 
         def reference_of(cell):
             if earlier:
                 return earlier.get(prep.reference.target or cell.target.name) or next(iter(earlier.values()))
             return prep.reference.cell_for(cell, scored)
+
+        kept_results = {c.id: r for c in scored if (r := kept(c))}
+        keys = _answers_keys(prep, scored, reference_of, check) if reuse_answers else {}
+        for c in scored:
+            if c.id in keys and c.id not in kept_results and (
+                    r := reuse.take(keys[c.id], c.id, prep.path, prep.run_id, prep.subject(c).info)):
+                store.write_cell(prep.path / "cells" / f"{c.id}.json", r)
+                kept_results[c.id] = r
+                say(f"{'reused':>14}  {c.id}  ({reuse.items(r):,} HellaSwag items' answers of run "
+                    f"{reuse.reused_from(r)['run_id']}, same key; --rescore scores them again)")
+        history = {cid: r.get("rounds", []) for cid, r in kept_results.items()}
+
+        def quality_session(cell, rnd):
+            result = session(cell, rnd, history.get(cell.id, ()))
+            history[cell.id] = result.get("rounds", [])
+            return result
 
         def same_tokens(cell):
             ref = prep.subjects.get(prep.reference.model)
@@ -197,7 +207,32 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping) -> tupl
         bar.update(len(scored))
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
+        for c in scored:
+            if c.id in keys and (result := store.read_cell(prep.path / "cells" / f"{c.id}.json")):
+                reuse.keep(prep.path, result, keys[c.id])
     return failed, imprecise
+
+
+def _answers_keys(prep: run.Prepared, scored: list, reference_of, check) -> dict[str, str]:
+    """Cell id -> the key its quality answers are kept under across runs (score/reuse.py): its
+    own cell key and its reference's. Cells on this machine only (a remote target's identity is
+    not ours to fingerprint), and not those planned unsupported."""
+    known = {}
+
+    def own(cell):  # a reference is asked for by each of its variants: hash its files once
+        if cell.id not in known:
+            known[cell.id] = run.cell_key(cell, prep.subject(cell).info, check)
+        return known[cell.id]
+
+    keys = {}
+    for c in scored:
+        if c.unsupported or c.target.transport not in ("local", "docker"):
+            continue
+        ref = reference_of(c)
+        ref_key = (None if ref is None or ref.id == c.id else
+                   ref.result.get("key") if isinstance(ref, Earlier) else own(ref))
+        keys[c.id] = reuse.key(own(c), ref_key)
+    return keys
 
 
 def close(prep: run.Prepared, constraints: dict) -> tuple[Path, int]:

@@ -1,5 +1,6 @@
 """Where a number came from: host, CPU, memory, packages, git revision."""
 import functools
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -18,6 +19,23 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _first_line(path: str, prefix: str = "") -> str:
+    try:
+        with open(path) as f:
+            return next((line.strip() for line in f if line.startswith(prefix)), "")
+    except OSError:
+        return ""
+
+
+@functools.cache
+def machine_fingerprint() -> str:
+    """This machine as far as an engine's answers can tell: host, CPU model and instruction
+    sets, kernel, GPU driver (a quality answer kept from another machine is never reused)."""
+    parts = (platform.node(), platform.machine(), _cpu_model(), _first_line("/proc/cpuinfo", "flags"),
+             platform.release(), str(os.cpu_count()), _first_line("/proc/driver/nvidia/version"))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 @functools.cache

@@ -193,7 +193,8 @@ def measuring_code_hash() -> str:
 
 def cell_key(cell: Cell, model_info: dict, check) -> str:
     """The hash of everything that determines a cell's result: a resumed run reuses a finished
-    cell only while its key is unchanged (a changed model or backend never reuses a stale one)."""
+    cell only while its key is unchanged (a changed model or backend never reuses a stale one),
+    and a quality cell of a later run takes an earlier one's answers only under it (score/reuse.py)."""
     from evaluator.runner.protocol import PROTOCOL_VERSION
 
     what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
@@ -202,7 +203,7 @@ def cell_key(cell: Cell, model_info: dict, check) -> str:
             "data": data_hashes() if isinstance(cell.scenario, quality.Quality) else None,
             "variant": cell.options, "target": vars(cell.target),
             "scenario": [cell.scenario.name, scenarios.options(cell.scenario)],
-            "check_tokens": getattr(check, "new_tokens", None)}
+            "check_tokens": getattr(check, "new_tokens", None), "machine": provenance.machine_fingerprint()}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 

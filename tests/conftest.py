@@ -93,8 +93,10 @@ def start_runner(name: str, tmp_path: Path, startup_timeout_s: float = 180):
 
 
 def run_cli(*args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    """The evaluator as a user runs it, in a child process."""
-    full_env = dict(os.environ, **(env or {}))
+    """The evaluator as a user runs it, in a child process. Each call starts with no quality
+    answers kept from other tests' runs (score/reuse.py), unless `env` names a folder for them."""
+    fresh = {"DEPLOY_EVAL_ANSWERS": tempfile.mkdtemp(prefix="answers-", dir=os.environ["DEPLOY_EVAL_CACHE"])}
+    full_env = {**os.environ, **fresh, **(env or {})}
     return subprocess.run([sys.executable, "-m", "evaluator", *args], cwd=REPO, capture_output=True,
                           text=True, env=full_env, timeout=timeout)
 

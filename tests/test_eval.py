@@ -226,7 +226,10 @@ def test_a_killed_run_resumes_where_it_stopped_and_keeps_finished_cells(tmp_path
 
 
 def test_resume_refuses_other_arguments_and_unknown_runs(tmp_path):
-    assert "takes no model" in run_cli("eval", "stories260k", "--resume", "x", "--reports", str(tmp_path)).stderr
+    assert "takes no model or other options (given: stories260k)" in run_cli(
+        "eval", "stories260k", "--resume", "x", "--reports", str(tmp_path)).stderr
+    proc = run_cli("eval", "--resume", "x", "--rescore", "--reports", str(tmp_path))
+    assert proc.returncode == 2 and "takes no model or other options (given: --rescore)" in proc.stderr
     proc = run_cli("eval", "--resume", "nope", "--reports", str(tmp_path))
     assert proc.returncode == 2 and "unknown run 'nope'" in proc.stderr
 

@@ -18,6 +18,7 @@ from evaluator import store
 from evaluator.report import configs as configs_mod
 from evaluator.report import export, guide, plots, tables
 from evaluator.report import techniques as techniques_mod
+from evaluator.score import reuse
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -187,8 +188,12 @@ def _scope(c: dict) -> str:
     subset = (f'the first {hs["items"]:,} in the seeded order (seed {order.get("seed")}; items: {order.get("mode")}; '
               f'stopped: {order.get("stopped")})' if hs["items"] < hs["of"] else "the whole validation set")
     defs = "; ".join(f'{k}: {v["definition"]}' for k, v in ppl.items())
+    origin = reuse.reused_from(c)
+    taken = (f'; the answers of the first {origin["items"]:,} items and their windows were reused from run '
+             f'{origin["run_id"]} (measured {origin["started_at"]}: the same model bytes, backend files, evaluator code, '
+             'data, options and machine; --rescore measures them again)' if origin else "")
     return (f'{c["backend"]} · {c["variant"]} · {c["target"]["name"]}: HellaSwag {hs["items"]:,} of {hs["of"]:,} items '
-            f'({subset}); perplexity {defs}')
+            f'({subset}); perplexity {defs}{taken}')
 
 
 def render(run: dict, cells: list[dict], constraints: guide.Constraints | None = None, inline_js: bool = True) -> str:
@@ -204,13 +209,14 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
     return _environment().get_template("report.html.j2").render(
         run=run, model=run["model"], host=run["host"], targets=targets, reference=reference,
         objectives="|".join(guide.OBJECTIVES), decisions=decisions,
-        comparisons=[{"target": t, "columns": [(h, u) for h, _, u in tables.COLUMNS],
+        comparisons=[{"target": t, "columns": [(h, u) for h, _, u in tables.columns(configs)],
                       "rows": tables.comparison(configs, t, reference, constraints.margin)} for t in targets],
         no_energy="; ".join(no_energy), figures=_figures(run, configs, targets, constraints.margin),
         matrix=tables.status_matrix(configs, targets, scenario_names, constraints.margin), scenarios=scenario_names,
         metric_blocks=metric_blocks(cells, targets), technique_sections=techniques_mod.sections(cells),
         scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
         texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
+        reused=[f'{c["cell_id"]}: {o["items"]:,} items from run {o["run_id"]}' for c in cells if (o := reuse.reused_from(c))],
         missing=[cid for cid in run.get("planned_cells", []) if cid not in {c["cell_id"] for c in cells}],
         failed=[c for c in cells if c["status"] in store.FAILED],
         definitions=DEFINITIONS, engines=engines, settings=settings,
