@@ -1,5 +1,6 @@
 """The quality budget's rounds, driven through the real quality scenario by fake engines whose
 answers are known: who stops when, and how far the reference is scored."""
+import math
 import random
 from dataclasses import dataclass
 
@@ -79,6 +80,17 @@ class Cell:
     target: Target = Target()
 
 
+def recorded(sc: Quality, tok: FakeTok):
+    """(the sessions run, as (cell id, upto)), and a session that runs the fake engine of a cell."""
+    sessions = []
+
+    def session(cell, rnd):
+        sessions.append((cell.id, rnd.upto))
+        metrics, raw = run(FakeRunner(tok, *cell.flips), tok, sc, 10.0, 4, rnd)
+        return {"status": "ok", "metrics": metrics, "raw_data": raw}
+    return sessions, session
+
+
 def test_each_variant_stops_when_its_verdict_is_known_and_the_reference_only_as_far_as_needed():
     sc = Quality(items="auto", ppl_max_tokens=None)
     tok = FakeTok()
@@ -88,12 +100,7 @@ def test_each_variant_stops_when_its_verdict_is_known_and_the_reference_only_as_
              Cell("broken", (0.0, 0.2)),             # loses 20% of the items: FAIL at the first look
              Cell("close", (0.003, 0.003)),          # disagrees rarely: needs a second round
              Cell("coin", (0.03, 0.03))]             # disagrees often, no net change: futile
-    sessions = []
-
-    def session(cell, rnd):
-        sessions.append((cell.id, rnd.upto))
-        metrics, raw = run(FakeRunner(tok, *cell.flips), tok, sc, 10.0, 4, rnd)
-        return {"status": "ok", "metrics": metrics, "raw_data": raw}
+    sessions, session = recorded(sc, tok)
 
     state = budget.run(cells, sc, 0.01, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", {})
     scored = {cid: r["metrics"]["hellaswag"]["items"] for cid, r in state.items()}
@@ -110,16 +117,60 @@ def test_each_variant_stops_when_its_verdict_is_known_and_the_reference_only_as_
     assert all(s[0] in ("reference", "close") for s in sessions[5:]), "only the undecided variant goes on"
 
 
+def test_answers_kept_from_an_earlier_run_start_no_session_where_they_decide():
+    """As score/reuse.py hands them over: the answers, with whether the verdict is known left to
+    this run's gate (its allowed loss may differ)."""
+    sc, tok = Quality(items="auto", ppl_max_tokens=None), FakeTok()
+    reference = Cell("reference", (0.0, 0.0))
+    cells = [reference, Cell("identical", (0.0, 0.0)), Cell("broken", (0.0, 0.2)), Cell("close", (0.003, 0.003))]
+    sessions = []
+
+    def session(cell, rnd):
+        sessions.append((cell.id, rnd.upto, rnd.previous is not None))
+        metrics, raw = run(FakeRunner(tok, *cell.flips), tok, sc, 10.0, 4, rnd)
+        return {"status": "ok", "metrics": metrics, "raw_data": raw}
+
+    def as_kept(result):
+        hs = result["metrics"]["hellaswag"]
+        order = dict(hs["order"], final=hs["items"] >= hs["order"]["planned"])
+        return dict(result, metrics=dict(result["metrics"], hellaswag=dict(hs, order=order)))
+
+    first = budget.run(cells, sc, 0.01, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", {})
+    assert first["identical"]["metrics"]["hellaswag"]["items"] == 500, "kept with fewer items than a first round"
+    sessions.clear()
+    kept = {cid: as_kept(r) for cid, r in first.items()}
+    again = budget.run(cells, sc, 0.01, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", kept)
+    assert sessions == [], "every verdict is decided by the kept answers"
+    assert {cid: r["metrics"]["hellaswag"]["items"] for cid, r in again.items()} == {
+        cid: r["metrics"]["hellaswag"]["items"] for cid, r in first.items()}
+    # A stricter allowed loss: what the kept answers no longer decide goes on from them.
+    budget.run(cells, sc, 0.002, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", kept)
+    assert sessions and all(previous for _, _, previous in sessions), "scoring goes on from the kept answers"
+    assert "broken" not in {cid for cid, _, _ in sessions}, "a FAIL stays decided"
+
+
+def test_variants_start_where_a_perfect_copy_could_first_be_decided():
+    """With 0.2% allowed of a 0.5 accuracy (0.001), a variant that agrees on every item is not
+    decided before ~2,500 items: the reference goes on to the next look before any variant
+    starts, and the variants' first session goes that far (still looking at 500 and 1,000)."""
+    sc, tok = Quality(items="auto", ppl_max_tokens=None), FakeTok()
+    reference = Cell("reference", (0.0, 0.0))
+    cells = [reference, Cell("identical", (0.0, 0.0)), Cell("broken", (0.0, 0.2))]
+    sessions, session = recorded(sc, tok)
+
+    state = budget.run(cells, sc, 0.002, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", {})
+    assert sessions[:4] == [("reference", 1000), ("reference", 2000), ("identical", 2000), ("broken", 2000)]
+    assert state["broken"]["metrics"]["hellaswag"]["items"] == 500, "a variant that fails early still stops early"
+    sessions.clear()
+    budget.run(cells, sc, 0.01, lambda c: reference, session, lambda r: r["raw_data"], lambda c: "here", {})
+    assert sessions[:2] == [("reference", 1000), ("identical", 1000)], "where a perfect copy is decided by then: as before"
+
+
 def test_a_fixed_number_of_items_is_one_round_and_one_look():
     sc = Quality(items="600")
     tok = FakeTok()
     cells = [Cell("reference", (0.0, 0.0)), Cell("close", (0.003, 0.003))]
-    sessions = []
-
-    def session(cell, rnd):
-        sessions.append((cell.id, rnd.upto))
-        metrics, raw = run(FakeRunner(tok, *cell.flips), tok, sc, 10.0, 4, rnd)
-        return {"status": "ok", "metrics": metrics, "raw_data": raw}
+    sessions, session = recorded(sc, tok)
 
     state = budget.run(cells, sc, 0.01, lambda c: cells[0], session, lambda r: r["raw_data"], lambda c: "here", {})
     assert sessions == [("reference", 600), ("close", 600)]
@@ -149,7 +200,14 @@ def test_perplexity_is_scored_on_the_items_share_of_the_windows_and_decides_with
     sample = state["worse"]["metrics"]["perplexity"]["rolling"]
     lo, hi = sample["token_perplexity_ci"]
     assert lo < sample["token_perplexity"] < hi, "a sample of windows: the whole file's perplexity lies within"
-    assert "word_perplexity" not in sample, "word perplexity is for the whole file only"
+    # Per word and per byte: the sample's rate times the whole file's tokens, over its words or
+    # bytes, with the rate's interval scaled the same way (comparable across tokenizers).
+    for name in ("word_perplexity", "bits_per_byte"):
+        lo, hi = sample[f"{name}_ci"]
+        assert lo < sample[name] < hi, name
+    rate = sample["nll"] / sample["tokens"]
+    whole = sum(len(w.tokens) - w.start for w in perplexity.rolling_windows(tok.encode_cached("", ""), tok.bos, 512, 256))
+    assert sample["bits_per_byte"] == pytest.approx(rate * whole / (math.log(2) * sample["bytes"]))
 
 
 def test_a_later_round_scores_only_the_windows_it_adds():

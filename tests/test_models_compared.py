@@ -3,6 +3,7 @@ The first model is the reference; the student's quality cell is compared with th
 reference configuration on the same HellaSwag items, and (one tokenizer) on the same windows
 and distributions. A model that tokenizes differently pairs on HellaSwag only."""
 import json
+import re
 
 import pytest
 
@@ -63,6 +64,10 @@ def test_a_model_that_tokenizes_differently_pairs_on_hellaswag_only(teacher_and_
     assert "perplexity" not in student["quality_gate"] and student["quality_gate"]["hellaswag"]["acc_norm"]["items"] == 100
     assert "bits per byte" in student["quality_gate"]["perplexity_unpaired"]
     assert "tokenize differently" in evaluate.gate_line(student)
+    from evaluator.report import html
+    table = html.build(tmp_path).read_text().split('id="compare"')[1].split("</table>")[0]
+    assert "bits per byte" in table and ">perplexity<" not in table, "token perplexities of two tokenizers do not compare"
+    assert len(re.findall(r'data-metric="bits per byte">\d\.\d', table)) == 2, "each model's, from its 5,000 tokens' text"
 
 
 @pytest.mark.parametrize("given, words", [

@@ -195,6 +195,18 @@ def _quality_cell(c: Config, base: Config | None, margin: float) -> dict:
             "detail": f"{'; '.join(parts)} (allowed {100 * margin:g}%)"}
 
 
+BITS_PER_BYTE = ("bits per byte", lambda c: _shown(c.rows, "wikitext2_bits_per_byte"), "WikiText-2, any tokenizer")
+
+
+def columns(configs: list[Config]) -> list[tuple]:
+    """COLUMNS, where the run's models tokenize differently with bits per byte for perplexity:
+    a token's perplexity depends on what a token is, a byte's does not."""
+    tokenizers = {(c.cell("quality") or {}).get("model", {}).get("tokenizer_sha256") for c in configs if c.cell("quality")}
+    if len(tokenizers - {None}) < 2:
+        return COLUMNS
+    return [BITS_PER_BYTE if header == "perplexity" else (header, read, unit) for header, read, unit in COLUMNS]
+
+
 def comparison(configs: list[Config], target: str, reference: str | None, margin: float) -> list[dict]:
     """One row per configuration on a target, the reference first, deltas against it:
     [{"label", "timing_invalid", "values": [(header, Shown)], "quality": {...}, "deltas": [Delta]}]"""
@@ -202,5 +214,5 @@ def comparison(configs: list[Config], target: str, reference: str | None, margin
     base = reference_for(configs, reference, target)
     mine.sort(key=lambda c: c is not base)
     return [{"label": c.label, "timing_invalid": c.timing_invalid,
-             "values": [(h, read(c)) for h, read, _ in COLUMNS],
+             "values": [(h, read(c)) for h, read, _ in columns(configs)],
              "quality": _quality_cell(c, base, margin), "deltas": deltas(c, base)} for c in mine]

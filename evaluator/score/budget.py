@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from evaluator.score import gate
-from evaluator.score.quality import Quality, Round
+from evaluator.score.quality import REFERENCE_EXHAUSTED, Quality, Round
 
 FIRST_ROUND = 1000
 
@@ -52,7 +52,7 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
     fixed = {r.id for r in refs if r.id not in {c.id for c in cells}}  # an earlier run's: as it is
     state = {c.id: stored.get(c.id) for c in [*cells, *refs]}
     pending = [c for c in cells if c.id not in ref_ids]
-    upto = first_extent(sc)
+    upto, first = first_extent(sc), sc.sequential
     while True:
         for ref in refs:
             res = state[ref.id]
@@ -60,6 +60,13 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
                 continue
             if res is None or (_ok(res) and scored(res) < upto):
                 state[ref.id] = session(ref, Round(upto, _previous(res, raw_of)))
+        if first:
+            first = False
+            floor = _agreement_floor([raw_of(state[r.id]) for r in refs if r.id not in fixed and _ok(state[r.id])],
+                                     margin, design, total, upto)
+            if floor > upto:
+                upto = floor  # the references go on first: no variant could be decided sooner
+                continue
 
         def advance(group, upto=upto):
             for c in group:
@@ -70,6 +77,8 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
                 ref_raw = raw_of(ref_res) if _ok(ref_res) else None
                 paired = same_tokens(c)
                 judge = gate.judge(ref_raw, margin, design, total, paired) if ref_raw else None
+                if _ok(res) and judge and judge(raw_of(res), scored(res)) not in (None, REFERENCE_EXHAUSTED):
+                    continue  # answers kept from an earlier run already decide it (score/reuse.py)
                 state[c.id] = session(c, Round(upto, _previous(res, raw_of), judge,
                                                ref_raw.get("fidelity_windows") if ref_raw and paired else None))
 
@@ -90,14 +99,32 @@ def run(cells: list, sc: Quality, margin: float, reference_of: Callable, session
             want = max((part.get("items_to_decide") or 0 for part in (g["hellaswag"]["acc_norm"], g.get("perplexity") or {})
                         if part.get("verdict") == "INCONCLUSIVE" and not part.get("futile")), default=0)
             if want:
-                # One planned look further at most: a projection from few disagreements is
-                # rough, and an extension is paid by the reference on every item.
-                ahead = next((n for n in design["looks"] if n > upto), total)
-                need = max(need, min(next((n for n in design["looks"] if n >= want), total), ahead))
+                need = max(need, _look_for(want, upto, design, total))
                 still.append(c)
         if not still or need <= upto:
             return state
         upto, pending = min(total, need), still
+
+
+def _agreement_floor(ref_raws: list[dict], margin: float, design: dict, total: int, upto: int) -> int:
+    """The planned look at which a variant agreeing with its reference on every item could first
+    be decided (at most one look beyond `upto`). Near chance, the allowed loss is a small share of
+    a small accuracy (1% of 0.24), and even a perfect copy needs ~2,000 items: starting the
+    variants there saves each a runner session for a look that cannot decide it. They still
+    look at every planned point on the way, so one that fails early stops early."""
+    want = 0
+    for raw in ref_raws:
+        acc = gate.assess(raw, raw, margin, design, total, upto)["hellaswag"]["acc_norm"]
+        if acc["verdict"] == "INCONCLUSIVE":
+            want = max(want, acc.get("items_to_decide") or total)
+    return _look_for(want, upto, design, total) if want > upto else upto
+
+
+def _look_for(want: int, upto: int, design: dict, total: int) -> int:
+    """The planned look that covers `want` items, but at most one look beyond `upto`: a
+    projection from few disagreements is rough, and every extension is paid by the reference."""
+    ahead = next((n for n in design["looks"] if n > upto), total)
+    return min(next((n for n in design["looks"] if n >= want), total), ahead)
 
 
 def _previous(result: dict | None, raw_of: Callable) -> tuple[dict, dict] | None:

@@ -78,21 +78,32 @@ def window_order(count: int, seed: int | None) -> list[int]:
     return list(range(count)) if seed is None else random.Random(seed).sample(range(count), count)
 
 
-def summarize_rolling(window_nll: list[float], window_tokens: list[int], total_windows: int, source: str,
-                      window: int, stride: int, whole_file: bool) -> dict:
+def summarize_rolling(window_nll: list[float], window_tokens: list[int], total_windows: int, text: str,
+                      window: int, stride: int, file_tokens: int | None = None) -> dict:
+    """The rolling perplexity of the windows scored. `file_tokens`, the tokens all the windows
+    score, turns a per-token rate into per-word and per-byte ones (`text`, what those tokens
+    spell, has known words and bytes): exactly where every window is scored, as an estimate with
+    its interval from a sample."""
     nll, tokens = sum(window_nll), sum(window_tokens)
     out = {"definition": f"rolling, window {window}, stride {stride}, BOS first, every token scored once",
            "tokens": tokens, "nll": nll, "token_perplexity": math.exp(nll / tokens),
            "windows": len(window_tokens), "windows_total": total_windows}
-    if len(window_tokens) < total_windows and len(window_tokens) >= 2:
-        # A sample of the windows: the perplexity of the whole file lies within this interval.
-        rate, se = paired.log_rate(window_nll, window_tokens)
+    sampled = len(window_tokens) < total_windows
+    rate, se = paired.log_rate(window_nll, window_tokens) if sampled and len(window_tokens) >= 2 else (nll / tokens, None)
+    if se is not None:  # a sample of the windows: the whole file's perplexity lies within this interval
         out["token_perplexity_ci"] = [math.exp(rate - Z95 * se), math.exp(rate + Z95 * se)]
         out["definition"] += f", {len(window_tokens)} of {total_windows} windows (seeded random sample)"
-    elif whole_file and len(window_tokens) == total_windows:  # word- and byte-normalized: the whole file only
-        words = len(re.findall(r"\S+", source))
-        out.update(words=words, bytes=len(source.encode("utf-8")), word_perplexity=math.exp(nll / words),
-                   bits_per_byte=nll / (math.log(2) * len(source.encode("utf-8"))))
+    words, size = len(re.findall(r"\S+", text)), len(text.encode("utf-8"))
+    if (se is not None or not sampled) and words and size:
+        # Word- and byte-normalized: the file's NLL (its tokens times the rate) over its words or
+        # bytes; with a sample, the rate's interval scaled the same way.
+        file_tokens = file_tokens or tokens
+        out.update(words=words, bytes=size, word_perplexity=math.exp(rate * file_tokens / words),
+                   bits_per_byte=rate * file_tokens / (math.log(2) * size))
+        if se is not None:
+            lo, hi = rate - Z95 * se, rate + Z95 * se
+            out.update(word_perplexity_ci=[math.exp(lo * file_tokens / words), math.exp(hi * file_tokens / words)],
+                       bits_per_byte_ci=[lo * file_tokens / (math.log(2) * size), hi * file_tokens / (math.log(2) * size)])
     return out
 
 

@@ -136,6 +136,9 @@ def wikitext(tok, sc: Quality) -> WikiText:
     window = sc.ppl_window or min(tok.context_length or 1024, 1024)
     stride = sc.ppl_stride or window // 2
     rolling = perplexity.rolling_windows(tokens, tok.bos, window, stride)
+    # What the tokens spell: the file, or for --ppl-tokens the text of its first N tokens (words
+    # and bytes per token are then that part's).
+    source = source if whole_file else tok.decode(tokens)
     return WikiText(source, tokens, whole_file, window, stride, rolling,
                     perplexity.window_order(len(rolling), sc.seed if sc.sequential else None))
 
@@ -190,7 +193,7 @@ def _perplexity(runner, tok, sc: Quality, wt: WikiText, timeout_s: float, extent
     raw["perplexity"] = dict(raw["perplexity"], rolling=done)
     raw["fidelity_windows"] = raw["fidelity_windows"] + kept
     metrics = {"rolling": perplexity.summarize_rolling(done["window_nll"], done["window_tokens"], len(rolling), source,
-                                                       window, stride, whole_file)}
+                                                       window, stride, sum(len(w.tokens) - w.start for w in rolling))}
     if sc.ppl_llamacpp and (tok.context_length is None or tok.context_length >= perplexity.LLAMACPP_CTX):
         if "llamacpp" not in raw["perplexity"]:  # its own definition: every chunk, in the first round
             stream = [tok.bos] + tok.encode_cached("wikitext-2-test-llamacpp", perplexity.llamacpp_text(),
