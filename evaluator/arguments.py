@@ -128,7 +128,10 @@ def parser() -> argparse.ArgumentParser:
     v = e.add_argument_group("serving (scenario `serving`, asked for by name: a seeded stream of requests, rate by rate)")
     v.add_argument("--rates", type=serving.parse_rates, default=serving.Serving.rates, help="requests/s, rising to the knee (1,2,..64)")
     v.add_argument("--serving-requests", type=_positive_int, default=serving.Serving.requests,
-                   help="requests per rate (default: %(default)s)")
+                   help="requests per rate, at least (default: %(default)s)")
+    v.add_argument("--serving-min-s", type=float, default=serving.Serving.min_duration_s, metavar="SECONDS",
+                   help="each rate's schedule lasts at least this long, with more requests at heavy rates, so a rate "
+                        "measures the engine settled, not starting up (default: %(default)s)")
     v.add_argument("--concurrency", type=serving.parse_concurrency, default=(), metavar="N,N,..",
                    help="sweep numbers of users instead of rates: N requests in flight, each answered one letting "
                         "the next in (a closed load, like vllm bench serve --max-concurrency), e.g. 1,4,16")

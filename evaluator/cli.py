@@ -62,6 +62,8 @@ def cmd_eval(args) -> int:
         raise UserError(f"--max-time must be > 0 seconds, got {args.max_time:g}")
     if args.warmup < 0:
         raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.serving_min_s < 0:
+        raise UserError(f"--serving-min-s must be >= 0 seconds, got {args.serving_min_s:g}")
     if min(args.request_timeout, args.load_timeout, args.cell_timeout) <= 0:
         raise UserError("--request-timeout, --load-timeout and --cell-timeout must be > 0 seconds")
     deadlines = run.Deadlines(startup_s=args.load_timeout, load_s=args.load_timeout, request_s=args.request_timeout,
@@ -75,7 +77,7 @@ def cmd_eval(args) -> int:
         "quality": Quality(items=args.quality_items, seed=args.seed, ppl_window=args.ppl_window,
                            ppl_stride=args.ppl_stride, ppl_max_tokens=args.ppl_tokens, ppl_llamacpp=args.ppl_llamacpp),
         "serving": serving.Serving(rates=args.rates, concurrency=args.concurrency, requests=args.serving_requests,
-                                   prompt_tokens=args.prompt_tokens,
+                                   min_duration_s=args.serving_min_s, prompt_tokens=args.prompt_tokens,
                                    new_tokens=args.new_tokens, burstiness=args.burstiness, slo=args.slo),
         "attention": techniques.Attention(), "train": techniques.Train(), "flops": techniques.Flops(), "kv": techniques.Kv(),
     }

@@ -6,6 +6,7 @@ that file changes. A backend without requirements is stdlib-only and runs under 
 evaluator's own interpreter.
 """
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -54,12 +55,15 @@ def python_for(backend: Backend, log=print) -> Path:
     house = wheelhouse(backend, log=log)
     if house:  # compiled once, shared with the backend's image
         pip[5:5] = ["--no-index", "--find-links", str(house)]
+    # A post_install that needs what was compiled (llamacpp keeps its sources for llama-server)
+    # finds the wheelhouse's sources and build flags where an image build finds them too.
+    post_env = dict(os.environ, DEPLOY_EVAL_SDISTS=str(house / "sdists")) if house else None
     with open(logfile, "w") as out:
-        steps = [[sys.executable, "-m", "venv", str(venv)], pip]
+        steps = [([sys.executable, "-m", "venv", str(venv)], None), (pip, None)]
         if backend.post_install:  # e.g. fetch a converter, remove what pip dragged in
-            steps.append([str(python), str(backend.post_install)])
-        for step in steps:
-            if _step(step, bounded.BUILD_S, f"building .venvs/{backend.name}", out, venv) != 0:
+            steps.append(([str(python), str(backend.post_install)], post_env))
+        for step, env in steps:
+            if _step(step, bounded.BUILD_S, f"building .venvs/{backend.name}", out, venv, env=env) != 0:
                 tail = logfile.read_text().strip().splitlines()[-3:]
                 shutil.rmtree(venv, ignore_errors=True)
                 raise EnvironmentFailed(f"building .venvs/{backend.name} failed: {' | '.join(tail)}")
@@ -110,6 +114,7 @@ def wheelhouse(backend: Backend, log=print) -> Path | None:
     key = hashlib.sha256(backend.requirements.read_bytes() + repr(sorted(flags.items())).encode()).hexdigest()[:16]
     house = WHEELS / f"{backend.name}-{platform.machine()}-{key}"
     if house.is_dir():
+        _record_flags(house, flags)
         return house
     tmp = house.with_name(house.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,8 +140,17 @@ def wheelhouse(backend: Backend, log=print) -> Path | None:
             if _step(step, bounded.DOWNLOAD_S, f"fetching the sources of {name}", out, tmp) != 0:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise EnvironmentFailed(f"fetching the sources of {name} {version} failed: see {logfile}")
+    _record_flags(tmp, flags)
     os.replace(tmp, house)  # last: a half-built wheelhouse is never reused
     return house
+
+
+def _record_flags(house: Path, flags: dict) -> None:
+    """The flags the wheels were compiled with, beside their sources (sdists/BUILD_FLAGS.json):
+    what builds more from those sources (llamacpp's llama-server) builds it the same way."""
+    path = house / "sdists" / "BUILD_FLAGS.json"
+    if path.parent.is_dir() and not path.is_file():
+        path.write_text(json.dumps(flags, sort_keys=True) + "\n")
 
 
 def _step(argv: list, timeout_s: float, what: str, out, leftover: Path, **kwargs) -> int:

@@ -94,7 +94,7 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     options = dict(cell.options, device=cell.target.device)
     spec = {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
             "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS),
-            "context_tokens": _context_tokens(cell.scenario, check, tok.context_length)}
+            "context_tokens": _context_tokens(cell.scenario, check, tok.context_length), "scenario": cell.scenario.name}
     try:
         with phases("load"):
             result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
@@ -239,6 +239,8 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
             else:
                 runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
         runner.cell_deadline = t0 + deadlines.cell_s
+        if progress:  # a load that compiles or exports for minutes shows that it is still going, and where
+            runner.waiting = lambda what, s: progress(f"{what}: {s:.0f} s so far (log: {log_path.name})")
         measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd, phases)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:

@@ -94,6 +94,32 @@ def test_pytorch_eager_serves_through_continuous_batching_each_request_its_greed
             runner.request("serving", 60, requests=[{"at_s": 0.0, "prompt": [1], "new_tokens": 2}])
 
 
+@pytest.mark.slow
+def test_llamacpp_serves_through_llama_server_each_request_exactly_its_greedy_tokens(tmp_path):
+    """llama.cpp's own server, built from the engine's sources on first use (minutes, then
+    cached): requests joining while others decode in its slots, each exactly its tokens, the same
+    greedy ids as the binding's own loop where the stream names them, stamped in order after the
+    request went in; the server's memory counts with the runner's."""
+    with start_runner("llamacpp", tmp_path) as runner:
+        gguf = {"path": str(STORIES / "stories260K.gguf"), "format": "gguf", "sha256": "stories260k-gguf",
+                "artifact_cache": str(tmp_path / "artifacts")}
+        loaded = runner.request("load", 1800, model=dict(gguf, scenario="serving", context_tokens=64), options={"quant": "f32"})
+        assert loaded["settings"]["server"] == "llama-server" and loaded["settings"]["cache_prompt"] is False
+        assert loaded["vocab_size"] == 512 and runner.request("memory", 10)["engine_processes"]
+        prompts = [[1, 400 + i] for i in range(6)]
+        wanted = [5 + 3 * i for i in range(6)]
+        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
+                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        with pytest.raises(RunnerFailure, match="unsupported.*llama-server"):
+            runner.request("generate", 10, prompts=[[1]], max_new_tokens=1)
+        runner.request("load", 120, model=dict(gguf, context_tokens=64), options={"quant": "f32"})
+        assert runner.request("memory", 10)["engine_processes"] == []
+        for req, prompt, n in zip(out["requests"], prompts, wanted):
+            own = runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
+            assert len(req["tokens"]) == n and all(t in (s, -1) for t, s in zip(req["tokens"], own)), (req["tokens"], own)
+            assert req["submitted_ns"] <= req["token_ns"][0] and req["token_ns"] == sorted(req["token_ns"])
+
+
 def test_a_backend_without_a_serving_path_is_refused_by_the_plan_before_anything_is_built():
     from evaluator import plan
     from evaluator.catalog import backends, models, targets
@@ -101,11 +127,11 @@ def test_a_backend_without_a_serving_path_is_refused_by_the_plan_before_anything
 
     found = backends.discover()[0]
     without = [b for b in found.values() if b.serving_unsupported]
-    assert {"llamacpp", "onnxruntime", "pytorch_compile"} <= {b.name for b in without}
-    cells = plan.plan(models.resolve("stories260k"), [found["pytorch_eager"], found["llamacpp"]], ["fp32-sdpa-kv", "q8_0"],
+    assert {"onnxruntime", "pytorch_compile"} <= {b.name for b in without}
+    cells = plan.plan(models.resolve("stories260k"), [found["pytorch_eager"], found["onnxruntime"]], ["fp32-sdpa-kv", "fp32"],
                       targets.resolve(["local"]), [serving.Serving()])
     why = {c.backend.name: c.unsupported for c in cells}
-    assert why == {"pytorch_eager": None, "llamacpp": found["llamacpp"].serving_unsupported}
+    assert why == {"pytorch_eager": None, "onnxruntime": found["onnxruntime"].serving_unsupported}
 
 
 def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_path):
@@ -113,7 +139,8 @@ def test_a_serving_run_sweeps_the_rates_and_reports_goodput_within_the_slo(tmp_p
     within the objectives, one that takes 20 ms a step misses the 5 ms TPOT at every rate."""
     reports = tmp_path / "reports"
     proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none,slow_tokens", "--scenarios", "serving",
-                   "--rates", "20,80", "--serving-requests", "40", "--new-tokens", "6", "--slo", "ttft:100,tpot:5",
+                   "--rates", "20,80", "--serving-requests", "40", "--serving-min-s", "0", "--new-tokens", "6",
+                   "--slo", "ttft:100,tpot:5",
                    "--reports", str(reports))
     assert proc.returncode == 0, proc.stderr
     folder = run_folder(proc.stderr, reports)
@@ -157,6 +184,20 @@ def test_a_concurrency_sweep_reports_each_number_of_users(tmp_path):
     assert cell["metrics"]["max_rate_within_slo"] == pytest.approx(max(r["requests_per_s"] for r in rows))
 
 
+def test_a_heavy_rate_gets_requests_enough_for_its_minimum_duration(tmp_path):
+    """At 200 requests/s, 30 requests would be over in 0.15 s: the engine's start, not its
+    steady state. --serving-min-s 1 makes the schedule at least a second long."""
+    reports = tmp_path / "reports"
+    proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none", "--scenarios", "serving",
+                   "--rates", "10,200", "--serving-requests", "30", "--serving-min-s", "1", "--new-tokens", "2",
+                   "--reports", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    metrics = cells(run_folder(proc.stderr, reports))["synthetic-tiny__null.none__local__serving"]["metrics"]
+    light, heavy = metrics["per_rate"]
+    assert light["requests"] == 30 and heavy["requests"] == 201 and metrics["min_duration_s"] == 1
+    assert heavy["duration_s"] >= 0.9 and heavy["valid"]
+
+
 def test_too_few_requests_leave_the_slo_undecided_even_when_all_meet_it(tmp_path):
     """20 of 20 within the objectives cannot show 90% with 95% confidence (Wilson: 35 can)."""
     from evaluator.measure import serving
@@ -164,7 +205,7 @@ def test_too_few_requests_leave_the_slo_undecided_even_when_all_meet_it(tmp_path
     assert serving.SLO_REQUESTS_NEEDED == 35
     reports = tmp_path / "reports"
     proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "none", "--scenarios", "serving",
-                   "--rates", "50", "--serving-requests", "20", "--new-tokens", "3", "--slo", "ttft:100",
+                   "--rates", "50", "--serving-requests", "20", "--serving-min-s", "0", "--new-tokens", "3", "--slo", "ttft:100",
                    "--reports", str(reports))
     assert proc.returncode == 0, proc.stderr
     row, = (m := cells(run_folder(proc.stderr, reports))["synthetic-tiny__null.none__local__serving"]["metrics"])["per_rate"]
@@ -178,6 +219,7 @@ def test_too_few_requests_leave_the_slo_undecided_even_when_all_meet_it(tmp_path
     (["--slo", "ttft:fast"], "not a number"),
     (["--rates", "8,4"], "increasing"),
     (["--burstiness", "0"], "must be > 0"),
+    (["--serving-min-s", "-1"], "must be >= 0 seconds"),
     (["--scenarios", "servng"], "Did you mean: serving"),
 ])
 def test_bad_serving_options_are_refused_in_one_line(tmp_path, args, words):

@@ -1,10 +1,17 @@
-"""Fetch llama.cpp's own HF -> GGUF converter, matching the engine just installed.
+"""Fetch llama.cpp's own HF -> GGUF converter, matching the engine just installed, and keep the
+engine's sources for llama-server.
 
 convert_hf_to_gguf.py (with its `conversion` package and the vendored gguf-py it needs; PyPI's
 gguf is too old for it) ships in the llama-cpp-python sdist, not in the wheel. Take them from
 the sdist of the installed version, into <venv>/share/llama.cpp-convert/.
+
+The sdist itself, and the flags its engine was compiled with, go to <venv>/share/llama.cpp-src/:
+a serving cell builds llama.cpp's own server from exactly that source, the same way, on first use
+(server.py). Where the engine compiled natively (no wheelhouse), its flags are this build's
+CMAKE_ARGS, as pip saw them.
 """
 import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +21,7 @@ import tempfile
 
 version = importlib.metadata.version("llama-cpp-python")
 dest = os.path.join(sys.prefix, "share", "llama.cpp-convert")
+sources = os.path.join(sys.prefix, "share", "llama.cpp-src")
 wanted = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -46,4 +54,17 @@ with tempfile.TemporaryDirectory() as tmp:
     shutil.rmtree(dest, ignore_errors=True)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     shutil.move(staging, dest)
-print(f"llama.cpp converter from llama-cpp-python {version} in {dest}")
+
+    shutil.rmtree(sources, ignore_errors=True)
+    os.makedirs(sources)
+    try:
+        os.link(sdist, os.path.join(sources, os.path.basename(sdist)))  # the wheelhouse's copy: no second 76 MB
+    except OSError:
+        shutil.copy(sdist, sources)
+    flags_file = os.path.join(os.path.dirname(sdist), "BUILD_FLAGS.json")
+    if os.path.isfile(flags_file):
+        shutil.copy(flags_file, sources)
+    else:
+        with open(os.path.join(sources, "BUILD_FLAGS.json"), "w") as f:
+            json.dump({"CMAKE_ARGS": os.environ.get("CMAKE_ARGS", "")}, f)
+print(f"llama.cpp converter from llama-cpp-python {version} in {dest}; its sources in {sources}")

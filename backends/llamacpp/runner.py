@@ -5,7 +5,8 @@ Quantized files are artifacts: built once with llama.cpp's own quantizer
 a key of (source sha256, llama-cpp-python version, quantization type).
 
 Decoding is a hand-written greedy loop over Llama.eval, so each step's token is seen the
-moment it exists. Scoring reads every position's logits (logits_all) and takes the log-softmax
+moment it exists. A serving cell's load starts llama.cpp's own server instead (server.py), built
+from this engine's sources, and its requests stream from there. Scoring reads every position's logits (logits_all) and takes the log-softmax
 in float64 here; the shared-prefix form evaluates the prefix once and rewinds the KV cache to
 it before each continuation.
 """
@@ -22,6 +23,8 @@ import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluator.runner import Engine, RunnerError, artifact_home, check_options, child, choice, serve  # noqa: E402
+
+import server  # noqa: E402  (beside this file)
 
 CONVERTER_DIR = os.path.join(sys.prefix, "share", "llama.cpp-convert")
 CONVERTER = os.path.join(CONVERTER_DIR, "convert_hf_to_gguf.py")
@@ -59,6 +62,7 @@ class LlamaCppEngine(Engine):
     def __init__(self):
         self.llm = None
         self.artifact = None
+        self.server = None
 
     def describe(self):
         return {
@@ -145,6 +149,7 @@ class LlamaCppEngine(Engine):
         else:
             self.artifact = self._quantized(model["path"], model["sha256"], cache, quant, threads)
         self.llm = None
+        self.close()
         # llama.cpp keeps K and V in f16 and its CPU flash attention rounds to f16; the f32 variant
         # turns both off so that it is f32 end to end (with either, log-probabilities move by
         # ~1e-2 nats on stories260K). Quantized variants run as llama.cpp runs by default.
@@ -157,6 +162,8 @@ class LlamaCppEngine(Engine):
         # The context (KV cache, logits rows) is sized for what this session sends, not for the
         # model's training context: n_ctx=0 would mean 131,072 tokens on Llama 3.1.
         n_ctx = int(options.get("n_ctx") or model.get("context_tokens") or 0)
+        if model.get("scenario") == "serving":
+            return self._start_server(model, threads, n_ctx or 512, "f32" if exact else "f16", not exact)
         try:
             self.llm = llama_cpp.Llama(model_path=self.artifact["path"], n_ctx=n_ctx,
                                        n_batch=512, n_threads=threads, n_threads_batch=threads,
@@ -173,7 +180,36 @@ class LlamaCppEngine(Engine):
             "flash_attn": not exact, "settings": settings,
         }
 
+    def _start_server(self, model: dict, threads: int, n_ctx: int, kv_type: str, flash_attn: bool) -> dict:
+        exe = server.binary(self._cache(model))
+        self.server = server.Server(exe["path"], self.artifact["path"], threads, n_ctx, kv_type, flash_attn)
+        meta = self.server.meta
+        if not meta.get("n_vocab"):
+            raise RunnerError("internal", f"llama-server's /v1/models names no vocabulary size: {meta}")
+        return {"parameters": meta.get("n_params"), "vocab_size": int(meta["n_vocab"]), "device": "cpu", "threads": threads,
+                "n_ctx": n_ctx, "artifact": self.artifact, "server_binary": exe, "kv_cache_type": kv_type,
+                "flash_attn": flash_attn, "settings": dict(self.server.settings, server_build=exe["flags"])}
+
+    def submit(self, rid, prompt, max_new_tokens):
+        if self.server is None:
+            raise RunnerError("unsupported", "llama.cpp serves through llama-server, started by a load for the serving scenario")
+        self.server.submit(rid, prompt, max_new_tokens)
+
+    def step(self, wait_s=None):
+        return self.server.step(wait_s)
+
+    def processes(self):
+        return [self.server.proc.pid] if self.server else []
+
+    def close(self):
+        if self.server:
+            self.server.close()
+            self.server = None
+
     def _check_fits(self, n: int):
+        if self.llm is None:
+            raise RunnerError("unsupported", "this load serves through llama-server (a serving cell): it scores and "
+                              "generates nothing else")
         if n > self.llm.n_ctx():
             raise RunnerError("bad_request", f"{n} tokens exceed the context of {self.llm.n_ctx()}")
 

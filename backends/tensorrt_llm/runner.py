@@ -11,6 +11,9 @@ torch.compile's is.
 - Scoring: the prompt's context logits (return_context_logits) with the log-softmax taken here
   on the GPU; only the numbers asked for go back. Prefix reuse (KV block reuse) is off, so
   every position's logits are computed and timed requests never hit a cache.
+- Serving: each request goes to generate_async(streaming=True) the moment the schedule offers
+  it, so TensorRT-LLM's in-flight batching admits it between iterations; a thread per request
+  reads its stream and stamps each token as it arrives (evaluator/runner/streams.py).
 - Memory: the KV cache reservation is a fraction of the free GPU memory, set (kv_fraction,
   default 0.5) and recorded. The executor runs in this process (TLLM_WORKER_USE_SINGLE_PROCESS),
   so NVML's per-process figure is the whole engine's.
@@ -26,6 +29,7 @@ os.environ.setdefault("TLLM_WORKER_USE_SINGLE_PROCESS", "1")  # before the impor
 sys.path.insert(0, os.environ.get("DEPLOY_EVAL_RUNNER_LIB", os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from evaluator.runner import Engine, RunnerError, check_options, choice, serve  # noqa: E402
+from evaluator.runner.streams import Streams  # noqa: E402
 
 try:
     import torch
@@ -42,6 +46,7 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 class TensorRTLLMEngine(Engine):
     def __init__(self):
         self.llm = None
+        self.streams = Streams("TensorRT-LLM")
 
     def describe(self):
         version = getattr(sys.modules.get("tensorrt_llm"), "__version__", None)  # imported above, where it can be
@@ -126,6 +131,24 @@ class TensorRTLLMEngine(Engine):
                 entry["wanted"] = rows.gather(1, torch.tensor(want[i], device=rows.device)).tolist()
             results.append(entry)
         return results
+
+    def submit(self, rid, prompt, max_new_tokens):
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, top_k=1, ignore_eos=True, detokenize=False)
+        stream = self.llm.generate_async(list(prompt), params, streaming=True)
+
+        def read(emit):
+            seen = 0
+            for update in stream:  # one update per iteration that gave this request tokens
+                ids = update.outputs[0].token_ids
+                if len(ids) > seen:
+                    emit(ids[seen:])
+                    seen = len(ids)
+            if seen != max_new_tokens:
+                raise RuntimeError(f"TensorRT-LLM stopped after {seen} of {max_new_tokens} tokens")
+        self.streams.start(rid, read)
+
+    def step(self, wait_s=None):
+        return self.streams.step(wait_s)
 
     def device_memory(self):
         return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()

@@ -20,6 +20,7 @@ from evaluator.runner.child import die_with_parent
 from evaluator.runner.protocol import PROTOCOL_VERSION
 
 REAP_S = 30  # waiting for a runner that was told to go, or killed
+PATIENCE_S = 30  # a wait for an answer longer than this is reported as it goes (RunnerProcess.waiting)
 _LIVE = weakref.WeakSet()  # every runner not yet closed: what Ctrl-C must take down with the run
 
 
@@ -68,6 +69,7 @@ class RunnerProcess:
         threading.Thread(target=self._read, daemon=True).start()
         self._next_id = 0
         self.cell_deadline: float | None = None  # time.monotonic() by which the whole cell must end
+        self.waiting = None  # called (what, seconds) every PATIENCE_S of a long wait for an answer
         hello = self._parse(self._next_line(startup_timeout_s, "startup"), "startup")
         if hello.get("event") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
             self.kill()
@@ -79,11 +81,18 @@ class RunnerProcess:
         self._lines.put(None)  # end of stream: the runner closed stdout or died
 
     def _next_line(self, timeout_s: float, what: str) -> str:
-        try:
-            line = self._lines.get(timeout=timeout_s)
-        except queue.Empty:
-            self.kill()
-            raise RunnerFailure("timeout", f"no answer to {what} within {timeout_s:g} s; runner killed") from None
+        began = time.monotonic()
+        while True:
+            left = began + timeout_s - time.monotonic()
+            try:
+                line = self._lines.get(timeout=max(0.0, min(left, PATIENCE_S) if self.waiting else left))
+                break
+            except queue.Empty:
+                if left > PATIENCE_S and self.waiting:  # a long load (a compile, an export): say it is still going
+                    self.waiting(what, time.monotonic() - began)
+                    continue
+                self.kill()
+                raise RunnerFailure("timeout", f"no answer to {what} within {timeout_s:g} s; runner killed") from None
         if line is None:
             code = self._reap()
             how = ("closed its output but did not exit" if code is None else

@@ -52,6 +52,7 @@ SLO_REQUESTS_NEEDED = next(n for n in range(1, 10_000) if wilson_interval(n, n)[
 class Serving:
     rates: tuple = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
     requests: int = samples_needed(0.95)  # per rate: 72, the fewest whose order statistics bound a p95
+    min_duration_s: float = 5.0  # and a schedule at least this long: more requests at heavy rates
     prompt_tokens: int = 32
     new_tokens: int = 32
     burstiness: float = 1.0      # gamma shape of the gaps: 1 is Poisson
@@ -132,7 +133,8 @@ def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, ti
         if sc.concurrency:
             rows.append(_rate(offer([0.0] * sc.requests, concurrency=load), sc, None, concurrency=load))
         else:
-            at = arrivals.offsets(load, sc.requests, seed=sc.seed, burstiness=sc.burstiness)
+            count = max(sc.requests, math.ceil(load * sc.min_duration_s) + 1)
+            at = arrivals.offsets(load, count, seed=sc.seed, burstiness=sc.burstiness)
             rows.append(_rate(offer(at), sc, at, rate=load))
         if progress:
             progress(f"serving {load_label(rows[-1])}: {rows[-1]['output_tokens_per_s']:,.0f} output tokens/s")
@@ -141,6 +143,7 @@ def run_serving(runner: RunnerProcess, prompts: list[list[int]], sc: Serving, ti
     within = [r.get("rate") or r["requests_per_s"] for r in rows if r["valid"] and r.get("slo_verdict") == "within"]
     return {"metrics": {"per_rate": rows, "saturated": len(rows) < len(sc.concurrency or sc.rates),
                         "max_rate_within_slo": max(within) if sc.slo and within else None,
+                        "min_duration_s": sc.min_duration_s,
                         "slo": dict(sc.slo), "slo_share": SLO_SHARE, "slo_requests_needed": SLO_REQUESTS_NEEDED}}
 
 

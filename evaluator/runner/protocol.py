@@ -42,7 +42,7 @@ describe {}
     will answer `unsupported` with the same reason.
 
 load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact_cache": str,
-                "context_tokens": int|null}, "options": {...}}
+                "context_tokens": int|null, "scenario": str|null}, "options": {...}}
     -> {"load_s": float, "parameters": int|null, "vocab_size": int, "device": str,
         "rss_bytes": int, "load_peak_rss_bytes": int, "device_bytes": int|null, "settings": {...}}
     `rss_bytes` is the resident memory once loaded, `load_peak_rss_bytes` the peak while starting
@@ -50,7 +50,9 @@ load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact
     engine set that changes a number (threads, caches, reservations), as the engine took them.
     `context_tokens` is the longest sequence the session will send (prompt plus new tokens, or a
     scored window): an engine that sizes its KV cache or logits buffers up front sizes them for
-    it, not for the model's training context. `sha256` is the source model's content hash and `artifact_cache` a folder for what the
+    it, not for the model's training context. `scenario` names what the session will run: an
+    engine that serves through a separate server (llama.cpp's) starts it at a `serving` load.
+    `sha256` is the source model's content hash and `artifact_cache` a folder for what the
     engine derives from it (quantized or converted files): an engine that derives any refuses
     a load without both (`artifact_home`), keys them by (sha256, tool version, options), never
     writes beside the source model, writes them atomically, reuses them, and reports them under
@@ -134,7 +136,8 @@ serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, 
     engine's steps (a request that falls due during one is offered when it returns, as an
     engine's own server queues it until its next step). Each request
     gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
-    same work. With "concurrency": N (and no at_s), the load is closed: N requests go in at
+    same work; a token whose id the engine's stream does not carry is -1 (llama-server streams
+    a token that ends inside a UTF-8 character only with the one completing it). With "concurrency": N (and no at_s), the load is closed: N requests go in at
     once and each one answered lets the next in, as N users who send again on each answer. An
     engine without such an API answers `unsupported`.
 
@@ -263,6 +266,11 @@ class Engine:
     def technique(self, name: str, params: dict, batches: list[list[list[int]]] | None) -> dict:
         """Measure one of the article's techniques (the `technique` request)."""
         raise RunnerError("unsupported", f"this engine does not measure techniques ({name})")
+
+    def processes(self) -> list[int]:
+        """Process ids the engine started that hold its model beside the runner (llama.cpp's
+        server): their resident memory counts with the runner's in every memory figure."""
+        return []
 
     def device_memory(self) -> tuple[int | None, int | None]:
         """(current, peak) device bytes, or (None, None) where there is no device."""

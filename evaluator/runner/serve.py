@@ -26,33 +26,36 @@ def _protocol_stream():
     return out
 
 
-def rss_bytes() -> tuple[int, int]:
-    """(current, peak) resident set size of this process, from the kernel. The peak is VmHWM,
-    the high-water mark of this program's own address space: ru_maxrss would also count the
-    parent's resident memory at fork (Linux carries it across execve), so a runner started by
-    a large evaluator would report the evaluator's size as its own."""
+def rss_bytes(pids: list[int] = ()) -> tuple[int, int]:
+    """(current, peak) resident set size of this process, and of the engine's own processes
+    `pids` (a server it started), from the kernel. The peak is VmHWM, the high-water mark of a
+    program's own address space: ru_maxrss would also count the parent's resident memory at
+    fork (Linux carries it across execve), so a runner started by a large evaluator would report
+    the evaluator's size as its own. Peaks of several processes are summed: an upper bound."""
     current = peak = 0
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    current = int(line.split()[1]) * 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) * 1024
+        for who in ["self", *pids]:
+            with open(f"/proc/{who}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        current += int(line.split()[1]) * 1024
+                    elif line.startswith("VmHWM:"):
+                        peak += int(line.split()[1]) * 1024
     except OSError:  # not Linux: the rusage peak is all there is
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = peak if platform.system() == "Darwin" else peak * 1024
     return current, max(peak, current)
 
 
-def reset_peak_rss() -> bool:
+def reset_peak_rss(pids: list[int] = ()) -> bool:
     """Start the high-water mark afresh (Linux: 5 to /proc/self/clear_refs sets VmHWM to the
     current RSS), so a peak read later is the measurement's, not the load's: an ONNX export or
     a quantization done inside the runner on a first run must not make its peak differ from a
     cached run's."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
+        for who in ["self", *pids]:
+            with open(f"/proc/{who}/clear_refs", "w") as f:
+                f.write("5")
         return True
     except OSError:
         return False
@@ -105,10 +108,10 @@ class _Server:
         result["load_s"] = time.perf_counter() - t0
         self.vocab_size = int(result["vocab_size"])
         self.device = result.get("device")  # an engine without an allocator view (ONNX Runtime) still gets NVML's
-        result["rss_bytes"], result["load_peak_rss_bytes"] = rss_bytes()
+        result["rss_bytes"], result["load_peak_rss_bytes"] = rss_bytes(self.engine.processes())
         result["device_bytes"] = self.engine.device_memory()[0]
         result["process_device_bytes"] = self._process_device_bytes(result["device_bytes"])[0]  # after load
-        self.peak_since = "load" if reset_peak_rss() else "process start"
+        self.peak_since = "load" if reset_peak_rss(self.engine.processes()) else "process start"
         return result
 
     def _process_device_bytes(self, allocator_bytes) -> tuple[int | None, str | None]:
@@ -174,10 +177,11 @@ class _Server:
         return {"results": self.engine.score(sequences, start, top_k, want=want)}
 
     def memory(self, req):
-        rss, peak_rss = rss_bytes()
+        rss, peak_rss = rss_bytes(self.engine.processes())
         dev, peak_dev = self.engine.device_memory()
         process_dev, why = self._process_device_bytes(dev)
         return {"rss_bytes": rss, "peak_rss_bytes": peak_rss, "peak_since": getattr(self, "peak_since", "process start"),
+                "engine_processes": self.engine.processes(),  # counted with the runner: a server it started
                 "device_bytes": dev, "peak_device_bytes": peak_dev, "process_device_bytes": process_dev,
                 "process_device_unavailable": why, "engine_stats": self.engine.stats()}
 
