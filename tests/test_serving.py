@@ -7,7 +7,7 @@ import pytest
 
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import arrivals
-from tests.conftest import STORIES, run_cli, start_runner
+from tests.conftest import REPO, STORIES, run_cli, start_runner
 from tests.test_eval import cells, run_folder
 
 MODEL = {"path": str(STORIES / "hf"), "format": "hf"}
@@ -89,9 +89,27 @@ def test_pytorch_eager_serves_through_continuous_batching_each_request_its_greed
         for req, prompt, n in zip(out["requests"], prompts, wanted):
             assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
             assert req["submitted_ns"] <= req["token_ns"][0] and req["token_ns"] == sorted(req["token_ns"])
+            assert 0 <= req["queued_ns"] < req["token_ns"][0] - req["submitted_ns"]  # the manager's own count
         runner.request("load", 120, model=MODEL, options={"kv_cache": "nokv"})
         with pytest.raises(RunnerFailure, match="unsupported.*paged KV cache"):
             runner.request("serving", 60, requests=[{"at_s": 0.0, "prompt": [1], "new_tokens": 2}])
+
+
+def test_vllm_serves_each_request_its_greedy_tokens_and_says_how_long_each_waited_in_its_queue(tmp_path):
+    """vLLM's scheduler, stepped by the runner: requests joining while others decode, each
+    exactly the tokens generate gives it, and vLLM's own count of its time in the queue (kept
+    only by a serving load, which turns vLLM's per-request stats on)."""
+    student = {"path": str(REPO / "data" / "stories260k-student" / "hf"), "format": "hf", "context_tokens": 64}
+    with start_runner("vllm", tmp_path) as runner:
+        loaded = runner.request("load", 300, model=dict(student, scenario="serving"), options={"dtype": "fp32"})
+        assert loaded["settings"]["log_stats"] is True
+        prompts = [[1, 400 + i] for i in range(6)]
+        wanted = [5 + 3 * i for i in range(6)]
+        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
+                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        for req, prompt, n in zip(out["requests"], prompts, wanted):
+            assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
+            assert 0 <= req["queued_ns"] < req["token_ns"][0] - req["submitted_ns"]
 
 
 @pytest.mark.slow

@@ -225,6 +225,9 @@ class TorchEngine(Engine):
     def step(self, wait_s=None):
         return self.batching.step(wait_s)
 
+    def request_stats(self, rid):
+        return self.batching.request_stats(rid) if self.batching else {}
+
     def _stop_serving(self):
         """Before any other use of the model: the manager's thread shares it, and may have set a
         paged attention implementation that a plain forward must not run."""

@@ -5,7 +5,8 @@ a scheduler that admits requests between forward passes, and a background thread
 them; requests go in with add_request and their tokens stream out of a queue. The runner
 submits each request as its scheduled time comes and drains the queue in step(); every token
 carries the time the manager's thread produced it (record_timestamps, the same perf_counter
-clock as the harness), so waiting for the queue never enters a latency.
+clock as the harness), so waiting for the queue never enters a latency. Each request's time
+pending in the manager's queue (created to scheduled, its own clock) is handed back with it.
 
 Settings are set, not inferred from free memory: the KV cache holds KV_CACHE_BYTES (as the
 vLLM runner's) or MAX_CACHED_TOKENS, whichever is less, a forward takes at most
@@ -65,6 +66,7 @@ class ContinuousBatching:
         self.rid = {}    # the manager's request id -> the harness's
         self.seen = {}   # the harness's id -> tokens already handed back
         self.submitted = 0  # the manager's ids stay unique across schedules (the harness's restart at 0)
+        self.queued_ns = {}  # the harness's id -> how long the manager kept it pending before scheduling it
 
     def submit(self, rid: int, prompt: list[int], max_new_tokens: int) -> None:
         key, self.submitted = f"r{self.submitted}", self.submitted + 1
@@ -94,8 +96,16 @@ class ContinuousBatching:
             ns += [int(t * 1e9) for t in stamps] if len(stamps) == len(new) else [None] * len(new)
             if result.is_finished():
                 del self.rid[result.request_id]
+                # the manager's own clock: created, and no longer pending (lifespan[0]; 5.24, not 5.17)
+                began, created = (getattr(result, "lifespan", None) or (-1,))[0], getattr(result, "created_time", None)
+                if created is not None and began >= created:
+                    self.queued_ns[rid] = round((began - created) * 1e9)
             result = self.manager.get_result(timeout=0)
         return [(rid, tokens, ns) for rid, (tokens, ns) in made.items()]
+
+    def request_stats(self, rid: int) -> dict:
+        queued = self.queued_ns.pop(rid, None)
+        return {} if queued is None else {"queued_ns": queued}
 
     def stop(self) -> None:
         """Stop the thread at once (requests still in flight are dropped: the schedule that

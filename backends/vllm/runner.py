@@ -48,6 +48,7 @@ class VllmEngine(Engine):
         self.llm = None
         self.next_id = 0
         self.serving = {}  # vLLM's request id -> the serving schedule's
+        self.queued_ns = {}  # the schedule's request id -> how long vLLM's scheduler held it before its first step
 
     def describe(self):
         device = _device()
@@ -98,7 +99,9 @@ class VllmEngine(Engine):
             # scenario asks for a small vocabulary's whole distribution (up to 1,024) or 64.
             self.llm = vllm.LLM(model=path, dtype=DTYPES[dtype], max_model_len=max_len, seed=0,
                                 skip_tokenizer_init=True, enforce_eager=eager, max_logprobs=MAX_LOGPROBS,
-                                enable_prefix_caching=bool(options.get("prefix_caching", False)), **gpu)
+                                enable_prefix_caching=bool(options.get("prefix_caching", False)),
+                                # a serving load keeps vLLM's per-request stats: each request's time in its queue
+                                disable_log_stats=model.get("scenario") != "serving", **gpu)
         except torch.OutOfMemoryError as exc:
             raise RunnerError("out_of_memory", str(exc)[:300]) from None
         self.max_len = max_len
@@ -111,6 +114,7 @@ class VllmEngine(Engine):
                              "gpu_memory_utilization": None if gpu else cache.gpu_memory_utilization,
                              "threads": options.get("threads") or os.cpu_count(),
                              "chunked_prefill": bool(scheduler.enable_chunked_prefill),
+                             "log_stats": model.get("scenario") == "serving",
                              "max_num_seqs": scheduler.max_num_seqs,
                              "max_num_batched_tokens": scheduler.max_num_batched_tokens}}
 
@@ -154,8 +158,15 @@ class VllmEngine(Engine):
         made = [(self.serving[out.request_id], list(out.outputs[0].token_ids)) for out in outs]
         for out in outs:
             if out.finished:
-                del self.serving[out.request_id]  # a session serves many schedules
+                rid = self.serving.pop(out.request_id)  # a session serves many schedules
+                stats = out.metrics  # vLLM's own RequestStateStats (engine-core monotonic seconds)
+                if stats is not None and stats.scheduled_ts >= stats.queued_ts > 0:
+                    self.queued_ns[rid] = round((stats.scheduled_ts - stats.queued_ts) * 1e9)
         return made
+
+    def request_stats(self, rid):
+        queued = self.queued_ns.pop(rid, None)
+        return {} if queued is None else {"queued_ns": queued}
 
     def score(self, sequences, start, top_k):
         return self._score_rows(sequences, [start] * len(sequences), top_k)

@@ -111,6 +111,8 @@ def _serving(r: dict, req: dict) -> None:
         _ints(a.get("token_ns"), f"requests[{i}].token_ns")
         _need(len(a["token_ns"]) == len(a["tokens"]), f"requests[{i}] has {len(a['tokens'])} tokens and "
               f"{len(a['token_ns'])} timestamps")
+        _need("queued_ns" not in a or (_is_int(a["queued_ns"]) and a["queued_ns"] >= 0),
+              f"requests[{i}].queued_ns is not a non-negative integer")
     _need(_is_int(r.get("start_ns")) and _is_int(r.get("end_ns")), "start_ns and end_ns are not integers")
     steps = r.get("steps")
     _need(isinstance(steps, list) and all(isinstance(x, list) and len(x) == 2 and all(map(_is_int, x)) for x in steps),

@@ -188,6 +188,8 @@ def _rate(out: dict, sc: Serving, at: list[float] | None, **load) -> dict:
            **{f"{k}_ms": summarize(v, "ms") for k, v in per.items()}, "itl_ms": summarize(itl, "ms"),
            "requests_per_s": len(reqs) / span_s, "output_tokens_per_s": len(reqs) * sc.new_tokens / span_s,
            "arrivals": schedule, "valid": followed}
+    if reqs and all("queued_ns" in r for r in reqs):  # the engine's own count of time spent in its queue
+        row["queued_ms"] = summarize([r["queued_ns"] * ms for r in reqs], "ms")
     if sc.slo:
         met = [all(per[k][i] <= bound for k, bound in sc.slo if per[k]) for i in range(len(reqs))]
         low, high = wilson_interval(sum(met), len(reqs))

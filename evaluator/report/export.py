@@ -103,8 +103,9 @@ def _serving_rows(m: dict) -> list[dict]:
     rows = []
     for r in m.get("per_rate", []):
         valid, at = "VALID" if r["valid"] else "INVALID", f"@{r['rate']:g}/s" if "rate" in r else f"@{r['concurrency']}users"
-        for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
-            rows += _timed(r[key], f"serving_{key.removesuffix('_ms')}{at}", valid)
+        for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "queued_ms"):
+            if key in r:  # queued_ms: where the engine counts its queueing time (vLLM)
+                rows += _timed(r[key], f"serving_{key.removesuffix('_ms')}{at}", valid)
         for key, unit in (("requests_per_s", "requests/s"), ("output_tokens_per_s", "tokens/s"), ("goodput_per_s", "requests/s")):
             if r.get(key) is not None:
                 rows.append({"metric": f"serving_{key}{at}", "statistic": "over the run", "value": r[key], "unit": unit,

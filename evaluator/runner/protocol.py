@@ -125,7 +125,7 @@ technique {"name": "attention"|"train"|"flops"|"kv", "params": {...}, "batches":
 
 serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, ...], "concurrency"?: int}
     -> {"start_ns": int, "end_ns": int,
-        "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...]}, ...],
+        "requests": [{"submitted_ns": int, "tokens": [int, ...], "token_ns": [int, ...], "queued_ns"?: int}, ...],
         "steps": [[start_ns, end_ns], ...]}
     A load offered by the harness, not the engine (a serving scenario's schedule: arrival
     offsets in seconds, non-decreasing). The runner library hands request i to the engine's
@@ -134,11 +134,13 @@ serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, 
     when the step that made it returns (or, from an engine whose own thread makes tokens, when
     that thread made it), and sleeps while nothing is in flight; `steps` are the
     engine's steps (a request that falls due during one is offered when it returns, as an
-    engine's own server queues it until its next step). Each request
-    gets exactly `new_tokens` greedy tokens (EOS does not stop it), so every engine does the
-    same work; a token whose id the engine's stream does not carry is -1 (llama-server streams
-    a token that ends inside a UTF-8 character only with the one completing it). With "concurrency": N (and no at_s), the load is closed: N requests go in at
-    once and each one answered lets the next in, as N users who send again on each answer. An
+    engine's own server queues it until its next step). Each request gets exactly `new_tokens`
+    greedy tokens (EOS does not stop it), so every engine does the same work; a token whose id
+    the engine's stream does not carry is -1 (llama-server streams a token that ends inside a
+    UTF-8 character only with the one completing it). `queued_ns`, where the engine counts it
+    (vLLM), is how long its scheduler held the request before first running it. With
+    "concurrency": N (and no at_s), the load is closed: N requests go in at once and each one
+    answered lets the next in, as N users who send again on each answer. An
     engine without such an API answers `unsupported`.
 
 shutdown {}
@@ -258,6 +260,12 @@ class Engine:
         from an engine whose own thread makes them. Such an engine may wait for tokens, but no
         longer than wait_s, when the next request is due (None: none is)."""
         raise NotImplementedError
+
+    def request_stats(self, rid: int) -> dict:
+        """Serving: what the engine itself measured of request rid once it is done, as integers
+        (`queued_ns`: how long its scheduler held the request before first running it); {} where
+        it measures nothing."""
+        return {}
 
     def close(self) -> None:
         """Stop what the engine started beside the protocol's loop (a serving thread) before the
