@@ -10,19 +10,34 @@ WAIT_S = 0.05  # the longest step() waits for a token when no arrival is due soo
 
 
 class Streams:
-    def __init__(self, engine_name: str):
+    def __init__(self, engine_name: str, workers: int | None = None):
+        """workers: read at most that many requests at once, the rest waiting their turn in order
+        (a server that takes that many connections at a time queues the others the same way),
+        instead of a thread for every request: hundreds of Python threads at a heavy rate took the
+        CPU the engine needed."""
         self.engine_name = engine_name
         self.made = queue.Queue()  # (rid, tokens, their ns) or (rid, None, error text)
+        self.waiting = queue.Queue() if workers else None  # (rid, read) in arrival order
+        for _ in range(workers or 0):
+            threading.Thread(target=self._work, daemon=True).start()
 
     def start(self, rid: int, read) -> None:
-        """Run read(emit) on a thread: it calls emit(tokens) as each part of request rid's answer
+        """Run read(emit), on a thread: it calls emit(tokens) as each part of request rid's answer
         arrives, and returns when the request is done."""
-        def run():
-            try:
-                read(lambda tokens: self.made.put((rid, list(tokens), [time.perf_counter_ns()] * len(tokens))))
-            except Exception as exc:  # noqa: BLE001  raised in the runner's thread by step()
-                self.made.put((rid, None, f"{self.engine_name}, request {rid}: {type(exc).__name__}: {exc}"))
-        threading.Thread(target=run, daemon=True).start()
+        if self.waiting is not None:
+            self.waiting.put((rid, read))
+        else:
+            threading.Thread(target=self._read, args=(rid, read), daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            self._read(*self.waiting.get())
+
+    def _read(self, rid: int, read) -> None:
+        try:
+            read(lambda tokens: self.made.put((rid, list(tokens), [time.perf_counter_ns()] * len(tokens))))
+        except Exception as exc:  # noqa: BLE001  raised in the runner's thread by step()
+            self.made.put((rid, None, f"{self.engine_name}, request {rid}: {type(exc).__name__}: {exc}"))
 
     def step(self, wait_s: float | None, alive=lambda: None) -> list[tuple[int, list[int], list[int]]]:
         """Every token that arrived since the last step, with its time; waits for the first at most
