@@ -192,7 +192,8 @@ class LlamaCppEngine(Engine):
 
     def submit(self, rid, prompt, max_new_tokens):
         if self.server is None:
-            raise RunnerError("unsupported", "llama.cpp serves through llama-server, started by a load for the serving scenario")
+            raise RunnerError("unsupported", "llama.cpp's asynchronous API is llama-server's, started by a load for the "
+                              "serving scenario (model.scenario = serving)")
         self.server.submit(rid, prompt, max_new_tokens)
 
     def step(self, wait_s=None):
