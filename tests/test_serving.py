@@ -75,6 +75,16 @@ def test_a_malformed_schedule_is_refused_and_the_runner_stays_up(null, requests_
     assert null.request("describe", 60)["engine"] == "null"
 
 
+def _staggered(runner) -> tuple[dict, list, list]:
+    """Six requests 4 ms apart, each wanting a different number of tokens: they join while others
+    decode. The answer, the prompts and the tokens wanted."""
+    prompts = [[1, 400 + i] for i in range(6)]
+    wanted = [5 + 3 * i for i in range(6)]
+    out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
+                                                   for i, (p, n) in enumerate(zip(prompts, wanted))])
+    return out, prompts, wanted
+
+
 def test_pytorch_eager_serves_through_continuous_batching_each_request_its_greedy_tokens(tmp_path):
     """transformers' continuous batching: requests joining while others decode, each exactly the
     tokens the runner's own loop generates for it, each token stamped when the manager's thread
@@ -82,10 +92,7 @@ def test_pytorch_eager_serves_through_continuous_batching_each_request_its_greed
     with start_runner("pytorch_eager", tmp_path) as runner:
         loaded = runner.request("load", 120, model=MODEL, options={})
         assert loaded["settings"]["continuous_batching"]["allow_block_sharing"] is False
-        prompts = [[1, 400 + i] for i in range(6)]
-        wanted = [5 + 3 * i for i in range(6)]
-        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
-                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        out, prompts, wanted = _staggered(runner)
         for req, prompt, n in zip(out["requests"], prompts, wanted):
             assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
             assert req["submitted_ns"] <= req["token_ns"][0] and req["token_ns"] == sorted(req["token_ns"])
@@ -103,10 +110,7 @@ def test_vllm_serves_each_request_its_greedy_tokens_and_says_how_long_each_waite
     with start_runner("vllm", tmp_path) as runner:
         loaded = runner.request("load", 300, model=dict(student, scenario="serving"), options={"dtype": "fp32"})
         assert loaded["settings"]["log_stats"] is True
-        prompts = [[1, 400 + i] for i in range(6)]
-        wanted = [5 + 3 * i for i in range(6)]
-        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
-                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        out, prompts, wanted = _staggered(runner)
         for req, prompt, n in zip(out["requests"], prompts, wanted):
             assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
             assert 0 <= req["queued_ns"] < req["token_ns"][0] - req["submitted_ns"]
@@ -124,10 +128,7 @@ def test_llamacpp_serves_through_llama_server_each_request_exactly_its_greedy_to
         loaded = runner.request("load", 1800, model=dict(gguf, scenario="serving", context_tokens=64), options={"quant": "f32"})
         assert loaded["settings"]["server"] == "llama-server" and loaded["settings"]["cache_prompt"] is False
         assert loaded["vocab_size"] == 512 and runner.request("memory", 10)["engine_processes"]
-        prompts = [[1, 400 + i] for i in range(6)]
-        wanted = [5 + 3 * i for i in range(6)]
-        out = runner.request("serving", 120, requests=[{"at_s": 0.004 * i, "prompt": p, "new_tokens": n}
-                                                       for i, (p, n) in enumerate(zip(prompts, wanted))])
+        out, prompts, wanted = _staggered(runner)
         with pytest.raises(RunnerFailure, match="unsupported.*llama-server"):
             runner.request("generate", 10, prompts=[[1]], max_new_tokens=1)
         runner.request("load", 120, model=dict(gguf, context_tokens=64), options={"quant": "f32"})
