@@ -78,6 +78,23 @@ def test_score_returns_one_logprob_per_position_from_start(tmp_path):
     assert all(len(top) == 3 for top in out[0]["top"])
 
 
+def test_a_long_wait_is_reported_as_it_goes_and_still_ends_at_its_deadline(tmp_path, monkeypatch):
+    """A load that compiles for minutes shows it is still going (the evaluator's progress bar
+    gets `waiting` calls), and a request that never answers is still killed at its deadline."""
+    from evaluator.launch import process
+
+    monkeypatch.setattr(process, "PATIENCE_S", 0.05)
+    calls = []
+    with start_runner("null", tmp_path) as runner:
+        runner.waiting = lambda what, s: calls.append((what, s))
+        runner.request("load", 30, model=MODEL, options={"fault": "slow_tokens"})
+        runner.request("generate", 30, prompts=[[1]], max_new_tokens=10)  # 20 ms a token
+        assert len(calls) >= 2 and {w for w, _ in calls} == {"generate"} and calls == sorted(calls, key=lambda c: c[1])
+        runner.request("load", 30, model=MODEL, options={"fault": "hang_on_generate"})
+        with pytest.raises(RunnerFailure, match="no answer to generate within 0.3 s"):
+            runner.request("generate", 0.3, prompts=[[1]], max_new_tokens=4)
+
+
 @pytest.mark.parametrize("fault, op, status, words", [
     ("crash_on_generate", "generate", "crashed", "exited with code 3"),
     ("hang_on_generate", "generate", "timeout", "no answer to generate within 2 s"),
