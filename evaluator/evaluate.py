@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from evaluator import plan, run, store
+from evaluator import keys, plan, run, store
 from evaluator.launch import process
 from evaluator.measure import sampling, serving
 from evaluator.reference import Earlier
@@ -182,10 +182,10 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping, reuse_a
             return prep.reference.cell_for(cell, scored)
 
         kept_results = {c.id: r for c in scored if (r := kept(c))}
-        keys = _answers_keys(prep, scored, reference_of, check) if reuse_answers else {}
+        answer_keys = _answers_keys(prep, scored, reference_of, check) if reuse_answers else {}
         for c in scored:
-            if c.id in keys and c.id not in kept_results and (
-                    r := reuse.take(keys[c.id], c.id, prep.path, prep.run_id, prep.subject(c).info)):
+            if c.id in answer_keys and c.id not in kept_results and (
+                    r := reuse.take(answer_keys[c.id], c.id, prep.path, prep.run_id, prep.subject(c).info)):
                 store.write_cell(prep.path / "cells" / f"{c.id}.json", r)
                 kept_results[c.id] = r
                 say(f"{'reused':>14}  {c.id}  ({reuse.items(r):,} HellaSwag items' answers of run "
@@ -208,8 +208,8 @@ def _execute(prep, check, deadlines, margin, resume, say, bar, stopping, reuse_a
         for c in finish_quality(prep.path, prep.reference, margin, sc, [e.result for e in earlier.values()]):
             say(gate_line(c))
         for c in scored:
-            if c.id in keys and (result := store.read_cell(prep.path / "cells" / f"{c.id}.json")):
-                reuse.keep(prep.path, result, keys[c.id])
+            if c.id in answer_keys and (result := store.read_cell(prep.path / "cells" / f"{c.id}.json")):
+                reuse.keep(prep.path, result, answer_keys[c.id])
     return failed, imprecise
 
 
@@ -221,18 +221,18 @@ def _answers_keys(prep: run.Prepared, scored: list, reference_of, check) -> dict
 
     def own(cell):  # a reference is asked for by each of its variants: hash its files once
         if cell.id not in known:
-            known[cell.id] = run.cell_key(cell, prep.subject(cell).info, check)
+            known[cell.id] = keys.cell_key(cell, prep.subject(cell).info, check)
         return known[cell.id]
 
-    keys = {}
+    answers = {}
     for c in scored:
         if c.unsupported or c.target.transport not in ("local", "docker"):
             continue
         ref = reference_of(c)
         ref_key = (None if ref is None or ref.id == c.id else
                    ref.result.get("key") if isinstance(ref, Earlier) else own(ref))
-        keys[c.id] = reuse.key(own(c), ref_key)
-    return keys
+        answers[c.id] = reuse.key(own(c), ref_key)
+    return answers
 
 
 def close(prep: run.Prepared, constraints: dict) -> tuple[Path, int]:

@@ -16,15 +16,13 @@ A cell is model x backend variant x target x scenario. It ends in exactly one st
 A failed cell carries its reason and the tail of the runner's log, never metrics, and never
 stops its siblings.
 """
-import functools
-import hashlib
 import json
 import platform
 import time
 import traceback
 from dataclasses import dataclass, replace
 
-from evaluator import envs, preflight, provenance, store
+from evaluator import envs, keys, preflight, provenance, store, weights
 from evaluator.phases import Phases
 from evaluator.plan import Cell, plan
 from evaluator.catalog import backends as backend_catalog
@@ -80,8 +78,16 @@ def probes_here(target) -> bool:
             and target.device == "cpu")
 
 
+def _spec(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check) -> dict:
+    """The model as load gives it to this cell's runner (protocol.py: load)."""
+    fmt = _model_format(cell.backend, model)
+    return {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
+            "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS),
+            "context_tokens": _context_tokens(cell.scenario, check, tok.context_length), "scenario": cell.scenario.name}
+
+
 def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: HostTokenizer, check: scenarios.Check,
-             deadlines: Deadlines, progress, rnd: quality.Round | None, phases: Phases) -> dict:
+             deadlines: Deadlines, progress, rnd: quality.Round | None, phases: Phases, made: dict | None) -> dict:
     result = {"engine": runner.request("describe", deadlines.request_s)}
     if not result["engine"].get("available", True):
         raise RunnerFailure("unsupported", result["engine"].get("unavailable_reason") or "engine unavailable here")
@@ -90,11 +96,10 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
         raise RunnerFailure("unsupported", too_old)
     if note:
         result["cuda_compatibility"] = note
-    fmt = _model_format(cell.backend, model)
     options = dict(cell.options, device=cell.target.device)
-    spec = {"path": runner.see(model.artifact(fmt)), "format": fmt, "sha256": model_sha256,
-            "artifact_cache": runner.artifact_cache or str(store.ARTIFACTS),
-            "context_tokens": _context_tokens(cell.scenario, check, tok.context_length), "scenario": cell.scenario.name}
+    spec = _spec(cell, runner, model, model_sha256, tok, check)
+    if made:  # weights another backend made on this target: a path its runners share (weights.py)
+        spec.update(path=made["path"], made_by=made)
     try:
         with phases("load"):
             result["load"] = runner.request("load", deadlines.load_s, model=spec, options=options)
@@ -162,51 +167,6 @@ def _measure(cell: Cell, runner, model: models.Model, model_sha256: str, tok: Ho
     return result
 
 
-# The evaluator's code that takes part in producing a cell's numbers (the report's does not).
-MEASURING_CODE = ("evaluator/runner", "evaluator/launch", "evaluator/measure", "evaluator/score", "evaluator/stats",
-                  "evaluator/tokens.py", "evaluator/run.py", "evaluator/envs.py", "evaluator/plan.py",
-                  "evaluator/evaluate.py", "evaluator/reference.py", "evaluator/store.py")
-
-
-def _tree_hash(paths) -> str:
-    h = hashlib.sha256()
-    for path in sorted(paths):
-        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
-        for f in files:
-            h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def backend_fingerprint(backend: Backend) -> str:
-    """Everything of a backend that can change its answers: every file of its folder, and of
-    each sibling folder its runner reuses ([image] with_backends: onnxruntime_gpu runs
-    onnxruntime's runner and exporter)."""
-    folders = {backend.folder, *(backend.folder.parent / name for name in backend.with_backends)}
-    given = f"|given {backend.given_python[0]} ({backend.given_python[1]})" if backend.given_python else ""
-    return _tree_hash(folders) + given
-
-
-@functools.cache
-def measuring_code_hash() -> str:
-    return _tree_hash(backend_catalog.REPO / p for p in MEASURING_CODE)
-
-
-def cell_key(cell: Cell, model_info: dict, check) -> str:
-    """The hash of everything that determines a cell's result: a resumed run reuses a finished
-    cell only while its key is unchanged (a changed model or backend never reuses a stale one),
-    and a quality cell of a later run takes an earlier one's answers only under it (score/reuse.py)."""
-    from evaluator.runner.protocol import PROTOCOL_VERSION
-
-    what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
-            "backend": cell.backend.name, "backend_sha256": backend_fingerprint(cell.backend),
-            "evaluator_sha256": measuring_code_hash(),
-            "data": data_hashes() if isinstance(cell.scenario, quality.Quality) else None,
-            "variant": cell.options, "target": vars(cell.target),
-            "scenario": [cell.scenario.name, scenarios.options(cell.scenario)],
-            "check_tokens": getattr(check, "new_tokens", None), "machine": provenance.machine_fingerprint()}
-    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokenizer, run_path, run_id: str,
              check: scenarios.Check, deadlines: Deadlines, log=print, progress=None, rnd: quality.Round | None = None) -> dict:
     """One runner session for a cell; a quality cell's session is one round of its budget (`rnd`)."""
@@ -215,7 +175,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         "model": model_info, "backend": cell.backend.name, "variant": cell.variant.name,
         "variant_options": cell.variant.options, "target": vars(cell.target),
         "scenario": {"name": cell.scenario.name, "options": scenarios.options(cell.scenario)},
-        "key": cell_key(cell, model_info, check), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "key": keys.cell_key(cell, model_info, check), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "evaluator_revision": provenance.git_revision(),
     }
     t0, phases = time.monotonic(), Phases()
@@ -229,19 +189,24 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         return dict(base, status="failed-preflight", reason=str(exc), log_tail=None, phases=phases.as_dict())
     log_path = run_path / "logs" / f"{cell.id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    runner = None
+    runner = made = None
+
+    def start_maker(maker: Cell):  # its own environment and log, the same target and model
+        placement, python = _environment(maker, model, model_info, {}, log)
+        runner = _start(maker, placement, python, run_path / "logs" / f"{maker.id}.log", deadlines)
+        return runner, _spec(maker, runner, model, model_info.get("sha256"), tok, check)
+
     try:
+        if cell.variant.made_by:
+            with phases("weights"):
+                made = weights.made(cell, model_info.get("sha256"), start_maker, deadlines.load_s)
         with phases("start"):
-            if transport in ("docker", "ssh-docker"):
-                runner = docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
-            elif transport == "ssh":
-                runner = ssh.start(placement, cell.target, python, log_path, cell.id, deadlines.startup_s)
-            else:
-                runner = local.start(cell.backend, python, log_path, deadlines.startup_s)
+            runner = _start(cell, placement, python, log_path, deadlines)
         runner.cell_deadline = t0 + deadlines.cell_s
         if progress:  # a load that compiles or exports for minutes shows that it is still going, and where
             runner.waiting = lambda what, s: progress(f"{what}: {s:.0f} s so far (log: {log_path.name})")
-        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd, phases)
+        measured = _measure(cell, runner, model, model_info.get("sha256"), tok, check, deadlines, progress, rnd, phases,
+                            made)
         status, reason, tail = "ok", None, None
     except RunnerFailure as exc:
         measured, status, reason = {}, exc.status, exc.reason
@@ -274,6 +239,15 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     return out
 
 
+def _start(cell: Cell, placement, python, log_path, deadlines: Deadlines):
+    transport = cell.target.transport
+    if transport in ("docker", "ssh-docker"):
+        return docker.start(placement, cell.target, log_path, cell.id, deadlines.startup_s)
+    if transport == "ssh":
+        return ssh.start(placement, cell.target, python, log_path, cell.id, deadlines.startup_s)
+    return local.start(cell.backend, python, log_path, deadlines.startup_s)
+
+
 def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, log):
     """(placement, interpreter): a local interpreter (built or reused, the first time a cell of
     its backend asks); a Docker placement (image, model, cache); or an ssh one (the runner
@@ -294,7 +268,7 @@ def _environment(cell: Cell, model: models.Model, model_info: dict, base: dict, 
 def finished(run_path, cell: Cell, model_info: dict, check) -> dict | None:
     """A stored result this run can keep on resume: it ended ok or unsupported, under the same key."""
     result = store.read_cell(run_path / "cells" / f"{cell.id}.json")
-    if result and result["status"] not in FAILED and result.get("key") == cell_key(cell, model_info, check):
+    if result and result["status"] not in FAILED and result.get("key") == keys.cell_key(cell, model_info, check):
         return result
     return None
 

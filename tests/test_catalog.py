@@ -1,4 +1,5 @@
 """Models, targets and backend manifests: real resolution, and loud, helpful errors."""
+import dataclasses
 import os
 import shutil
 
@@ -134,6 +135,38 @@ def test_a_broken_manifest_is_reported_loudly_never_skipped(tmp_path, edit, word
     assert not good and words in broken["null"]
     with pytest.raises(UserError, match="broken manifest"):
         backends.select(["null"], tmp_path)
+
+
+MADE_BY = '\n[[variants.made_by]]\nname = "{name}"\nbackend = "{backend}"\nvariant = "{variant}"\n'
+
+
+@pytest.mark.parametrize("name, backend, variant, words", [
+    ("calibrated", "nowhere", "none", "made by nowhere:none, which is not a variant of a working backend"),
+    ("calibrated", "null", "gone", "made by null:gone, which is not a variant of a working backend"),
+    ("fp32-sdpa-kv", "null", "none", "variant names repeat: fp32-sdpa-kv"),
+])
+def test_a_variant_made_by_another_backend_must_name_one_that_exists(tmp_path, name, backend, variant, words):
+    for folder in ("null", "pytorch_eager"):
+        shutil.copytree(REPO / "backends" / folder, tmp_path / folder)
+    manifest = tmp_path / "pytorch_eager" / "backend.toml"
+    manifest.write_text(manifest.read_text() + MADE_BY.format(name=name, backend=backend, variant=variant))
+    good, broken = backends.discover(tmp_path)
+    assert "pytorch_eager" not in good and words in broken["pytorch_eager"], broken
+
+
+def test_vllm_runs_llm_compressors_checkpoints_and_the_plan_asks_the_maker_first():
+    from evaluator.plan import unsupported
+
+    vllm = backends.select(["vllm"])[0]
+    gptq = vllm.variant("gptq-w4a16")
+    assert gptq.made_by == ("llmcompressor", "gptq-w4a16") and gptq.options == {"dtype": "bf16", "weights": "llmcompressor:gptq-w4a16"}
+    assert "gptq-w4a16" not in vllm.default_variants
+    local = targets.resolve(["local"])[0]
+    assert unsupported(models.resolve("stories260k-student"), vllm, gptq, local) is None
+    # a model whose widths llm-compressor's 128-wide groups do not divide: the maker's reason, nothing installed
+    teacher = models.resolve("stories260k")
+    why = unsupported(teacher, dataclasses.replace(vllm, min_head_dim=None), gptq, local)
+    assert why.startswith("its weights are llmcompressor gptq-w4a16's, which cannot be made here") and "groups of 128" in why
 
 
 def test_a_folder_without_manifest_is_broken(tmp_path):

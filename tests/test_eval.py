@@ -297,7 +297,7 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     keep a result measured with the old code; nor a change to the evaluator's scoring code."""
     import shutil
 
-    from evaluator import plan, run, store
+    from evaluator import keys, plan, run, store
     from evaluator.catalog import backends, models, targets
     from evaluator.measure import scenarios
 
@@ -313,7 +313,7 @@ def test_a_change_to_a_sibling_runner_re_runs_the_cell_on_resume(tmp_path, monke
     info, check = {"name": "stories260k", "sha256": model.content_hash()}, scenarios.Check()
     store.write_json(tmp_path / "cells" / f"{cell.id}.json", {
         "cell_id": cell.id, "backend": gpu.name, "variant": "cuda-fp16", "target": {"name": "local"},
-        "scenario": {"name": "latency"}, "status": "ok", "key": run.cell_key(cell, info, check)})
+        "scenario": {"name": "latency"}, "status": "ok", "key": keys.cell_key(cell, info, check)})
     assert run.finished(tmp_path, cell, info, check), "unchanged: kept"
     runner = copy / "onnxruntime" / "runner.py"
     runner.write_text(runner.read_text() + "\n# a change to the runner onnxruntime_gpu reuses\n")

@@ -29,6 +29,7 @@ def loaded(tmp_path_factory):
             load = runner.request("load", 900, model=_model(cache), options={"quant": method.split()[0]})
             (scored,) = runner.request("score", 120, sequences=[window], start=1, top_k=0)["results"]
             out[method] = (load, scored["logprobs"])
+    out["cache"] = cache
     return out
 
 
@@ -53,6 +54,24 @@ def test_a_checkpoint_is_reused_by_its_key_and_gives_the_same_numbers(loaded):
     first, again = loaded["gptq-w4a16"], loaded["gptq-w4a16 again"]
     assert again[0]["artifact"]["reused"] is True and again[0]["artifact"]["key"] == first[0]["artifact"]["key"]
     assert again[1] == first[1]
+
+
+def test_vllm_runs_the_checkpoint_llmcompressor_made_with_its_own_4_bit_kernels(loaded, tmp_path):
+    """vLLM's gptq-w4a16 is made by llmcompressor's runner (here: found in the cache the fixture
+    filled), loaded by vLLM as compressed-tensors, and scored against pytorch_eager fp32."""
+    proc = run_cli("eval", "stories260k-student", "--backends", "vllm", "--variants", "gptq-w4a16", "--scenarios", "quality",
+                   "--limit", "20", "--ppl-tokens", "2000", "--reports", str(tmp_path),
+                   env={"DEPLOY_EVAL_CACHE": str(loaded["cache"])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cell,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/cells/*vllm.gptq-w4a16*.json")]
+    assert cell["status"] == "ok", cell["reason"]
+    made = cell["load"]["artifact"]
+    assert (made["backend"], made["variant"], made["reused"]) == ("llmcompressor", "gptq-w4a16", True)
+    assert made["key"] == loaded["gptq-w4a16"][0]["artifact"]["key"]
+    assert cell["variant_options"] == {"dtype": "bf16", "weights": "llmcompressor:gptq-w4a16"}
+    assert cell["load"]["settings"]["quantization"] == "compressed-tensors"
+    # the 4-bit weights ran, not the model's own: its distributions moved (bf16 alone moves them ~2e-4)
+    assert 2e-3 < cell["fidelity"]["kl_mean"] < 0.2, cell["fidelity"]["kl_mean"]
 
 
 def test_a_model_the_groups_do_not_divide_is_refused_before_its_environment_is_built(tmp_path):

@@ -4,7 +4,9 @@ Generation adds the prompts as token ids to vLLM's LLMEngine and calls step() un
 request has its `max_new_tokens` (ignore_eos), so each step's tokens are seen as they appear
 (for TTFT and inter-token latency) and the batch is vLLM's own continuous batching. Scoring
 asks for prompt log-probabilities (top_k of them plus the actual token at every position),
-which vLLM computes from the model's logits in float32.
+which vLLM computes from the model's logits in float32. A variant made by another backend
+(gptq-w4a16, awq-w4a16: llm-compressor's checkpoints) loads that folder as it is, and vLLM picks
+its own kernels for the format it declares.
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): its memory is this
 runner's memory, and killing the runner leaves no engine process behind. This file serves
@@ -28,7 +30,7 @@ from vllm.sampling_params import RequestOutputKind  # noqa: E402
 from evaluator.runner import Engine, RunnerError, check_options, choice, score_groups_as_rows, serve  # noqa: E402
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads", "prefix_caching"}
+OPTIONS = {"dtype", "device", "kv_cache_gib", "max_model_len", "enforce_eager", "threads", "prefix_caching", "weights"}
 KV_CACHE_GIB = 2  # the KV cache reserved up front, on CPUs and GPUs alike (not vLLM's 92% of the card)
 MAX_LOGPROBS = 1024  # the most log-probabilities a score request asks per position (the evaluator's FULL_VOCAB)
 
@@ -66,6 +68,11 @@ class VllmEngine(Engine):
         device = options.get("device", "cpu")
         if device != _device():
             raise RunnerError("unsupported", f"this vLLM build runs on {_device()}, not {device}")
+        # A checkpoint another backend made (llm-compressor's W4A16, weights "llmcompressor:gptq-w4a16"):
+        # model.path is that folder, and vLLM reads its quantization from its config.json.
+        if options.get("weights") and not model.get("made_by"):
+            raise RunnerError("bad_request", f"weights {options['weights']!r} are made by another backend: the evaluator "
+                              "passes its artifact as model.made_by")
         path = model["path"]
         config = json.load(open(os.path.join(path, "config.json")))
         heads = config["num_attention_heads"]
@@ -79,6 +86,11 @@ class VllmEngine(Engine):
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_gib:g}"
             if options.get("threads"):
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{int(options['threads']) - 1}"
+            if torch.cpu._is_amx_tile_supported():
+                # Linux hands out AMX tile state only to a process that asks for it. oneDNN asks before
+                # its own AMX kernels; vLLM's W4A16 kernel (cpu_gemm_wna16, bf16) does not, and died
+                # here with SIGILL on a Xeon with AMX until this process asked first.
+                torch.cpu._init_amx()
         trained = config.get("max_position_embeddings", 2048)
         # Scoring makes vLLM generate one token after the prompt, so a window of the model's whole
         # context needs one position more than it was trained for; that token is discarded,
@@ -107,7 +119,9 @@ class VllmEngine(Engine):
         self.max_len = max_len
         cache = self.llm.llm_engine.vllm_config.cache_config  # what the engine took, not what was asked
         scheduler = self.llm.llm_engine.vllm_config.scheduler_config  # what continuous batching works with
+        quantization = self.llm.llm_engine.vllm_config.model_config.quantization  # as vLLM took it from config.json
         return {"parameters": None, "vocab_size": config["vocab_size"], "device": device, "dtype": dtype,
+                "artifact": model.get("made_by"),
                 "max_model_len": max_len, "enforce_eager": eager, "kv_cache_gib": kv_gib,
                 "settings": {"prefix_caching": bool(cache.enable_prefix_caching), "kv_cache_gib": kv_gib,
                              "kv_cache_memory_bytes": cache.kv_cache_memory_bytes,
@@ -116,7 +130,8 @@ class VllmEngine(Engine):
                              "chunked_prefill": bool(scheduler.enable_chunked_prefill),
                              "log_stats": model.get("scenario") == "serving",
                              "max_num_seqs": scheduler.max_num_seqs,
-                             "max_num_batched_tokens": scheduler.max_num_batched_tokens}}
+                             "max_num_batched_tokens": scheduler.max_num_batched_tokens,
+                             "quantization": quantization, "weights": options.get("weights") or "the model's own"}}
 
     def _check_fits(self, n: int):
         if n > self.max_len:

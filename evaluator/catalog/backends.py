@@ -23,6 +23,7 @@ class Variant:
     options: dict
     needs_devices: tuple = ()  # empty: runs on every device the backend runs on
     why: str = ""
+    made_by: tuple = ()  # (backend, variant) whose runner makes this variant's weights; empty: the model's own
 
     def unsupported_reason(self, device: str) -> str | None:
         if self.needs_devices and device not in self.needs_devices:
@@ -79,7 +80,12 @@ def _expand_variants(where: str, table: schema.Variants) -> tuple[str, tuple, tu
             if all(options.get(k) == v for k, v in need.when.items()):
                 devices, why = tuple(need.devices), need.why
         variants.append(Variant(name, options, devices, why))
+    for made in table.made_by:  # the options name the maker, so a cell's key and record say whose weights ran
+        variants.append(Variant(made.name, dict(made.options, weights=f"{made.backend}:{made.variant}"),
+                                made_by=(made.backend, made.variant)))
     names = [v.name for v in variants]
+    if len(set(names)) < len(names):
+        raise UserError(f"{where}: variant names repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
     reference = table.reference or names[0]
     if reference not in names:
         raise UserError(f"{where}: reference variant {reference!r} is not one of the variants")
@@ -140,7 +146,21 @@ def discover(root: Path = BACKENDS_DIR) -> tuple[dict[str, Backend], dict[str, s
             good[folder.name] = load_manifest(folder)
         except UserError as exc:
             broken[folder.name] = str(exc)
+    for name, backend in list(good.items()):  # a variant made by another backend names one that exists
+        for v in backend.variants:
+            maker = good.get(v.made_by[0]) if v.made_by else None
+            if v.made_by and (maker is None or v.made_by[1] not in [m.name for m in maker.variants]):
+                broken[name] = (f"backends/{name}/backend.toml: variant {v.name!r} is made by {':'.join(v.made_by)}, "
+                                f"which is not a variant of a working backend")
+                del good[name]
+                break
     return good, broken
+
+
+def maker(variant: Variant, root: Path = BACKENDS_DIR) -> tuple[Backend, Variant]:
+    """The backend and variant whose runner makes `variant`'s weights (discover() checked both exist)."""
+    backend = discover(root)[0][variant.made_by[0]]
+    return backend, backend.variant(variant.made_by[1])
 
 
 def select(names: list[str] | None, root: Path = BACKENDS_DIR) -> list[Backend]:

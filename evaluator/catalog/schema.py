@@ -41,11 +41,20 @@ class Need(Strict):
     why: str = ""
 
 
+class MadeBy(Strict):
+    """A variant whose weights another backend makes (a calibrated checkpoint), this one runs."""
+    name: str
+    options: dict[str, Scalar] = {}
+    backend: str    # the backend whose runner makes them: its load answers the artifact's path
+    variant: str    # that backend's variant
+
+
 class Variants(Strict):
     axes: dict[str, Annotated[list[Scalar], Field(min_length=1)]] = Field(min_length=1)
     reference: str | None = None
     defaults: list[str] | None = None
     needs: list[Need] = []
+    made_by: list[MadeBy] = []
 
 
 class Image(Strict):

@@ -57,6 +57,10 @@ load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact
     a load without both (`artifact_home`), keys them by (sha256, tool version, options), never
     writes beside the source model, writes them atomically, reuses them, and reports them under
     "artifact": {"path", "key", "kind", "tool", "reused", "build_s", "size_bytes"}.
+    A variant whose weights another backend makes (its manifest's `made_by`) is loaded from that
+    artifact: `model.path` is the folder the maker's load answered (in the artifact cache both
+    share), `model.made_by` that answer; the engine runs it as it is and reports it as its
+    "artifact".
     `options` are the variant's options from the backend manifest; an unknown option is a
     bad_request, a known one this device cannot honour is `unsupported`. Loading twice
     replaces the model. Weights are safetensors or GGUF; pickle checkpoints only when

@@ -2,7 +2,7 @@
 what an identical configuration already scored.
 
 A quality cell's answers (per HellaSwag item, per WikiText-2 window, the fidelity
-distributions) are a function of its key (run.cell_key: the model's bytes, every file of the
+distributions) are a function of its key (keys.cell_key: the model's bytes, every file of the
 backend, the evaluator's measuring code, the data, the variant's options, the target, the
 scenario's options and this machine) and of its reference's (a variant scores the ids its
 reference ranked). Only cells on this machine take part (a remote target's identity is not
