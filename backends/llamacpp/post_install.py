@@ -16,8 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
+
+import source_build  # beside this file: run as a script, its folder is on sys.path
 
 version = importlib.metadata.version("llama-cpp-python")
 dest = os.path.join(sys.prefix, "share", "llama.cpp-convert")
@@ -36,17 +37,8 @@ with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", "llama-cpp-python",
                         f"llama-cpp-python=={version}", "-d", tmp], check=True)
         (sdist,) = [os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tar.gz")]
-    prefix = f"llama_cpp_python-{version}/vendor/llama.cpp/"
     staging = os.path.join(tmp, "out")
-    with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers()
-                   if m.name.startswith(prefix) and m.name[len(prefix):].startswith(wanted) and (m.isfile() or m.isdir())]
-        for m in members:
-            m.name = m.name[len(prefix):]
-        # The "data" filter (refuse links and paths out of the folder) exists from Python 3.11.4;
-        # Debian bookworm's 3.11.2 lacks it, and the members are already only plain files and folders.
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        tar.extractall(staging, members=members, **safe)
+    source_build.unpack(sdist, staging, only=wanted)
     if not os.path.isfile(os.path.join(staging, "convert_hf_to_gguf.py")):
         sys.exit(f"llama-cpp-python {version}'s sdist has no vendor/llama.cpp/convert_hf_to_gguf.py")
     with open(os.path.join(staging, "VERSION"), "w") as f:

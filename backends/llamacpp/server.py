@@ -26,17 +26,17 @@ import hashlib
 import http.client
 import json
 import os
-import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
 from evaluator.runner import RunnerError, child
 from evaluator.runner.streams import Streams
+
+import source_build  # noqa: E402  (beside this file)
 
 SOURCES = os.path.join(sys.prefix, "share", "llama.cpp-src")
 # Requests decoded together; more wait in the server's queue. On synthetic-tiny here 64 slots
@@ -44,10 +44,9 @@ SOURCES = os.path.join(sys.prefix, "share", "llama.cpp-src")
 # the time per output token (8.4 against 3.9 ms).
 SLOTS = 32
 STARTUP_S = 120     # model load and the server's warm-up
-# What llama-server needs and nothing that reaches a network; -DLLAVA_BUILD is the binding's option.
-BUILD = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON",
-         "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
-         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_APP=OFF"]
+# llama-server alone, linked statically (no second libllama beside the binding's).
+OPTIONS = ["-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+           "-DLLAMA_BUILD_APP=OFF"]
 
 
 def binary(cache: str) -> dict:
@@ -61,10 +60,9 @@ def binary(cache: str) -> dict:
     if missing:
         raise RunnerError("unsupported", f"llama-server is built on first use from the engine's sources and needs "
                           f"{' and '.join(missing)} on this machine (apt-get install cmake g++)")
-    sdist = sdists[0]
-    with open(flags_file) as f:
-        flags = [x for x in shlex.split(json.load(f).get("CMAKE_ARGS", "")) if not x.startswith("-DLLAVA_BUILD")]
-    key = hashlib.sha256(f"{os.path.basename(sdist)}|{' '.join(flags)}|{' '.join(BUILD)}".encode()).hexdigest()[:16]
+    sdist, flags = sdists[0], source_build.engine_flags(flags_file)
+    recipe = [*source_build.QUIET, *OPTIONS]
+    key = hashlib.sha256(f"{os.path.basename(sdist)}|{' '.join(flags)}|{' '.join(recipe)}".encode()).hexdigest()[:16]
     home = os.path.join(cache, f"llama-server-{key}")
     info = {"path": os.path.join(home, "llama-server"), "key": key, "kind": "llama-server",
             "tool": f"cmake, from {os.path.basename(sdist)}", "flags": " ".join(flags)}
@@ -78,18 +76,8 @@ def binary(cache: str) -> dict:
 def _build(sdist: str, flags: list[str], out: str, info: dict) -> None:
     print(f"building llama-server from {os.path.basename(sdist)} with {' '.join(flags)} (once)", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=out) as work:
-        prefix = os.path.basename(sdist).removesuffix(".tar.gz") + "/vendor/llama.cpp/"
-        with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if m.name.startswith(prefix) and (m.isfile() or m.isdir())]
-            for m in members:
-                m.name = m.name[len(prefix):]
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(os.path.join(work, "src"), members=members, **safe)
-        build = os.path.join(work, "build")
-        child.run_step(["cmake", "-S", os.path.join(work, "src"), "-B", build, *BUILD, *flags], "configuring llama-server")
-        child.run_step(["cmake", "--build", build, "-j", str(os.cpu_count() or 2), "--target", "llama-server"],
-                       "building llama-server")
-        shutil.copy2(os.path.join(build, "bin", "llama-server"), os.path.join(out, "llama-server"))
+        bin_dir = source_build.build(sdist, flags, OPTIONS, ["llama-server"], work, child.run_step)
+        shutil.copy2(os.path.join(bin_dir, "llama-server"), os.path.join(out, "llama-server"))
     with open(os.path.join(out, "artifact.json"), "w") as f:
         json.dump({k: info[k] for k in ("key", "kind", "tool", "flags")}, f)
 
