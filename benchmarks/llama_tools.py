@@ -1,6 +1,7 @@
 """llama.cpp's own tools (llama-perplexity, llama-bench), built from the very source and flags of
 the llamacpp backend's engine: the sdist its wheelhouse kept and the CMake options it recorded
-(evaluator/envs.py), built by backends/llamacpp/source_build.py as llama-server is. deploy-eval's numbers are checked against what these
+(evaluator/envs.py), built by backends/llamacpp/source_build.py as llama-server is (run with the
+engine's python: the host imports no backend code). deploy-eval's numbers are checked against what these
 print (tests/test_llama_perplexity.py). Built once into .cache/llama-tools/<wheelhouse>/;
 about 3 minutes on 2 cores (the tools' `common` library is most of it).
 
@@ -16,15 +17,14 @@ from evaluator import envs  # noqa: E402
 from evaluator.catalog import backends  # noqa: E402
 from evaluator.catalog.backends import REPO  # noqa: E402
 
-sys.path.insert(0, str(REPO / "backends" / "llamacpp"))
-import source_build  # noqa: E402
+BUILDER = REPO / "backends" / "llamacpp" / "source_build.py"
 
 TOOLS = ("llama-perplexity", "llama-bench")
 
 
 def build(log=print) -> Path:
     backend = backends.discover()[0]["llamacpp"]
-    envs.python_for(backend, log)  # the engine first: its wheelhouse holds the sdist it was built from
+    python = envs.python_for(backend, log)  # the engine first: its wheelhouse holds the sdist it was built from
     house = envs.wheelhouse(backend, log)
     found = sorted((house / "sdists").glob("llama_cpp_python-*.tar.gz")) if house else []
     if len(found) != 1 or not (house / "sdists" / "BUILD_FLAGS.json").is_file():
@@ -39,14 +39,13 @@ def build(log=print) -> Path:
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     # The engine's own flags, as its wheelhouse recorded them; the tools need llama.cpp's `common`.
-    flags = source_build.engine_flags(str(house / "sdists" / "BUILD_FLAGS.json"))
     options = ["-DBUILD_SHARED_LIBS=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_SERVER=OFF"]
-    log(f"building {', '.join(TOOLS)} from {sdist.name} with {' '.join(flags)} (once)")
+    argv = [str(python), str(BUILDER), str(sdist), str(house / "sdists" / "BUILD_FLAGS.json"), str(home),
+            *(f"--target={t}" for t in TOOLS), *(f"--option={o}" for o in options)]
+    log(f"building {', '.join(TOOLS)} from {sdist.name} with the engine's flags (once; log: {home / 'build.log'})")
     with open(home / "build.log", "w") as out:
-        def run(argv, what):
-            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=1800).returncode != 0:
-                sys.exit(f"{what} failed; the log: {home / 'build.log'}")
-        source_build.build(str(sdist), flags, options, list(TOOLS), str(home), run)
+        if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=3600).returncode != 0:
+            sys.exit(f"building llama.cpp's tools failed; the log: {home / 'build.log'}")
     (home / "done").write_text(sdist.name + "\n")  # last: a half-built folder is never reused
     return bin_dir
 

@@ -4,12 +4,15 @@ The llama-cpp-python sdist the engine was compiled from holds llama.cpp under ve
 and BUILD_FLAGS.json beside it (evaluator/envs.py writes it into the wheelhouse) holds the CMake
 options it was compiled with. One place unpacks and builds them for every user: the HF -> GGUF
 converter (post_install.py, unpacked only), llama-server (server.py) and the benchmarks'
-llama-perplexity and llama-bench (benchmarks/llama_tools.py). Standard library only: the
-benchmarks import it from the evaluator's environment.
+llama-perplexity and llama-bench (benchmarks/llama_tools.py, which runs this file as a script
+with the engine's own python: the host never imports backend code).
 """
+import argparse
 import json
 import os
 import shlex
+import subprocess
+import sys
 import tarfile
 
 # What every build leaves out: tests, examples, the web UI and whatever reaches a network.
@@ -49,3 +52,20 @@ def build(sdist: str, flags: list[str], options: list[str], targets: list[str], 
     run(["cmake", "-S", src, "-B", out, *QUIET, *options, *flags], f"configuring {', '.join(targets)}")
     run(["cmake", "--build", out, "-j", str(os.cpu_count() or 2), "--target", *targets], f"building {', '.join(targets)}")
     return os.path.join(out, "bin")
+
+
+def _run(argv: list[str], what: str) -> None:
+    if subprocess.run(argv).returncode != 0:
+        sys.exit(f"{what} failed")
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(description="Build llama.cpp programs from the engine's sdist with its flags; "
+                                              "prints the folder they are in.")
+    cli.add_argument("sdist")
+    cli.add_argument("flags_file", help="BUILD_FLAGS.json recorded beside the sdist")
+    cli.add_argument("work", help="the folder the sources and the build go to")
+    cli.add_argument("--target", action="append", required=True, help="a CMake target (repeat)")
+    cli.add_argument("--option", action="append", default=[], help="a CMake option of this build, as --option=-DX=Y")
+    args = cli.parse_args()
+    print(build(args.sdist, engine_flags(args.flags_file), args.option, args.target, args.work, _run))

@@ -88,8 +88,8 @@ class VllmEngine(Engine):
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{int(options['threads']) - 1}"
             if torch.cpu._is_amx_tile_supported():
                 # Linux hands out AMX tile state only to a process that asks for it. oneDNN asks before
-                # its own AMX kernels; vLLM's W4A16 kernel (cpu_gemm_wna16, bf16) does not, and died
-                # here with SIGILL on a Xeon with AMX until this process asked first.
+                # its own AMX kernels; vLLM's own CPU kernels do not: bf16 on a one-token prompt and
+                # the W4A16 kernel (cpu_gemm_wna16) died here with SIGILL until this process asked first.
                 torch.cpu._init_amx()
         trained = config.get("max_position_embeddings", 2048)
         # Scoring makes vLLM generate one token after the prompt, so a window of the model's whole
