@@ -200,6 +200,13 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         if cell.variant.made_by:
             with phases("weights"):
                 made = weights.made(cell, model_info.get("sha256"), start_maker, deadlines.load_s)
+    except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
+        return dict(base, status="failed-preflight", reason=f"the environment that makes its weights: {exc}", log_tail=None,
+                    phases=phases.as_dict())
+    except RunnerFailure as exc:
+        return dict(base, status="failed-load" if exc.status == "failed" else exc.status, reason=exc.reason,
+                    log_tail=getattr(exc, "log_tail", None), phases=phases.as_dict())
+    try:
         with phases("start"):
             runner = _start(cell, placement, python, log_path, deadlines)
         runner.cell_deadline = t0 + deadlines.cell_s

@@ -35,6 +35,7 @@ def made(cell, model_sha256: str, start, load_s: float) -> dict:
         answer = runner.request("load", load_s, model=spec, options=dict(maker_cell.options, device=cell.target.device))
     except RunnerFailure as exc:
         exc.reason = f"making its weights with {by.name} {variant.name}: {exc.reason}"
+        exc.log_tail = runner.log_tail() if runner else None  # the maker's log: the cell's own has not started
         raise
     finally:
         if runner:
