@@ -9,7 +9,7 @@ import json
 
 from evaluator import provenance
 from evaluator.catalog import backends as backend_catalog
-from evaluator.catalog.backends import Backend, maker
+from evaluator.catalog.backends import Backend
 from evaluator.measure import scenarios
 from evaluator.plan import Cell
 from evaluator.reference import data_hashes
@@ -54,7 +54,7 @@ def cell_key(cell: Cell, model_info: dict, check) -> str:
     what = {"protocol": PROTOCOL_VERSION, "model_sha256": model_info.get("sha256"),
             "backend": cell.backend.name, "backend_sha256": backend_fingerprint(cell.backend),
             # weights another backend makes change with that backend's files too
-            "made_by": backend_fingerprint(maker(cell.variant)[0]) if cell.variant.made_by else None,
+            "made_by": backend_fingerprint(cell.variant.maker[0]) if cell.variant.maker else None,
             "evaluator_sha256": measuring_code_hash(),
             "data": data_hashes() if isinstance(cell.scenario, quality.Quality) else None,
             "variant": cell.options, "target": vars(cell.target),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from evaluator import store
 from evaluator.catalog import models
-from evaluator.catalog.backends import Backend, Variant, maker
+from evaluator.catalog.backends import Backend, Variant
 from evaluator.catalog.targets import Target
 from evaluator.errors import UserError
 from evaluator.measure import fit, techniques
@@ -67,8 +67,8 @@ def unsupported(model: models.Model, backend: Backend, variant: Variant, target:
     if group and variant.options.get("quant", "fp32") != "fp32" and any(w % group for w in widths):
         return (f"{backend.name} quantizes weights in groups of {group} input features; {model.name}'s linear layers "
                 f"take {' and '.join(map(str, sorted(widths)))} (its config.json says so: nothing installed)")
-    if variant.made_by:
-        by, made = maker(variant)
+    if variant.maker:
+        by, made = variant.maker
         why = unsupported(model, by, made, target)
         if why:
             return f"its weights are {by.name} {made.name}'s, which cannot be made here: {why}"

@@ -197,7 +197,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
         return runner, _spec(maker, runner, model, model_info.get("sha256"), tok, check)
 
     try:
-        if cell.variant.made_by:
+        if cell.variant.maker:
             with phases("weights"):
                 made = weights.made(cell, model_info.get("sha256"), start_maker, deadlines.load_s)
     except (envs.EnvironmentFailed, docker.ImageFailed) as exc:

@@ -14,7 +14,6 @@ cells of a variant share it (the first pays for the calibration; its time is in 
 """
 from dataclasses import replace
 
-from evaluator.catalog.backends import maker
 from evaluator.launch.process import RunnerFailure
 
 _made: dict[tuple, dict] = {}
@@ -24,7 +23,7 @@ def made(cell, model_sha256: str, start, load_s: float) -> dict:
     """The artifact the maker of `cell.variant` answers (its `path` among the rest). `start(maker_cell)`
     opens the maker's runner on the cell's target and returns (runner, model spec); a maker that
     fails or refuses fails this cell with its reason."""
-    by, variant = maker(cell.variant)
+    by, variant = cell.variant.maker
     key = (cell.target.name, by.name, variant.name, model_sha256)
     if key in _made:  # made for an earlier cell of this run: this one built nothing
         return dict(_made[key], reused=True, build_s=None)

@@ -159,7 +159,8 @@ def test_vllm_runs_llm_compressors_checkpoints_and_the_plan_asks_the_maker_first
 
     vllm = backends.select(["vllm"])[0]
     gptq = vllm.variant("gptq-w4a16")
-    assert gptq.made_by == ("llmcompressor", "gptq-w4a16") and gptq.options == {"dtype": "bf16", "weights": "llmcompressor:gptq-w4a16"}
+    assert gptq.made_by == ("llmcompressor", "gptq-w4a16") and [x.name for x in gptq.maker] == ["llmcompressor", "gptq-w4a16"]
+    assert gptq.options == {"dtype": "bf16", "weights": "llmcompressor:gptq-w4a16"}
     assert "gptq-w4a16" not in vllm.default_variants
     local = targets.resolve(["local"])[0]
     assert unsupported(models.resolve("stories260k-student"), vllm, gptq, local) is None

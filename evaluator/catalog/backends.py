@@ -6,7 +6,7 @@ silently skipped (the trap lm-evaluation-harness fell into with malformed task Y
 """
 import itertools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evaluator.catalog import schema
@@ -23,7 +23,8 @@ class Variant:
     options: dict
     needs_devices: tuple = ()  # empty: runs on every device the backend runs on
     why: str = ""
-    made_by: tuple = ()  # (backend, variant) whose runner makes this variant's weights; empty: the model's own
+    made_by: tuple = ()  # (backend, variant) names whose runner makes this variant's weights; empty: the model's own
+    maker: tuple = ()    # the same as (Backend, Variant), resolved once by discover()
 
     def unsupported_reason(self, device: str) -> str | None:
         if self.needs_devices and device not in self.needs_devices:
@@ -146,21 +147,24 @@ def discover(root: Path = BACKENDS_DIR) -> tuple[dict[str, Backend], dict[str, s
             good[folder.name] = load_manifest(folder)
         except UserError as exc:
             broken[folder.name] = str(exc)
-    for name, backend in list(good.items()):  # a variant made by another backend names one that exists
-        for v in backend.variants:
-            maker = good.get(v.made_by[0]) if v.made_by else None
-            if v.made_by and (maker is None or v.made_by[1] not in [m.name for m in maker.variants]):
-                broken[name] = (f"backends/{name}/backend.toml: variant {v.name!r} is made by {':'.join(v.made_by)}, "
-                                f"which is not a variant of a working backend")
-                del good[name]
-                break
+    for name, backend in list(good.items()):  # a variant made by another backend: its maker resolved once, here
+        try:
+            good[name] = replace(backend, variants=tuple(_with_maker(v, good) for v in backend.variants))
+        except UserError as exc:
+            broken[name] = f"backends/{name}/backend.toml: {exc}"
+            del good[name]
     return good, broken
 
 
-def maker(variant: Variant, root: Path = BACKENDS_DIR) -> tuple[Backend, Variant]:
-    """The backend and variant whose runner makes `variant`'s weights (discover() checked both exist)."""
-    backend = discover(root)[0][variant.made_by[0]]
-    return backend, backend.variant(variant.made_by[1])
+def _with_maker(variant: Variant, good: dict[str, Backend]) -> Variant:
+    if not variant.made_by:
+        return variant
+    by = good.get(variant.made_by[0])
+    made = next((v for v in by.variants if v.name == variant.made_by[1]), None) if by else None
+    if made is None:
+        raise UserError(f"variant {variant.name!r} is made by {':'.join(variant.made_by)}, which is not a variant of a "
+                        "working backend")
+    return replace(variant, maker=(by, made))
 
 
 def select(names: list[str] | None, root: Path = BACKENDS_DIR) -> list[Backend]:
