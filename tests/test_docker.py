@@ -148,6 +148,23 @@ def test_vllm_in_its_image_gives_the_same_tokens_as_a_local_process(engine, tmp_
     assert d["check"]["tokens"] == local["check"]["tokens"] and d["output_tokens"] == local["output_tokens"]
 
 
+@pytest.mark.slow
+def test_a_made_by_variant_runs_in_its_image_on_weights_its_maker_made_in_another(engine, tmp_path):
+    """vLLM's gptq-w4a16 in vLLM's image, on the checkpoint llm-compressor calibrates in its own
+    image: two containers, one artifact cache (/artifacts in both). On demand: just test -m slow."""
+    proc = run_cli("eval", "stories260k-student", "--targets", "docker-local", "--backends", "vllm", "--variants",
+                   "gptq-w4a16", "--scenarios", "latency", "--reports", str(tmp_path), *FAST[:-4], timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cell,) = cells(run_folder(proc.stderr, tmp_path)).values()
+    assert cell["status"] == "ok", cell.get("reason")
+    assert cell["image"]["tag"].startswith("deploy-eval/vllm:")
+    made = cell["load"]["artifact"]
+    assert (made["backend"], made["variant"]) == ("llmcompressor", "gptq-w4a16")
+    assert made["path"].startswith("/artifacts/"), made["path"]  # the maker's container path, valid in vLLM's
+    assert cell["load"]["settings"]["quantization"] == "compressed-tensors"
+    assert "weights" in cell["phases"]
+
+
 def test_a_backend_is_placed_on_a_target_once_per_run(engine, tmp_path, monkeypatch):
     from evaluator.catalog import backends, targets
     from evaluator.launch import docker
