@@ -7,6 +7,7 @@ import pytest
 
 from evaluator.launch.process import RunnerFailure
 from evaluator.measure import arrivals
+from evaluator.stats.intervals import summarize
 from tests.conftest import REPO, STORIES, run_cli, start_runner
 from tests.test_eval import cells, run_folder
 
@@ -246,3 +247,41 @@ def test_bad_serving_options_are_refused_in_one_line(tmp_path, args, words):
     proc = run_cli(*base, *(args if "--scenarios" in args else ["--scenarios", "serving", *args]))
     assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not list(tmp_path.iterdir()), "nothing written for refused input"
+
+
+def _timed(ms: float, n: int = 40) -> dict:
+    return summarize([ms * (1 + 0.001 * (i % 5 - 2)) for i in range(n)], "ms")
+
+
+def test_the_lightest_load_is_set_against_the_latency_scenario_and_a_difference_is_named():
+    from evaluator.report import configs, light_load
+
+    def cell(scenario, prompt_tokens, **metrics):
+        return {"status": "ok", "scenario": {"name": scenario, "options": {"prompt_tokens": prompt_tokens, "new_tokens": 32,
+                                                                         "precision": 0.02}},
+                "metrics": metrics}
+    latency = cell("latency", 32, ttft_ms=_timed(2.0), tpot_ms=_timed(1.0))
+    served = cell("serving", 32, per_rate=[{"rate": 1.0, "valid": False, "ttft_ms": _timed(9.0), "tpot_ms": _timed(9.0)},
+                                           {"rate": 2.0, "valid": True, "ttft_ms": _timed(4.0), "tpot_ms": _timed(1.0)}])
+    config = configs.Config("vllm", "fp32", {"name": "local"}, {"latency": latency, "serving": served})
+    (row,) = light_load.rows([config])
+    assert row["load"] == "2 requests/s"  # the lightest *valid* load
+    ttft, tpot = row["metrics"]
+    assert ttft["verdict"].startswith("serving slower: 2.00x") and tpot["verdict"].startswith("agree")
+    served["scenario"]["options"]["prompt_tokens"] = 64
+    ttft, _ = light_load.rows([config])[0]["metrics"]
+    assert ttft["verdict"] == "not comparable: prompt_tokens 32 against 64"
+
+
+def test_one_user_at_a_time_agrees_with_the_latency_scenario_in_the_report(tmp_path):
+    """The null engine sleeping 20 ms a token: served to one user at a time, its time per output
+    token is the latency scenario's, and the report's light-load table says so."""
+    reports = tmp_path / "reports"
+    proc = run_cli("eval", "synthetic-tiny", "--backends", "null", "--variants", "slow_tokens", "--scenarios",
+                   "latency,serving", "--concurrency", "1", "--serving-requests", "40", "--new-tokens", "4",
+                   "--min-iterations", "20", "--reports", str(reports))
+    assert proc.returncode == 0, proc.stderr
+    page = (run_folder(proc.stderr, reports) / "index.html").read_text()
+    assert "Serving at its lightest load against one request at a time" in page
+    row = page[page.index("time per output token</td>"):][:400]
+    assert "1 user" in page and ("agree" in row or "within ±2%" in row), row

@@ -64,7 +64,9 @@ class Serving:
 
 def load_label(row: dict) -> str:
     """The load a row was measured under, for people: "16 requests/s" or "16 users"."""
-    return f"{row['rate']:g} requests/s" if "rate" in row else f"{row['concurrency']} users"
+    if "rate" in row:
+        return f"{row['rate']:g} requests/s"
+    return f"{row['concurrency']} user" + ("s" if row["concurrency"] != 1 else "")
 
 
 def _increasing(text: str, cast, unit: str, example: str) -> tuple:

@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from evaluator import store
 from evaluator.report import configs as configs_mod
-from evaluator.report import export, guide, plots, tables
+from evaluator.report import export, guide, light_load, plots, tables
 from evaluator.report import techniques as techniques_mod
 from evaluator.score import reuse
 
@@ -213,7 +213,7 @@ def render(run: dict, cells: list[dict], constraints: guide.Constraints | None =
                       "rows": tables.comparison(configs, t, reference, constraints.margin)} for t in targets],
         no_energy="; ".join(no_energy), figures=_figures(run, configs, targets, constraints.margin),
         matrix=tables.status_matrix(configs, targets, scenario_names, constraints.margin), scenarios=scenario_names,
-        metric_blocks=metric_blocks(cells, targets), technique_sections=techniques_mod.sections(cells),
+        light_load=light_load.rows(configs), metric_blocks=metric_blocks(cells, targets), technique_sections=techniques_mod.sections(cells),
         scopes=[_scope(c) for c in cells if c["scenario"]["name"] == "quality" and c.get("status") == "ok"],
         texts=[c for c in cells if c.get("status") == "ok" and c.get("check")],
         reused=[f'{c["cell_id"]}: {o["items"]:,} items from run {o["run_id"]}' for c in cells if (o := reuse.reused_from(c))],
