@@ -199,7 +199,7 @@ def run_cell(cell: Cell, model: models.Model, model_info: dict, tok: HostTokeniz
     try:
         if cell.variant.maker:
             with phases("weights"):
-                made = weights.made(cell, model_info.get("sha256"), start_maker, deadlines.load_s)
+                made = weights.made(cell, run_id, model_info.get("sha256"), start_maker, deadlines.load_s)
     except (envs.EnvironmentFailed, docker.ImageFailed) as exc:
         return dict(base, status="failed-preflight", reason=f"the environment that makes its weights: {exc}", log_tail=None,
                     phases=phases.as_dict())

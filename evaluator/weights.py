@@ -8,7 +8,7 @@ folder, the same folder mounted at /artifacts in every container, a remote host'
 path is the consumer's too. The host never reads the checkpoint; the consumer's load gets it as
 `model.path`, with the maker's answer as `model.made_by`.
 
-One making per (target, maker, variant, model) in a run: the latency, throughput and quality
+One making per (run, target, maker, variant, model): the latency, throughput and quality
 cells of a variant share it (the first pays for the calibration; its time is in that cell's
 `weights` phase and in the artifact's record).
 """
@@ -19,13 +19,13 @@ from evaluator.launch.process import RunnerFailure
 _made: dict[tuple, dict] = {}
 
 
-def made(cell, model_sha256: str, start, load_s: float) -> dict:
+def made(cell, run_id: str, model_sha256: str, start, load_s: float) -> dict:
     """The artifact the maker of `cell.variant` answers (its `path` among the rest). `start(maker_cell)`
     opens the maker's runner on the cell's target and returns (runner, model spec); a maker that
     fails or refuses fails this cell with its reason."""
     by, variant = cell.variant.maker
-    key = (cell.target.name, by.name, variant.name, model_sha256)
-    if key in _made:  # made for an earlier cell of this run: this one built nothing
+    key = (run_id, cell.target.name, by.name, variant.name, model_sha256)
+    if key in _made:  # made for an earlier cell of this run: this one built nothing (another run asks again)
         return dict(_made[key], reused=True, build_s=None)
     maker_cell = replace(cell, id=f"{cell.id}--weights", backend=by, variant=variant)
     runner = None

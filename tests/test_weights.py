@@ -42,24 +42,26 @@ def test_the_maker_is_asked_once_and_every_cell_of_the_variant_gets_its_path():
         started.append(maker_cell)
         return maker, {"path": "/model"}
 
-    first = weights.made(_cell(scenarios.Latency()), "sha-once", start, 60)
-    second = weights.made(_cell(scenarios.Throughput()), "sha-once", start, 60)
+    first = weights.made(_cell(scenarios.Latency()), "run-1", "sha-once", start, 60)
+    second = weights.made(_cell(scenarios.Throughput()), "run-1", "sha-once", start, 60)
     assert len(started) == 1 and started[0].backend.name == "llmcompressor" and started[0].variant.name == "gptq-w4a16"
     assert maker.loads == [("load", {"model": {"path": "/model"}, "options": {"quant": "gptq-w4a16", "device": "cpu"}})]
     assert maker.closed and first["path"] == second["path"] == "/cache/llmcompressor-gptq"
     assert (first["reused"], first["build_s"], first["backend"]) == (False, 12.5, "llmcompressor")
     assert (second["reused"], second["build_s"]) == (True, None)  # this cell built nothing
+    weights.made(_cell(scenarios.Latency()), "run-2", "sha-once", start, 60)
+    assert len(started) == 2  # another run (in the same process) asks the maker again
 
 
 def test_a_maker_that_fails_fails_the_cell_with_its_reason_and_its_log():
     maker = Maker(RunnerFailure("failed", "calibration ran out of memory"))
     with pytest.raises(RunnerFailure) as exc:
-        weights.made(_cell(scenarios.Latency()), "sha-fails", lambda c: (maker, {}), 60)
+        weights.made(_cell(scenarios.Latency()), "run-1", "sha-fails", lambda c: (maker, {}), 60)
     assert exc.value.reason == "making its weights with llmcompressor gptq-w4a16: calibration ran out of memory"
     assert exc.value.log_tail == "the maker's last words" and maker.closed
 
 
 def test_a_maker_that_answers_no_path_is_a_protocol_error():
     with pytest.raises(RunnerFailure) as exc:
-        weights.made(_cell(scenarios.Latency()), "sha-nopath", lambda c: (Maker({"artifact": None}), {}), 60)
+        weights.made(_cell(scenarios.Latency()), "run-1", "sha-nopath", lambda c: (Maker({"artifact": None}), {}), 60)
     assert exc.value.status == "protocol-error" and "answered no artifact path" in exc.value.reason
