@@ -165,6 +165,22 @@ def test_a_made_by_variant_runs_in_its_image_on_weights_its_maker_made_in_anothe
     assert "weights" in cell["phases"]
 
 
+@pytest.mark.slow
+def test_llama_cpp_serves_in_its_image_through_llama_server_built_there(engine, tmp_path):
+    """The wheelhouse image keeps a compiler, so its first serving cell builds llama-server from
+    the engine's own sources inside the container (minutes, once per artifact cache). On demand."""
+    proc = run_cli("eval", "synthetic-tiny", "--targets", "docker-local", "--backends", "llamacpp", "--variants", "q8_0",
+                   "--scenarios", "serving", "--rates", "4", "--serving-requests", "40", "--reports", str(tmp_path),
+                   timeout=2400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (cell,) = cells(run_folder(proc.stderr, tmp_path)).values()
+    assert cell["status"] == "ok", cell.get("reason")
+    server = cell["load"]["server_binary"]
+    assert server["path"].startswith("/artifacts/llama-server-") and server["reused"] is False
+    (rate,) = cell["metrics"]["per_rate"]
+    assert rate["valid"] and rate["ttft_ms"]["n"] == 40
+
+
 def test_a_backend_is_placed_on_a_target_once_per_run(engine, tmp_path, monkeypatch):
     from evaluator.catalog import backends, targets
     from evaluator.launch import docker

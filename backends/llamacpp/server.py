@@ -56,10 +56,10 @@ def binary(cache: str) -> dict:
     if len(sdists) != 1 or not os.path.isfile(flags_file):
         raise RunnerError("unsupported", f"this environment keeps no llama.cpp sources to build llama-server from ({SOURCES}: "
                           "made before deploy-eval kept them); rebuild it: rm -r .venvs/llamacpp")
-    missing = [tool for tool in ("cmake", "c++") if not shutil.which(tool)]
+    missing = [tool for tool in ("cmake", "make", "cc", "c++") if not shutil.which(tool)]
     if missing:
         raise RunnerError("unsupported", f"llama-server is built on first use from the engine's sources and needs "
-                          f"{' and '.join(missing)} on this machine (apt-get install cmake g++)")
+                          f"{', '.join(missing)} on this machine (apt-get install cmake make gcc g++)")
     sdist, flags = sdists[0], source_build.engine_flags(flags_file)
     recipe = [*source_build.QUIET, *OPTIONS]
     key = hashlib.sha256(f"{os.path.basename(sdist)}|{' '.join(flags)}|{' '.join(recipe)}".encode()).hexdigest()[:16]
