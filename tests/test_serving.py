@@ -257,9 +257,8 @@ def test_the_lightest_load_is_set_against_the_latency_scenario_and_a_difference_
     from evaluator.report import configs, light_load
 
     def cell(scenario, prompt_tokens, **metrics):
-        return {"status": "ok", "scenario": {"name": scenario, "options": {"prompt_tokens": prompt_tokens, "new_tokens": 32,
-                                                                         "precision": 0.02}},
-                "metrics": metrics}
+        return {"status": "ok", "scenario": {"name": scenario, "options": {"prompt_tokens": prompt_tokens, "new_tokens": 32}},
+                "metrics": metrics, "validity": {"valid": True, "precision": 0.02}}
     latency = cell("latency", 32, ttft_ms=_timed(2.0), tpot_ms=_timed(1.0))
     served = cell("serving", 32, per_rate=[{"rate": 1.0, "valid": False, "ttft_ms": _timed(9.0), "tpot_ms": _timed(9.0)},
                                            {"rate": 2.0, "valid": True, "ttft_ms": _timed(4.0), "tpot_ms": _timed(1.0)}])
@@ -271,6 +270,19 @@ def test_the_lightest_load_is_set_against_the_latency_scenario_and_a_difference_
     served["scenario"]["options"]["prompt_tokens"] = 64
     ttft, _ = light_load.rows([config])[0]["metrics"]
     assert ttft["verdict"] == "not comparable: prompt_tokens 32 against 64"
+    latency["metrics"]["tpot_ms"] = summarize([], "ms")  # one new token: no TPOT, no row for it
+    assert [m["name"] for m in light_load.rows([config])[0]["metrics"]] == ["time to first token"]
+    latency["metrics"] = {}
+    assert light_load.rows([config]) == []
+
+
+def test_a_difference_inside_the_loops_precision_is_within_it_only_for_a_valid_loop():
+    from evaluator.report.light_load import _verdict
+    from evaluator.stats.intervals import ratio_interval
+
+    ratio = ratio_interval(1.01, [1.005, 1.015], 1.0, [0.995, 1.005])
+    assert _verdict(ratio, 0.02)[0].startswith("within ±2% (1.010x")
+    assert _verdict(ratio, None)[0].startswith("serving slower: 1.01x")  # an INVALID loop claims no precision
 
 
 def test_one_user_at_a_time_agrees_with_the_latency_scenario_in_the_report(tmp_path):
@@ -284,4 +296,4 @@ def test_one_user_at_a_time_agrees_with_the_latency_scenario_in_the_report(tmp_p
     page = (run_folder(proc.stderr, reports) / "index.html").read_text()
     assert "Serving at its lightest load against one request at a time" in page
     row = page[page.index("time per output token</td>"):][:400]
-    assert "1 user" in page and ("agree" in row or "within ±2%" in row), row
+    assert "<td class=\"l\">1 user</td>" in page and ("agree" in row or "within ±2%" in row), row

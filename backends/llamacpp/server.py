@@ -5,7 +5,7 @@ llama-cpp-python decodes one request at a time, so a serving cell runs llama-ser
 the very source of this environment's engine (the sdist post_install.py kept in
 <venv>/share/llama.cpp-src/) with the very flags it was compiled with (BUILD_FLAGS.json), once per
 (source, flags): a cached artifact like a quantized GGUF, its build time reported. The build
-needs cmake and a C++ compiler where the runner runs; without them the cell is `unsupported`
+needs cmake, make and a C and C++ compiler where the runner runs; without them the cell is `unsupported`
 and says so. The binary is linked statically (no second libllama beside the binding's), without
 its web UI, curl or OpenSSL: nothing in it reaches a network.
 

@@ -1,8 +1,9 @@
 """Serving at its lightest load against the latency scenario, per configuration: do the two
 scenarios see the same engine? The median TTFT and TPOT of each, and their ratio with its 95%
 interval (two independent samples: stats.intervals.ratio_interval); "agree" where that interval
-holds 1, "within ±2%" where it does not but lies inside the latency loop's own precision (its
-`--precision`: a difference it was not measured finely enough to claim).
+holds 1, "within ±2%" where it does not but lies inside the precision the latency loop was asked
+for and reached (`--precision`, a valid cell only: a difference it was not measured finely enough
+to claim).
 
 Where they differ, the reason is usually the load itself, not the harness: at an open load
 requests arrive after idle gaps and an engine pays its wake-up (benchmarks/idle_wake.py), and an
@@ -31,8 +32,8 @@ def _verdict(ratio: dict | None, precision: float) -> tuple[str, str]:
     lo, hi = ratio["ci"]
     if not ratio["excludes_one"]:
         return f"agree ({ratio['ratio']:.2f}x [{lo:.2f}, {hi:.2f}])", "ok"
-    if 1 - precision <= lo and hi <= 1 + precision:
-        return f"within ±{precision:.0%} ({ratio['ratio']:.3f}x [{lo:.3f}, {hi:.3f}])", "ok"
+    if precision and 1 - precision <= lo and hi <= 1 + precision:
+        return f"within ±{100 * precision:g}% ({ratio['ratio']:.3f}x [{lo:.3f}, {hi:.3f}])", "ok"
     word = "slower" if ratio["ratio"] > 1 else "faster"
     return f"serving {word}: {ratio['ratio']:.2f}x [{lo:.2f}, {hi:.2f}]", "gated"
 
@@ -47,15 +48,17 @@ def rows(configs: list[Config]) -> list[dict]:
         light = loads[0]
         row = {"label": c.label, "target": c.target_name, "load": serving.load_label(light), "metrics": []}
         differ = _same_requests(latency, served)
-        precision = latency["scenario"]["options"].get("precision", 0.02)
+        validity = latency.get("validity") or {}
+        precision = validity.get("precision") if validity.get("valid") else None  # an INVALID loop claims none
         for key, name in METRICS:
-            a, b = latency["metrics"].get(key), light.get(key)
-            if not (a and b):
+            a, b = latency["metrics"].get(key) or {}, light.get(key) or {}
+            if a.get("p50") is None or b.get("p50") is None:  # e.g. TPOT with one new token
                 continue
             text, css = (f"not comparable: {differ}", "") if differ else _verdict(
                 ratio_interval(b["p50"], b.get("p50_ci"), a["p50"], a.get("p50_ci")), precision)
             row["metrics"].append({"name": name, "latency": _ms(a), "serving": _ms(b), "verdict": text, "css": css})
-        out.append(row)
+        if row["metrics"]:
+            out.append(row)
     return out
 
 
