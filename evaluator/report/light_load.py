@@ -13,6 +13,7 @@ is the latency scenario's own regime.
 """
 from evaluator.measure import serving
 from evaluator.report.configs import Config
+from evaluator.report.tables import fmt
 from evaluator.stats.intervals import ratio_interval
 
 METRICS = (("ttft_ms", "time to first token"), ("tpot_ms", "time per output token"))
@@ -64,4 +65,4 @@ def rows(configs: list[Config]) -> list[dict]:
 
 def _ms(summary: dict) -> str:
     ci = summary.get("p50_ci")
-    return f"{summary['p50']:.3g} ms" + (f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "")
+    return f"{fmt(summary['p50'])} ms" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
