@@ -11,11 +11,15 @@ class Recording:
     request's own count) and remembers every prompt it was sent."""
 
     def __init__(self, drift=False):
-        self.sent, self.drift = [], drift
+        self.sent, self.drift, self.chunks = [], drift, []
 
     def request(self, op, timeout, **kw):
         if op == "energy":
             return {"joules": {}}
+        if "batches" in kw:  # back to back: answered as one request per batch
+            self.chunks.append(len(kw["batches"]))
+            return {"answers": [self.request(op, timeout, prompts=b, max_new_tokens=kw["max_new_tokens"])
+                                for b in kw["batches"]]}
         prompts, n = kw["prompts"], kw["max_new_tokens"]
         self.sent.append(prompts)
         salt = len(self.sent) if self.drift else 0
@@ -36,6 +40,8 @@ def test_latency_requests_take_the_prompts_in_turn_and_each_is_checked_against_i
     # Different prompts give different tokens: not a determinism failure. prompts[0]'s are kept.
     assert out["output_tokens"] == runner.request("generate", 1, prompts=[PROMPTS[0]], max_new_tokens=4)["tokens"][0]
     assert out["distinct_prompts"] == 8
+    # 5 ms a request: the runner gets them in chunks of CHUNK_S to run back to back
+    assert set(runner.chunks) == {round(scenarios.CHUNK_S * 1000 / 5)}
 
 
 def test_a_prompt_that_answers_differently_the_second_time_is_invalid():

@@ -48,6 +48,9 @@ def test_bad_requests_get_typed_errors_and_the_runner_stays_up(line, words):
     ({"op": "generate", "prompts": [[]], "max_new_tokens": 2}, "non-empty"),
     ({"op": "generate", "prompts": [[1]], "max_new_tokens": 0}, "max_new_tokens"),
     ({"op": "generate", "prompts": [[1]], "max_new_tokens": "3"}, "max_new_tokens"),
+    ({"op": "generate", "batches": [[[1]]], "prompts": [[1]], "max_new_tokens": 2}, "not both"),
+    ({"op": "generate", "batches": [], "max_new_tokens": 2}, "non-empty list of batches"),
+    ({"op": "generate", "batches": [[[1]], [[1, 600]]], "max_new_tokens": 2}, "outside the vocabulary"),
     ({"op": "score", "sequences": [[1, 2]], "start": 2}, "start"),
     ({"op": "score", "sequences": [[1, 2]], "start": 0}, "start"),
     ({"op": "score", "sequences": [[1, 2]], "top_k": -1}, "top_k"),
@@ -68,6 +71,18 @@ def test_generate_returns_exact_counts_and_runner_side_timestamps():
     assert [len(t) for t in result["tokens"]] == [7, 7]
     ts = [result["start_ns"], *result["token_ns"], result["end_ns"]]
     assert ts == sorted(ts) and len(result["token_ns"]) == 7
+
+
+def test_batches_run_back_to_back_each_answered_as_its_own_generate(tmp_path):
+    with start_runner("null", tmp_path) as runner:
+        runner.request("load", 30, model=MODEL, options={})
+        answers = runner.request("generate", 30, batches=[[[1, 5]], [[1, 9], [1, 8]], [[1, 5]]],
+                                 max_new_tokens=3)["answers"]
+        alone = runner.request("generate", 30, prompts=[[1, 9], [1, 8]], max_new_tokens=3)
+    assert [len(a["tokens"]) for a in answers] == [1, 2, 1] and answers[1]["tokens"] == alone["tokens"]
+    assert answers[0]["tokens"] == answers[2]["tokens"]
+    ts = [t for a in answers for t in (a["start_ns"], *a["token_ns"], a["end_ns"])]
+    assert ts == sorted(ts), "each batch starts after the one before it returned"
 
 
 def test_score_returns_one_logprob_per_position_from_start(tmp_path):
@@ -144,6 +159,10 @@ def test_grouped_score_answers_each_group_as_the_shared_prefix_form_does(tmp_pat
      "tokens is not one list per prompt (2)"),
     ("generate", {"tokens": [[1, "2"]], "token_ns": [1], "start_ns": 0, "end_ns": 3}, {"prompts": [[1]]},
      "tokens[0] is not a list of integers"),
+    ("generate", {"answers": [{"tokens": [[1]], "token_ns": [1], "start_ns": 0, "end_ns": 3}]},
+     {"batches": [[[1]], [[1]]]}, "answers is not one per batch (2)"),
+    ("generate", {"answers": [{"tokens": [[1]], "token_ns": [1], "start_ns": 0, "end_ns": 3}]},
+     {"batches": [[[1], [1]]]}, "tokens is not one list per prompt (2)"),
     ("score", {"results": [{"logprobs": "-1.0", "top": []}]}, {"sequences": [[1, 2]]}, "results[0].logprobs is not a list"),
     ("score", {"results": [[{"logprobs": [-1.0], "top": []}]]}, {"groups": [{}, {}]}, "results has 1 groups, 2 asked"),
     ("load", {"vocab_size": "512", "device": "cpu"}, {}, "vocab_size is not a positive integer"),

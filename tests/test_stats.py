@@ -147,7 +147,7 @@ def simulate(seed, scale=1.0, max_time_s=60.0):
     def step():
         ms = float(BASE_MS + scale * (heavy_tailed(rng, 1)[0] - BASE_MS))
         clock[0] += ms / 1000
-        return {"e2e_ms": ms}
+        return [{"e2e_ms": ms}]
 
     budget = sampling.Budget(min_iterations=10, min_duration_s=0.5, precision=0.02, max_time_s=max_time_s,
                              max_iterations=100_000)

@@ -23,6 +23,8 @@ FAULTS = {
     "garbage_on_generate": "answer generate with a line that is not JSON",
     "wrong_token_count": "return one token fewer than asked",
     "slow_tokens": "sleep 20 ms per generated token",
+    "slow_intake": "spend 20 ms taking each request in (generate's before its first step, serving's in submit), "
+                   "then sleep 20 ms per generated token",
     "malformed_score": "answer score with log-probabilities that are not a list",
     "truncated_on_generate": "write half an answer to generate, then exit",
     "noisy_latency": "sleep 2 ms x Pareto(1.5) per generate request (heavy-tailed: one in 32 over 20 ms): too "
@@ -84,11 +86,13 @@ class NullEngine(Engine):
         if self.fault == "noisy_latency":
             import random
             time.sleep(min(0.002 * random.paretovariate(1.5), 0.2))
+        if self.fault == "slow_intake":
+            time.sleep(0.02)
         steps = max_new_tokens - 1 if self.fault == "wrong_token_count" else max_new_tokens
         last = [p[-1] for p in prompts]
         out = [[] for _ in prompts]
         for _ in range(steps):
-            if self.fault == "slow_tokens":
+            if self.fault in ("slow_tokens", "slow_intake"):
                 time.sleep(0.02)
             last = [self._next(t) for t in last]
             if self.fault == "inconsistent_tokens":
@@ -103,12 +107,14 @@ class NullEngine(Engine):
         return (token * 31 + 7) % self.vocab_size
 
     def submit(self, rid, prompt, max_new_tokens):
+        if self.fault == "slow_intake":
+            time.sleep(0.02)
         self.in_flight[rid] = [prompt[-1], max_new_tokens]
 
     def step(self, wait_s=None):
         """One token for every request in flight, as generate makes them (continuous batching
         with no cost: the harness's own ceiling)."""
-        if self.fault == "slow_tokens":
+        if self.fault in ("slow_tokens", "slow_intake"):
             time.sleep(0.02)
         out = []
         for rid, state in list(self.in_flight.items()):

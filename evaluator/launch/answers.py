@@ -49,6 +49,13 @@ def _load(r: dict, req: dict) -> None:
 
 
 def _generate(r: dict, req: dict) -> None:
+    if "batches" in req:
+        answers, asked = r.get("answers"), req["batches"]
+        _need(isinstance(answers, list) and len(answers) == len(asked), f"answers is not one per batch ({len(asked)})")
+        for answer, prompts in zip(answers, asked):
+            _need(isinstance(answer, dict), "an answer is not an object")
+            _generate(answer, {"prompts": prompts})
+        return
     tokens = r.get("tokens")
     _need(isinstance(tokens, list) and len(tokens) == len(req.get("prompts", [])),
           f"tokens is not one list per prompt ({len(req.get('prompts', []))})")

@@ -27,7 +27,8 @@ class Budget:
 
 
 def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic, progress=None) -> tuple[list, dict]:
-    """Call step() -> {metric: value} until the budget says stop; (samples, validity).
+    """Call step() -> [{metric: value}, ...] (one sample or a few timed back to back) until the
+    budget says stop; (samples, validity).
 
     Precision is checked at geometrically spaced counts (every 5% more samples), so checking
     costs little however long the loop runs."""
@@ -35,7 +36,7 @@ def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic
     reached = {m: math.inf for m in headline}
     stopped = "time cap"
     while True:
-        runs.append(step())
+        runs += step()[:budget.max_iterations - len(runs)]
         elapsed = clock() - t0
         if progress:
             progress(len(runs))

@@ -75,6 +75,12 @@ generate {"prompts": [[int, ...], ...], "max_new_tokens": int}
     i's tokens are on the host, `end_ns` just after the engine returns. Only differences
     between them mean anything. An empty prompt is a bad_request: send at least BOS.
 
+generate {"batches": [[[int, ...], ...], ...], "max_new_tokens": int}
+    -> {"answers": [{"tokens", "start_ns", "token_ns", "end_ns"}, ...]}
+    The same for each batch in turn, back to back: a batch starts the moment the one before it
+    returned, with no pipe round trip between them (the latency scenario's timed requests, one
+    at a time as a single user sends them). Every batch is checked before any is run.
+
 score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
     -> {"results": [{"logprobs": [float, ...], "top": [[[int, float], ...], ...]}, ...]}
     For each sequence s and each position i with start <= i < len(s): logprobs[i - start] is
@@ -134,7 +140,8 @@ serving {"requests": [{"at_s": float, "prompt": [int, ...], "new_tokens": int}, 
     A load offered by the harness, not the engine (a serving scenario's schedule: arrival
     offsets in seconds, non-decreasing). The runner library hands request i to the engine's
     own asynchronous API (Engine.submit, then Engine.step until it is done) as soon as its
-    clock passes start_ns + at_s, never before (`submitted_ns` says when), stamps every token
+    clock passes start_ns + at_s, never before (`submitted_ns` says when: just before the engine
+    is called, as generate's start_ns), stamps every token
     when the step that made it returns (or, from an engine whose own thread makes tokens, when
     that thread made it), and sleeps while nothing is in flight; `steps` are the
     engine's steps (a request that falls due during one is offered when it returns, as an
