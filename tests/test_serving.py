@@ -297,6 +297,7 @@ def test_one_user_at_a_time_agrees_with_the_latency_scenario_in_the_report(tmp_p
     page = (run_folder(proc.stderr, reports) / "index.html").read_text()
     assert "Serving at its lightest load against one request at a time" in page
     assert "<td class=\"l\">1 user</td>" in page
+    assert "served by the same engine as every other scenario" in page  # as the runner's serving load said
     for metric in ("time to first token", "time per output token"):
         row = page[page.index(f"{metric}</td>"):][:400]
         assert "agree" in row or "within ±2%" in row, row

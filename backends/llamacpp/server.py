@@ -95,7 +95,9 @@ class Server:
         self.port = _free_port()
         self.settings = {"server": "llama-server", "slots": SLOTS, "ctx_per_slot": context_tokens,
                          "kv_unified": False, "cont_batching": True, "cache_prompt": False, "threads": threads,
-                         "kv_cache_type": kv_type, "flash_attn": flash_attn, "batch": 512}
+                         "kv_cache_type": kv_type, "flash_attn": flash_attn, "batch": 512,
+                         "serves_through": "llama-server (HTTP stream, parallel slots), not the binding the other "
+                                           "scenarios run"}
         argv = [exe, "--host", "127.0.0.1", "--port", str(self.port), "-m", gguf, "-t", str(threads), "-tb", str(threads),
                 "-c", str(SLOTS * context_tokens), "-np", str(SLOTS), "-no-kvu", "-cb", "-b", "512", "-ub", "512",
                 "-ctk", kv_type, "-ctv", kv_type, "-fa", "on" if flash_attn else "off", "--cache-ram", "0",

@@ -69,7 +69,8 @@ class NullEngine(Engine):
                 self.ballast = bytearray(2**30)
             except MemoryError:  # the kernel refused the mapping: a real allocation failure
                 raise MemoryError("null backend: 1 GiB refused under a 256 MiB address-space limit") from None
-        return {"parameters": 0, "vocab_size": self.vocab_size, "device": "cpu"}
+        serving = {"serves_through": "the same engine as every other scenario"} if model.get("scenario") == "serving" else {}
+        return {"parameters": 0, "vocab_size": self.vocab_size, "device": "cpu", "settings": serving}
 
     def generate(self, prompts, max_new_tokens, on_token):
         if self.fault == "crash_on_generate":

@@ -83,7 +83,10 @@ class TorchEngine(Engine):
             "settings": {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
                          "dtype": dtype, "attn": attn, "kv_cache": self.kv_cache, "cache_keyword": self.cache_name,
                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                         "continuous_batching": self._serving_settings()},
+                         "continuous_batching": self._serving_settings(),
+                         **({"serves_through": "transformers' continuous batching (its manager's thread, paged KV cache), "
+                                               "not the runner's own decode loop"}
+                            if model.get("scenario") == "serving" else {})},
         }
 
     def _from_pretrained(self, path: str, kwargs: dict):

@@ -89,7 +89,9 @@ class TensorRTLLMEngine(Engine):
         built = time.perf_counter() - t0
         settings = {"threads": torch.get_num_threads(), "dtype": dtype, "engine": engine, "kv_cache_free_fraction": fraction,
                     "kv_block_reuse": False, "max_batch_size": max_batch, "max_seq_len": context,
-                    "executor": "in process (TLLM_WORKER_USE_SINGLE_PROCESS=1)"}
+                    "executor": "in process (TLLM_WORKER_USE_SINGLE_PROCESS=1)",
+                    **({"serves_through": "the LLM API's generate_async (in-flight batching), the engine every "
+                                          "scenario runs"} if model.get("scenario") == "serving" else {})}
         result = {"vocab_size": self._vocab(model["path"]), "device": "cuda", "settings": settings,
                   "parameters": None}
         if engine == "engine":

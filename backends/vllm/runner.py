@@ -133,7 +133,9 @@ class VllmEngine(Engine):
                              "log_stats": True,
                              "max_num_seqs": scheduler.max_num_seqs,
                              "max_num_batched_tokens": scheduler.max_num_batched_tokens,
-                             "quantization": quantization, "weights": options.get("weights") or "the model's own"}}
+                             "quantization": quantization, "weights": options.get("weights") or "the model's own",
+                             **({"serves_through": "vLLM's engine, stepped by the runner as in every scenario"}
+                                if model.get("scenario") == "serving" else {})}}
 
     def _check_fits(self, n: int):
         if n > self.max_len:

@@ -8,8 +8,10 @@ to claim).
 Where they differ, the reason is usually the load itself, not the harness: at an open load
 requests arrive after idle gaps and an engine pays its wake-up (benchmarks/idle_wake.py), and an
 engine may serve through another path than the one it answers a single request with (llama.cpp's
-llama-server, transformers' continuous-batching manager). One user at a time (`--concurrency 1`)
-is the latency scenario's own regime.
+llama-server, transformers' continuous-batching manager: each row says what served it, as its
+runner's load said). One user at a time (`--concurrency 1`) is the latency scenario's own regime.
+The two are separate cells measured minutes apart, so the intervals hold each cell's scatter and
+not the machine's drift between them.
 """
 from evaluator.measure import serving
 from evaluator.report.configs import Config
@@ -47,7 +49,9 @@ def rows(configs: list[Config]) -> list[dict]:
         if not (latency and loads):
             continue
         light = loads[0]
-        row = {"label": c.label, "target": c.target_name, "load": serving.load_label(light), "metrics": []}
+        row = {"label": c.label, "target": c.target_name, "load": serving.load_label(light), "metrics": [],
+               # what served it, as its runner said: the latency scenario's engine, or another path
+               "path": ((served.get("load") or {}).get("settings") or {}).get("serves_through")}
         differ = _same_requests(latency, served)
         validity = latency.get("validity") or {}
         precision = validity.get("precision") if validity.get("valid") else None  # an INVALID loop claims none
