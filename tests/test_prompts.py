@@ -3,7 +3,7 @@ a repeated prompt, and the greedy-determinism check compares each prompt with it
 import pytest
 
 from evaluator.launch.process import RunnerFailure
-from evaluator.measure import scenarios
+from evaluator.measure import back_to_back, scenarios
 
 
 class Recording:
@@ -11,13 +11,13 @@ class Recording:
     request's own count) and remembers every prompt it was sent."""
 
     def __init__(self, drift=False):
-        self.sent, self.drift, self.chunks = [], drift, []
+        self.sent, self.drift, self.chunks = [], drift, []  # chunks: the batches of each back-to-back request
 
     def request(self, op, timeout, **kw):
         if op == "energy":
             return {"joules": {}}
         if "batches" in kw:  # back to back: answered as one request per batch
-            self.chunks.append(len(kw["batches"]))
+            self.chunks.append(kw["batches"])
             return {"answers": [self.request(op, timeout, prompts=b, max_new_tokens=kw["max_new_tokens"])
                                 for b in kw["batches"]]}
         prompts, n = kw["prompts"], kw["max_new_tokens"]
@@ -35,18 +35,31 @@ def test_latency_requests_take_the_prompts_in_turn_and_each_is_checked_against_i
     runner = Recording()
     sc = scenarios.Latency(new_tokens=4, warmup=1, min_iterations=16, min_duration_s=0, max_time_s=0.5)
     out = scenarios.run_latency(runner, PROMPTS, sc, 10)
-    timed = [p[0] for p in runner.sent[1:]]  # after the warmup
-    assert timed[:16] == [PROMPTS[i % 8] for i in range(16)]
+    # 5 ms a request: chunks of CHUNK_S, run back to back, each led by an untimed request on the
+    # prompt before its first timed one
+    (chunk,) = runner.chunks
+    assert len(chunk) == 1 + round(back_to_back.CHUNK_S * 1000 / 5) and out["iterations"] == len(chunk) - 1
+    assert chunk[0] == [PROMPTS[-1]] and [b[0] for b in chunk[1:17]] == [PROMPTS[i % 8] for i in range(16)]
     # Different prompts give different tokens: not a determinism failure. prompts[0]'s are kept.
     assert out["output_tokens"] == runner.request("generate", 1, prompts=[PROMPTS[0]], max_new_tokens=4)["tokens"][0]
     assert out["distinct_prompts"] == 8
-    # 5 ms a request: the runner gets them in chunks of CHUNK_S to run back to back
-    assert set(runner.chunks) == {round(scenarios.CHUNK_S * 1000 / 5)}
+
+
+def test_a_chunk_never_outlasts_a_quarter_of_the_request_timeout_nor_passes_the_sample_cap():
+    assert back_to_back.chunk_size([5.0], 10) == round(back_to_back.CHUNK_S * 1000 / 5)
+    assert back_to_back.chunk_size([5.0, 5.0, 400.0], 10) == 5  # 2.5 s at the slowest seen: 6 requests, lead included
+    assert back_to_back.chunk_size([2000.0], 300) == back_to_back.MIN_CHUNK  # a slow engine: the lead stays a fraction
+    assert back_to_back.chunk_size([2000.0], 4) == 1
+    runner = Recording()
+    sc = scenarios.Latency(new_tokens=4, warmup=1, min_iterations=300, min_duration_s=0, max_time_s=0.5,
+                           max_iterations=300)
+    out = scenarios.run_latency(runner, PROMPTS, sc, 10)
+    assert out["iterations"] == 300 and sum(len(c) - 1 for c in runner.chunks) == 300, "none run and dropped"
 
 
 def test_a_prompt_that_answers_differently_the_second_time_is_invalid():
     sc = scenarios.Latency(new_tokens=4, warmup=0, min_iterations=16, min_duration_s=0, max_time_s=0.5)
-    with pytest.raises(RunnerFailure, match="same prompt") as err:
+    with pytest.raises(RunnerFailure, match="than the first request on it") as err:
         scenarios.run_latency(Recording(drift=True), PROMPTS, sc, 10)
     assert err.value.status == "invalid"
 
@@ -56,7 +69,7 @@ def test_throughput_steps_rotate_through_distinct_batches():
     pool = [[1, i] for i in range(16)]
     sc = scenarios.Throughput(new_tokens=3, batch_sizes=(1, 4), min_iterations=6, max_time_s=0.2, distinct_batches=4)
     scenarios.run_throughput(runner, pool, sc, 10)
-    batch4 = [tuple(map(tuple, p)) for p in runner.sent if len(p) == 4]
-    assert len(set(batch4)) == 4, "every slice of four distinct prompts is used"
-    assert batch4[1:5] == [tuple(map(tuple, pool[i * 4:(i + 1) * 4])) for i in range(4)]  # after the warmup
-    assert len({p[0][1] for p in runner.sent if len(p) == 1}) == 4
+    timed = {len(c[1]): [tuple(map(tuple, b)) for b in c[1:]] for c in runner.chunks}  # batch size -> timed batches
+    slices = [tuple(map(tuple, pool[i * 4:(i + 1) * 4])) for i in range(4)]
+    assert timed[4][:5] == [*slices, slices[0]], "every slice of four distinct prompts is used, in turn"
+    assert len({b[0][1] for b in timed[1]}) == 4

@@ -110,11 +110,14 @@ def test_vllm_serves_each_request_its_greedy_tokens_and_says_how_long_each_waite
     student = {"path": str(REPO / "data" / "stories260k-student" / "hf"), "format": "hf", "context_tokens": 64}
     with start_runner("vllm", tmp_path) as runner:
         loaded = runner.request("load", 300, model=dict(student, scenario="serving"), options={"dtype": "fp32"})
-        assert loaded["settings"]["log_stats"] is True
+        assert loaded["settings"]["log_stats"] is True and "vLLM's engine" in loaded["settings"]["serves_through"]
         out, prompts, wanted = _staggered(runner)
         for req, prompt, n in zip(out["requests"], prompts, wanted):
             assert req["tokens"] == runner.request("generate", 60, prompts=[prompt], max_new_tokens=n)["tokens"][0]
             assert 0 <= req["queued_ns"] < req["token_ns"][0] - req["submitted_ns"]
+        # the latency scenario times the same engine: its stats on too
+        loaded = runner.request("load", 300, model=dict(student, scenario="latency"), options={"dtype": "fp32"})
+        assert loaded["settings"]["log_stats"] is True and "serves_through" not in loaded["settings"]
 
 
 @pytest.mark.slow

@@ -144,7 +144,7 @@ TRUE_MEDIAN = float(np.median(heavy_tailed(np.random.default_rng(0), 4_000_000))
 def simulate(seed, scale=1.0, max_time_s=60.0):
     rng, clock = np.random.default_rng(seed), [0.0]
 
-    def step():
+    def step(room):
         ms = float(BASE_MS + scale * (heavy_tailed(rng, 1)[0] - BASE_MS))
         clock[0] += ms / 1000
         return [{"e2e_ms": ms}]

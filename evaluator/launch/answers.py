@@ -52,9 +52,12 @@ def _generate(r: dict, req: dict) -> None:
     if "batches" in req:
         answers, asked = r.get("answers"), req["batches"]
         _need(isinstance(answers, list) and len(answers) == len(asked), f"answers is not one per batch ({len(asked)})")
-        for answer, prompts in zip(answers, asked):
-            _need(isinstance(answer, dict), "an answer is not an object")
-            _generate(answer, {"prompts": prompts})
+        for i, (answer, prompts) in enumerate(zip(answers, asked)):
+            _need(isinstance(answer, dict), f"answers[{i}] is not an object")
+            try:
+                _generate(answer, {"prompts": prompts})
+            except Malformed as exc:
+                raise Malformed(f"answers[{i}]: {exc}") from None
         return
     tokens = r.get("tokens")
     _need(isinstance(tokens, list) and len(tokens) == len(req.get("prompts", [])),

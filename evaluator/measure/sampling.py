@@ -27,8 +27,8 @@ class Budget:
 
 
 def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic, progress=None) -> tuple[list, dict]:
-    """Call step() -> [{metric: value}, ...] (one sample or a few timed back to back) until the
-    budget says stop; (samples, validity).
+    """Call step(room) -> [{metric: value}, ...] (one sample or a few timed back to back, at
+    most `room`: what the sample cap leaves) until the budget says stop; (samples, validity).
 
     Precision is checked at geometrically spaced counts (every 5% more samples), so checking
     costs little however long the loop runs."""
@@ -36,7 +36,7 @@ def sample(step, headline: tuple[str, ...], budget: Budget, clock=time.monotonic
     reached = {m: math.inf for m in headline}
     stopped = "time cap"
     while True:
-        runs += step()[:budget.max_iterations - len(runs)]
+        runs += step(budget.max_iterations - len(runs))
         elapsed = clock() - t0
         if progress:
             progress(len(runs))

@@ -10,10 +10,8 @@ pipe, JSON and the host's scheduling never enter a latency. Definitions:
 - prefill tokens/s: batch * prompt_tokens / TTFT.  decode tokens/s: batch * (new_tokens - 1) /
   (token_ns[-1] - token_ns[0]): the first token belongs to the prefill.
 
-The latency scenario's timed requests run one at a time, back to back inside the runner (the
-next the moment the one before returned): the harness's round trip between them would leave
-the engine idle for a moment no user's next request and no serving load leaves it (MLPerf's
-single stream, vLLM's latency benchmark and serving to one user all send back to back).
+The latency and throughput loops' timed requests run back to back inside the runner, a chunk
+at a time (back_to_back.py): no round trip through the evaluator enters between them.
 
 Timed requests take their prompts in turn from a pool of distinct WikiText-2 windows of the same
 length, the same pool for every engine: an engine that keeps a prefix cache cannot answer a
@@ -25,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from evaluator.errors import UserError
 from evaluator.launch.process import RunnerFailure, RunnerProcess
-from evaluator.measure import energy, sampling
+from evaluator.measure import back_to_back, energy, sampling
 from evaluator.stats.intervals import summarize
 
 
@@ -96,12 +94,6 @@ def _generate(runner: RunnerProcess, prompts: list[list[int]], new_tokens: int, 
     return _accounted(answer, len(prompts), new_tokens)
 
 
-def _back_to_back(runner: RunnerProcess, prompts: list[list[int]], new_tokens: int, timeout_s: float) -> list[dict]:
-    """One request per prompt, each sent by the runner the moment the one before it returned."""
-    answers = runner.request("generate", timeout_s, batches=[[p] for p in prompts], max_new_tokens=new_tokens)["answers"]
-    return [_accounted(answer, 1, new_tokens) for answer in answers]
-
-
 def _accounted(answer: dict, prompts: int, new_tokens: int) -> dict:
     tokens, token_ns = answer.get("tokens"), answer.get("token_ns")
     # Token accounting: a runner that returns the wrong amount is lying about its speed.
@@ -140,48 +132,32 @@ METRICS = (("e2e_ms", "ms"), ("ttft_ms", "ms"), ("tpot_ms", "ms"), ("prefill_tok
            ("decode_tokens_per_s", "tokens/s"))
 
 
-# Timed requests go to the runner in chunks it runs back to back, each chunk about this long:
-# short enough that the loop's precision checks and time cap stay fine-grained, long enough
-# that the pipe round trip between chunks is rare.
-CHUNK_S = 0.25
-MAX_CHUNK = 256
-
-
-def _chunk(e2e_ms: list[float]) -> int:
-    """How many requests the next chunk holds, from the last ones' median end-to-end time."""
-    median = sorted(e2e_ms)[len(e2e_ms) // 2]
-    return max(1, min(MAX_CHUNK, int(CHUNK_S * 1e3 / max(median, 1e-3))))
-
-
 def run_latency(runner: RunnerProcess, prompts: list[list[int]], sc: Latency, timeout_s: float, progress=None) -> dict:
     """Warmup, then one timed loop until every headline median is within the precision (or
-    the cap), timed request i on prompts[i mod len(prompts)], one at a time and back to back:
-    the runner sends each the moment the one before returned (no pipe round trip between
-    them, as a single user's next request or MLPerf's single stream). The result's `validity`
-    holds each rule's Yes/No and what was reached; `output_tokens` are prompts[0]'s."""
+    the cap), timed request i on prompts[i mod len(prompts)], one at a time and back to back
+    inside the runner (back_to_back.py). The result's `validity` holds each rule's Yes/No and
+    what was reached; `output_tokens` are prompts[0]'s."""
     idle = energy.idle_watts(runner, timeout_s)  # after load, before any work: the floor the loop adds to
-    warm = [_timings(_generate(runner, [prompts[i % len(prompts)]], sc.new_tokens, timeout_s), 1, len(prompts[0]))
-            for i in range(sc.warmup)]
+    warm = [_generate(runner, [prompts[i % len(prompts)]], sc.new_tokens, timeout_s) for i in range(sc.warmup)]
+    chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, [(w["end_ns"] - w["start_ns"]) / 1e6 for w in warm])
     first_output, requests = {}, itertools.count()
-    size = [_chunk([w["e2e_ms"] for w in warm]) if warm else 1]
 
-    def step():
-        numbers = [next(requests) for _ in range(size[0])]
-        which = [n % len(prompts) for n in numbers]
-        runs = []
-        for done, w, answer in zip(numbers, which, _back_to_back(runner, [prompts[w] for w in which], sc.new_tokens,
-                                                                 timeout_s)):
-            tokens = answer["tokens"][0]
-            if first_output.setdefault(w, tokens) != tokens:  # greedy is deterministic: a change is a bug
-                raise RunnerFailure("invalid", f"timed request {done + 1} returned other tokens than the first "
-                                               f"request on the same prompt ({w + 1} of {len(prompts)})")
-            runs.append(_timings(answer, 1, len(prompts[w])))
-        size[0] = _chunk([r["e2e_ms"] for r in runs])
-        return runs
+    def step(room):
+        numbers = [next(requests) for _ in range(min(chunks.size, room))]
+        lead = numbers[0] - 1  # the prompt before the chunk's first in turn: never that one's
+        lead_answer, timed = chunks.run([prompts[lead % len(prompts)]], [[prompts[n % len(prompts)]] for n in numbers],
+                                        lambda answer, n: _accounted(answer, n, sc.new_tokens))
+        for n, answer in [(lead, lead_answer), *zip(numbers, timed)]:
+            which, tokens = n % len(prompts), answer["tokens"][0]
+            if first_output.setdefault(which, tokens) != tokens:  # greedy is deterministic: a change is a bug
+                raise RunnerFailure("invalid", f"a request on prompt {which + 1} of {len(prompts)} returned other "
+                                               "tokens than the first request on it")
+        return [_timings(answer, 1, len(prompts[0])) for answer in timed]
 
     before = runner.request("energy", timeout_s)
     runs, validity = sampling.sample(step, HEADLINE, sc.budget(), progress=progress)
-    spent = energy.spent(before, runner.request("energy", timeout_s), len(runs) * sc.new_tokens, validity["duration_s"], idle)
+    spent = energy.spent(before, runner.request("energy", timeout_s), chunks.issued * sc.new_tokens, validity["duration_s"],
+                         idle)
     # An imprecise loop still measured correct answers: its numbers stay, with the wider
     # intervals they have, and the verdict INVALID says which precision was reached instead.
     metrics = {key: summarize([r[key] for r in runs if r[key] is not None], unit) for key, unit in METRICS}
@@ -225,16 +201,20 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
     for batch in sc.batch_sizes:
         slices = [prompts[i:i + batch] for i in range(0, len(prompts) - batch + 1, batch)][:sc.distinct_batches]
         try:
-            _generate(runner, slices[0], sc.new_tokens, timeout_s)  # warmup: allocator, caches
+            warm = _generate(runner, slices[0], sc.new_tokens, timeout_s)  # warmup: allocator, caches
         except RunnerFailure as exc:
             if exc.status != "unsupported" or batch == 1:
                 raise
             per_batch.append({"batch_size": batch, "unsupported": exc.reason})
             continue
-        turns = itertools.cycle(slices)
+        chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, [(warm["end_ns"] - warm["start_ns"]) / 1e6])
+        turns = itertools.count()
 
-        def step(batch=batch, turns=turns):
-            return [_timings(_generate(runner, next(turns), sc.new_tokens, timeout_s), batch, len(prompts[0]))]
+        def step(room, batch=batch, slices=slices, chunks=chunks, turns=turns):
+            numbers = [next(turns) for _ in range(min(chunks.size, room))]
+            _, timed = chunks.run(slices[(numbers[0] - 1) % len(slices)], [slices[n % len(slices)] for n in numbers],
+                                  lambda answer, n: _accounted(answer, n, sc.new_tokens))
+            return [_timings(answer, batch, len(prompts[0])) for answer in timed]
 
         runs, validity = sampling.sample(step, ("tokens_per_s",), sc.budget())
         per_batch.append({

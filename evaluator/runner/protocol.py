@@ -51,7 +51,10 @@ load {"model": {"path": str, "format": "hf"|"gguf"|..., "sha256": str, "artifact
     `context_tokens` is the longest sequence the session will send (prompt plus new tokens, or a
     scored window): an engine that sizes its KV cache or logits buffers up front sizes them for
     it, not for the model's training context. `scenario` names what the session will run: an
-    engine that serves through a separate server (llama.cpp's) starts it at a `serving` load.
+    engine that serves through a separate server (llama.cpp's) starts it at a `serving` load,
+    and a `serving` load's settings say in `serves_through` what will answer the requests (the
+    engine every scenario runs, or another path: llama-server, transformers' manager), which
+    the report prints beside the light-load comparison.
     `sha256` is the source model's content hash and `artifact_cache` a folder for what the
     engine derives from it (quantized or converted files): an engine that derives any refuses
     a load without both (`artifact_home`), keys them by (sha256, tool version, options), never
@@ -79,7 +82,7 @@ generate {"batches": [[[int, ...], ...], ...], "max_new_tokens": int}
     -> {"answers": [{"tokens", "start_ns", "token_ns", "end_ns"}, ...]}
     The same for each batch in turn, back to back: a batch starts the moment the one before it
     returned, with no pipe round trip between them (the latency scenario's timed requests, one
-    at a time as a single user sends them). Every batch is checked before any is run.
+    at a time as a single user sends them). Every batch's ids are checked before any is run.
 
 score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
     -> {"results": [{"logprobs": [float, ...], "top": [[[int, float], ...], ...]}, ...]}

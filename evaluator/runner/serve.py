@@ -138,10 +138,11 @@ class _Server:
         # Back to back: each batch the moment the one before returned, with no pipe round trip
         # between them (one request at a time, as MLPerf's single stream and serving to one user do).
         batches = req["batches"]
-        if "prompts" in req or not isinstance(batches, list) or not batches:
-            raise RunnerError("bad_request", "generate takes prompts (one batch) or batches (a non-empty list of "
-                              "batches, run back to back), not both")
-        parsed = [self._batch(b) for b in batches]  # every batch checked before any is timed
+        if "prompts" in req:
+            raise RunnerError("bad_request", "generate takes prompts (one batch) or batches (run back to back), not both")
+        if not isinstance(batches, list) or not batches:
+            raise RunnerError("bad_request", "batches must be a non-empty list of batches of token-id lists")
+        parsed = [self._batch(b) for b in batches]  # every batch's ids checked before any is run
         return {"answers": [self._timed(b, n) for b in parsed]}
 
     def _batch(self, prompts) -> list[list[int]]:
