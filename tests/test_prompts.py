@@ -8,24 +8,28 @@ from evaluator.measure import back_to_back, scenarios
 
 class Recording:
     """A runner that answers generate with tokens derived from the prompt (or, when `drift`, a
-    request's own count) and remembers every prompt it was sent."""
+    request's own count), each request taking `request_ms`, and remembers every prompt it was
+    sent, every back-to-back chunk and every deadline."""
 
-    def __init__(self, drift=False):
-        self.sent, self.drift, self.chunks = [], drift, []  # chunks: the batches of each back-to-back request
+    def __init__(self, drift=False, request_ms=None):
+        self.sent, self.drift, self.request_ms = [], drift, request_ms
+        self.chunks, self.deadlines = [], []  # chunks: the batches of each back-to-back request
 
     def request(self, op, timeout, **kw):
         if op == "energy":
             return {"joules": {}}
         if "batches" in kw:  # back to back: answered as one request per batch
             self.chunks.append(kw["batches"])
+            self.deadlines.append(timeout)
             return {"answers": [self.request(op, timeout, prompts=b, max_new_tokens=kw["max_new_tokens"])
                                 for b in kw["batches"]]}
         prompts, n = kw["prompts"], kw["max_new_tokens"]
         self.sent.append(prompts)
         salt = len(self.sent) if self.drift else 0
         tokens = [[(p[-1] + salt + i) % 50 for i in range(n)] for p in prompts]
-        return {"tokens": tokens, "start_ns": 0, "token_ns": [1_000_000 * (i + 1) for i in range(n)],
-                "end_ns": 1_000_000 * (n + 1)}
+        ms = self.request_ms or n + 1
+        return {"tokens": tokens, "start_ns": 0, "token_ns": [round(1e6 * ms * (i + 1) / (n + 1)) for i in range(n)],
+                "end_ns": round(1e6 * ms)}
 
 
 PROMPTS = [[1, 10 + i, 20 + i] for i in range(8)]
@@ -45,21 +49,32 @@ def test_latency_requests_take_the_prompts_in_turn_and_each_is_checked_against_i
     assert out["distinct_prompts"] == 8
 
 
-def test_a_chunk_never_outlasts_a_quarter_of_the_request_timeout_nor_passes_the_sample_cap():
-    assert back_to_back.chunk_size([5.0], 10) == round(back_to_back.CHUNK_S * 1000 / 5)
-    assert back_to_back.chunk_size([5.0, 5.0, 400.0], 10) == 5  # 2.5 s at the slowest seen: 6 requests, lead included
-    assert back_to_back.chunk_size([2000.0], 300) == back_to_back.MIN_CHUNK  # a slow engine: the lead stays a fraction
-    assert back_to_back.chunk_size([2000.0], 4) == 1
+def test_a_chunk_gives_each_request_its_time_and_a_slow_devices_minimum_costs_one_lead():
+    fast = Recording()
+    scenarios.run_latency(fast, PROMPTS, scenarios.Latency(new_tokens=4, warmup=1, min_iterations=16, min_duration_s=0,
+                                                           max_time_s=0.5), 10)
+    # 200 requests of 5 ms and their lead: the timeout, plus twice the slowest request for each
+    assert fast.deadlines == [pytest.approx(10 + 201 * 2 * 0.005)]
+    slow = Recording(request_ms=2000)
+    out = scenarios.run_latency(slow, PROMPTS, scenarios.Latency(new_tokens=4, warmup=1, min_iterations=10,
+                                                                 min_duration_s=0, max_time_s=0), 10)
+    assert [len(c) for c in slow.chunks] == [1 + 10] and out["iterations"] == 10
+    assert slow.deadlines == [pytest.approx(10 + 11 * 2 * 2.0)]
+
+
+def test_no_request_run_is_dropped_at_the_sample_cap():
     runner = Recording()
     sc = scenarios.Latency(new_tokens=4, warmup=1, min_iterations=300, min_duration_s=0, max_time_s=0.5,
                            max_iterations=300)
     out = scenarios.run_latency(runner, PROMPTS, sc, 10)
-    assert out["iterations"] == 300 and sum(len(c) - 1 for c in runner.chunks) == 300, "none run and dropped"
+    assert out["iterations"] == 300 and sum(len(c) - 1 for c in runner.chunks) == 300
 
 
 def test_a_prompt_that_answers_differently_the_second_time_is_invalid():
     sc = scenarios.Latency(new_tokens=4, warmup=0, min_iterations=16, min_duration_s=0, max_time_s=0.5)
-    with pytest.raises(RunnerFailure, match="than the first request on it") as err:
+    # the chunk's lead took prompt 8 first; timed request 8 is the next on it
+    with pytest.raises(RunnerFailure, match=r"timed request 8 returned other tokens than the first request on the "
+                                            r"same prompt \(8 of 8\)") as err:
         scenarios.run_latency(Recording(drift=True), PROMPTS, sc, 10)
     assert err.value.status == "invalid"
 
@@ -69,7 +84,9 @@ def test_throughput_steps_rotate_through_distinct_batches():
     pool = [[1, i] for i in range(16)]
     sc = scenarios.Throughput(new_tokens=3, batch_sizes=(1, 4), min_iterations=6, max_time_s=0.2, distinct_batches=4)
     scenarios.run_throughput(runner, pool, sc, 10)
-    timed = {len(c[1]): [tuple(map(tuple, b)) for b in c[1:]] for c in runner.chunks}  # batch size -> timed batches
     slices = [tuple(map(tuple, pool[i * 4:(i + 1) * 4])) for i in range(4)]
-    assert timed[4][:5] == [*slices, slices[0]], "every slice of four distinct prompts is used, in turn"
-    assert len({b[0][1] for b in timed[1]}) == 4
+    (chunk4,) = [[tuple(map(tuple, b)) for b in c] for c in runner.chunks if len(c[0]) == 4]
+    assert chunk4[0] == slices[-1], "led by the slice before the first timed one"
+    assert chunk4[1:6] == [*slices, slices[0]], "every slice of four distinct prompts is used, in turn"
+    (chunk1,) = [c for c in runner.chunks if len(c[0]) == 1]
+    assert len({b[0][1] for b in chunk1[1:]}) == 4

@@ -9,40 +9,44 @@ SSH to a board: long enough for llama.cpp's worker threads to stop spinning and 
 each chunk is led by one untimed request, which takes that wake-up, and only the requests after
 it are timed.
 
-A chunk holds about CHUNK_S of requests, at least MIN_CHUNK (the lead's cost stays a fraction
-of the chunk on a slow engine) and at most MAX_CHUNK, and never more than a quarter of the
-request timeout at the slowest request seen so far (a chunk is one request to the runner, under
-one timeout).
+A chunk holds about CHUNK_S of requests (at most MAX_CHUNK), and the first holds at least the
+loop's minimum number of requests, so a slow device's minimum costs one lead, not one per
+request. A chunk is one request to the runner: its deadline is the request timeout plus twice
+the slowest request seen so far for each request in it, so a hung engine is still found about
+one timeout after it stopped and a slow one gets each request's time.
 """
 from evaluator.launch.process import RunnerProcess
 
 CHUNK_S = 1.0
-MIN_CHUNK = 4
 MAX_CHUNK = 256
-
-
-def chunk_size(e2e_ms: list[float], timeout_s: float) -> int:
-    """How many timed requests the next chunk holds, from the last ones' end-to-end times."""
-    median, slowest = sorted(e2e_ms)[len(e2e_ms) // 2], max(e2e_ms)
-    size = max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_S * 1e3 / max(median, 1e-3))))
-    return max(1, min(size, int(timeout_s * 1e3 / 4 / max(slowest, 1e-3)) - 1))
 
 
 class Chunks:
     """One loop's chunks: their size, adapted as it goes, and how many requests ran in all."""
 
-    def __init__(self, runner: RunnerProcess, new_tokens: int, timeout_s: float, warmup_e2e_ms: list[float]):
-        self.runner, self.new_tokens, self.timeout_s = runner, new_tokens, timeout_s
-        self.size = chunk_size(warmup_e2e_ms, timeout_s) if warmup_e2e_ms else 1
-        self.issued = 0  # leads included: the energy the loop spent went into all of them
+    def __init__(self, runner: RunnerProcess, new_tokens: int, timeout_s: float, min_timed: int,
+                 warmup_e2e_ms: list[float]):
+        self.runner, self.new_tokens, self.timeout_s, self.min_timed = runner, new_tokens, timeout_s, min_timed
+        self.timed = 0    # timed requests so far
+        self.issued = 0   # every request run, leads included: the loop's energy went into all of them
+        self.slowest_ms = max(warmup_e2e_ms, default=None)
+        self.size = self._size(warmup_e2e_ms)
+
+    def _size(self, e2e_ms: list[float]) -> int:
+        by_time = int(CHUNK_S * 1e3 / max(sorted(e2e_ms)[len(e2e_ms) // 2], 1e-3)) if e2e_ms else 1
+        return max(1, min(MAX_CHUNK, by_time), self.min_timed - self.timed)
 
     def run(self, lead: list[list[int]], batches: list[list[list[int]]], accounted) -> tuple[dict, list[dict]]:
         """`lead` untimed, then each of `batches` back to back: (the lead's answer, the timed
         answers), each through accounted(answer, prompts)."""
-        answers = self.runner.request("generate", self.timeout_s, batches=[lead, *batches],
+        each_s = self.timeout_s if self.slowest_ms is None else 2 * self.slowest_ms / 1e3
+        deadline = self.timeout_s + (len(batches) + 1) * each_s
+        answers = self.runner.request("generate", deadline, batches=[lead, *batches],
                                       max_new_tokens=self.new_tokens)["answers"]
         answers = [accounted(a, len(b)) for a, b in zip(answers, [lead, *batches])]
+        e2e_ms = [(a["end_ns"] - a["start_ns"]) / 1e6 for a in answers]
+        self.slowest_ms = max(self.slowest_ms or 0.0, *e2e_ms)
         self.issued += len(answers)
-        timed = answers[1:]
-        self.size = chunk_size([(a["end_ns"] - a["start_ns"]) / 1e6 for a in timed], self.timeout_s)
-        return answers[0], timed
+        self.timed += len(batches)
+        self.size = self._size(e2e_ms[1:])
+        return answers[0], answers[1:]

@@ -139,7 +139,8 @@ def run_latency(runner: RunnerProcess, prompts: list[list[int]], sc: Latency, ti
     what was reached; `output_tokens` are prompts[0]'s."""
     idle = energy.idle_watts(runner, timeout_s)  # after load, before any work: the floor the loop adds to
     warm = [_generate(runner, [prompts[i % len(prompts)]], sc.new_tokens, timeout_s) for i in range(sc.warmup)]
-    chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, [(w["end_ns"] - w["start_ns"]) / 1e6 for w in warm])
+    chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, sc.min_iterations,
+                                 [(w["end_ns"] - w["start_ns"]) / 1e6 for w in warm])
     first_output, requests = {}, itertools.count()
 
     def step(room):
@@ -150,8 +151,9 @@ def run_latency(runner: RunnerProcess, prompts: list[list[int]], sc: Latency, ti
         for n, answer in [(lead, lead_answer), *zip(numbers, timed)]:
             which, tokens = n % len(prompts), answer["tokens"][0]
             if first_output.setdefault(which, tokens) != tokens:  # greedy is deterministic: a change is a bug
-                raise RunnerFailure("invalid", f"a request on prompt {which + 1} of {len(prompts)} returned other "
-                                               "tokens than the first request on it")
+                what = f"timed request {n + 1}" if n > lead else f"the untimed lead before timed request {n + 2}"
+                raise RunnerFailure("invalid", f"{what} returned other tokens than the first request on the same "
+                                               f"prompt ({which + 1} of {len(prompts)})")
         return [_timings(answer, 1, len(prompts[0])) for answer in timed]
 
     before = runner.request("energy", timeout_s)
@@ -207,7 +209,8 @@ def run_throughput(runner: RunnerProcess, prompts: list[list[int]], sc: Throughp
                 raise
             per_batch.append({"batch_size": batch, "unsupported": exc.reason})
             continue
-        chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, [(warm["end_ns"] - warm["start_ns"]) / 1e6])
+        chunks = back_to_back.Chunks(runner, sc.new_tokens, timeout_s, sc.min_iterations,
+                                     [(warm["end_ns"] - warm["start_ns"]) / 1e6])
         turns = itertools.count()
 
         def step(room, batch=batch, slices=slices, chunks=chunks, turns=turns):

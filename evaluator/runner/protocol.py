@@ -81,8 +81,8 @@ generate {"prompts": [[int, ...], ...], "max_new_tokens": int}
 generate {"batches": [[[int, ...], ...], ...], "max_new_tokens": int}
     -> {"answers": [{"tokens", "start_ns", "token_ns", "end_ns"}, ...]}
     The same for each batch in turn, back to back: a batch starts the moment the one before it
-    returned, with no pipe round trip between them (the latency scenario's timed requests, one
-    at a time as a single user sends them). Every batch's ids are checked before any is run.
+    returned, with no pipe round trip between them (the latency and throughput loops' timed
+    requests, as a single user sends them). Every batch's ids are checked before any is run.
 
 score {"sequences": [[int, ...], ...], "start": int, "top_k": int}
     -> {"results": [{"logprobs": [float, ...], "top": [[[int, float], ...], ...]}, ...]}
