@@ -168,7 +168,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads every engine uses (default: each engine's own choice, recorded in results)")
     e.add_argument("--request-timeout", type=float, default=Deadlines.request_s,
-                   help="seconds a runner may take to answer one request after load; then it is killed (default: %(default)s)")
+                   help="seconds a runner may take to answer one request after load; then it is killed (a chunk of timed "
+                        "requests run back to back gets this plus twice their median each) (default: %(default)s)")
     e.add_argument("--cell-timeout", type=float, default=Deadlines.cell_s,
                    help="seconds for a whole cell, load and every request; then its runner is killed (default: %(default)s)")
     e.add_argument("--load-timeout", type=float, default=Deadlines.load_s, help="seconds for startup plus load (default: %(default)s)")

@@ -43,7 +43,8 @@ STATUSES, FAILED = store.STATUSES, store.FAILED
 class Deadlines:
     startup_s: float = 180.0   # imports (torch takes seconds; vLLM much more)
     load_s: float = 600.0
-    request_s: float = 300.0   # any single request after load: the longest silence allowed
+    request_s: float = 300.0   # any single request after load: the longest silence allowed (a chunk of
+    #                            back-to-back timed requests gets it plus their expected time: back_to_back.py)
     cell_s: float = 7200.0     # the whole cell, from the runner's start to its last answer
 
 

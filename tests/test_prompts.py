@@ -8,11 +8,12 @@ from evaluator.measure import back_to_back, scenarios
 
 class Recording:
     """A runner that answers generate with tokens derived from the prompt (or, when `drift`, a
-    request's own count), each request taking `request_ms`, and remembers every prompt it was
-    sent, every back-to-back chunk and every deadline."""
+    request's own count), each request taking `request_ms` (or, when `jitter`, 1-10 times its
+    tokens' count in ms), and remembers every prompt it was sent, every back-to-back chunk and
+    every deadline."""
 
-    def __init__(self, drift=False, request_ms=None):
-        self.sent, self.drift, self.request_ms = [], drift, request_ms
+    def __init__(self, drift=False, request_ms=None, jitter=False):
+        self.sent, self.drift, self.request_ms, self.jitter = [], drift, request_ms, jitter
         self.chunks, self.deadlines = [], []  # chunks: the batches of each back-to-back request
 
     def request(self, op, timeout, **kw):
@@ -27,7 +28,7 @@ class Recording:
         self.sent.append(prompts)
         salt = len(self.sent) if self.drift else 0
         tokens = [[(p[-1] + salt + i) % 50 for i in range(n)] for p in prompts]
-        ms = self.request_ms or n + 1
+        ms = self.request_ms or (n + 1) * (1 + len(self.sent) * 37 % 10 if self.jitter else 1)
         return {"tokens": tokens, "start_ns": 0, "token_ns": [round(1e6 * ms * (i + 1) / (n + 1)) for i in range(n)],
                 "end_ns": round(1e6 * ms)}
 
@@ -60,21 +61,27 @@ def test_a_chunk_gives_each_request_its_time_and_a_slow_devices_minimum_costs_on
                                                                  min_duration_s=0, max_time_s=0), 10)
     assert [len(c) for c in slow.chunks] == [1 + 10] and out["iterations"] == 10
     assert slow.deadlines == [pytest.approx(10 + 11 * 2 * 2.0)]
+    # nothing timed before the loop (no warmup): one request after its lead first, then by time
+    cold = Recording()
+    scenarios.run_latency(cold, PROMPTS, scenarios.Latency(new_tokens=4, warmup=0, min_iterations=16, min_duration_s=0,
+                                                           max_time_s=0.5), 10)
+    assert [len(c) for c in cold.chunks][:2] == [2, 201] and cold.deadlines[0] == pytest.approx(2 * 10)
 
 
 def test_no_request_run_is_dropped_at_the_sample_cap():
-    runner = Recording()
-    sc = scenarios.Latency(new_tokens=4, warmup=1, min_iterations=300, min_duration_s=0, max_time_s=0.5,
+    runner = Recording(jitter=True)  # too scattered for any precision: only the cap stops it
+    sc = scenarios.Latency(new_tokens=4, warmup=1, min_iterations=250, min_duration_s=0, max_time_s=60, precision=0,
                            max_iterations=300)
     out = scenarios.run_latency(runner, PROMPTS, sc, 10)
-    assert out["iterations"] == 300 and sum(len(c) - 1 for c in runner.chunks) == 300
+    assert len(runner.chunks) > 2 and out["iterations"] == 300 == sum(len(c) - 1 for c in runner.chunks)
 
 
 def test_a_prompt_that_answers_differently_the_second_time_is_invalid():
     sc = scenarios.Latency(new_tokens=4, warmup=0, min_iterations=16, min_duration_s=0, max_time_s=0.5)
-    # the chunk's lead took prompt 8 first; timed request 8 is the next on it
-    with pytest.raises(RunnerFailure, match=r"timed request 8 returned other tokens than the first request on the "
-                                            r"same prompt \(8 of 8\)") as err:
+    # no warmup: the first chunk is one request (prompt 1) after its lead; the second chunk's lead
+    # takes prompt 1 again
+    with pytest.raises(RunnerFailure, match=r"the untimed lead before timed request 2 returned other tokens than the "
+                                            r"first request on the same prompt \(1 of 8\)") as err:
         scenarios.run_latency(Recording(drift=True), PROMPTS, sc, 10)
     assert err.value.status == "invalid"
 

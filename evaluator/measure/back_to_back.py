@@ -9,15 +9,18 @@ SSH to a board: long enough for llama.cpp's worker threads to stop spinning and 
 each chunk is led by one untimed request, which takes that wake-up, and only the requests after
 it are timed.
 
-A chunk holds about CHUNK_S of requests (at most MAX_CHUNK), and the first holds at least the
-loop's minimum number of requests, so a slow device's minimum costs one lead, not one per
-request. A chunk is one request to the runner: its deadline is the request timeout plus twice
-the slowest request seen so far for each request in it, so a hung engine is still found about
-one timeout after it stopped and a slow one gets each request's time.
+A chunk holds about CHUNK_S of requests, at least MIN_CHUNK (a slow engine's leads stay a
+fraction of its time) and at most MAX_CHUNK; the first holds at least the loop's minimum number
+of requests, so a slow device's minimum costs one lead, not one per request. A chunk is one
+request to the runner: its deadline is the request timeout plus twice the median request of the
+chunk before for each request in it, so a slow engine gets each request's time and a hung one
+is found about one timeout after it stopped. With nothing timed yet (no warmup) the first
+chunk is one request after its lead.
 """
 from evaluator.launch.process import RunnerProcess
 
 CHUNK_S = 1.0
+MIN_CHUNK = 4
 MAX_CHUNK = 256
 
 
@@ -29,24 +32,29 @@ class Chunks:
         self.runner, self.new_tokens, self.timeout_s, self.min_timed = runner, new_tokens, timeout_s, min_timed
         self.timed = 0    # timed requests so far
         self.issued = 0   # every request run, leads included: the loop's energy went into all of them
-        self.slowest_ms = max(warmup_e2e_ms, default=None)
-        self.size = self._size(warmup_e2e_ms)
+        self.median_ms = _median(warmup_e2e_ms) if warmup_e2e_ms else None
+        self.size = self._size()
 
-    def _size(self, e2e_ms: list[float]) -> int:
-        by_time = int(CHUNK_S * 1e3 / max(sorted(e2e_ms)[len(e2e_ms) // 2], 1e-3)) if e2e_ms else 1
-        return max(1, min(MAX_CHUNK, by_time), self.min_timed - self.timed)
+    def _size(self) -> int:
+        if self.median_ms is None:
+            return 1
+        by_time = max(MIN_CHUNK, min(MAX_CHUNK, int(CHUNK_S * 1e3 / max(self.median_ms, 1e-3))))
+        return max(by_time, self.min_timed - self.timed)
 
     def run(self, lead: list[list[int]], batches: list[list[list[int]]], accounted) -> tuple[dict, list[dict]]:
         """`lead` untimed, then each of `batches` back to back: (the lead's answer, the timed
         answers), each through accounted(answer, prompts)."""
-        each_s = self.timeout_s if self.slowest_ms is None else 2 * self.slowest_ms / 1e3
+        each_s = self.timeout_s / 2 if self.median_ms is None else 2 * self.median_ms / 1e3
         deadline = self.timeout_s + (len(batches) + 1) * each_s
         answers = self.runner.request("generate", deadline, batches=[lead, *batches],
                                       max_new_tokens=self.new_tokens)["answers"]
         answers = [accounted(a, len(b)) for a, b in zip(answers, [lead, *batches])]
-        e2e_ms = [(a["end_ns"] - a["start_ns"]) / 1e6 for a in answers]
-        self.slowest_ms = max(self.slowest_ms or 0.0, *e2e_ms)
+        self.median_ms = _median([(a["end_ns"] - a["start_ns"]) / 1e6 for a in answers[1:]])
         self.issued += len(answers)
         self.timed += len(batches)
-        self.size = self._size(e2e_ms[1:])
+        self.size = self._size()
         return answers[0], answers[1:]
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
