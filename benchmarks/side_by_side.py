@@ -26,7 +26,9 @@ sys.path.insert(0, str(REPO))
 
 from evaluator import envs, store  # noqa: E402
 from evaluator.catalog import backends, models  # noqa: E402
+from evaluator.errors import UserError, unknown  # noqa: E402
 from evaluator.launch import local  # noqa: E402
+from evaluator.launch.process import RunnerFailure  # noqa: E402
 from evaluator.stats.intervals import summarize  # noqa: E402
 
 
@@ -41,8 +43,15 @@ def main():
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=64)
     args = p.parse_args()
-    backend = backends.discover()[0][args.backend]
-    model = models.resolve(args.model)
+    try:
+        found = backends.discover()[0]
+        if args.backend not in found:
+            raise unknown("backend", args.backend, sorted(found))
+        backend = found[args.backend]
+        options = dict(backend.variant(args.variant).options)
+        model = models.resolve(args.model)
+    except UserError as exc:
+        sys.exit(f"side_by_side: {exc}")
     fmt = next(f for f in backend.formats if model.artifact(f))
     rng = random.Random(0)
     prompts = [[1] + [rng.randrange(3, 500) for _ in range(args.prompt - 1)] for _ in range(8)]
@@ -58,7 +67,7 @@ def main():
             spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model.content_hash(),
                     "artifact_cache": str(store.ARTIFACTS), "context_tokens": args.prompt + args.new,
                     **({"scenario": "serving"} if args.served else {})}
-            runner.request("load", 600, model=spec, options=dict(backend.variant(args.variant).options))
+            runner.request("load", 600, model=spec, options=options)
             for _ in range(3):  # warm: the first requests build kernels and caches
                 runner.request("generate", 60, prompts=[prompts[0]], max_new_tokens=args.new)
             for _ in range(args.rounds):
@@ -74,6 +83,8 @@ def main():
                                             concurrency=1)
                     for out in served["requests"]:
                         keep("served to 1 user", out["submitted_ns"], out["token_ns"])
+        except RunnerFailure as exc:  # e.g. --served on an engine that serves through another path
+            sys.exit(f"side_by_side: {args.backend} {args.variant}: {exc}")
         finally:
             runner.close()
     print(f"{args.backend} {args.variant} on {args.model}: {args.prompt}-token prompts, {args.new} new tokens, "
