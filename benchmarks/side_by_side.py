@@ -18,41 +18,21 @@ median TTFT and time per output token with their 95% intervals.
 import argparse
 import random
 import sys
-import tempfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from evaluator import envs, store  # noqa: E402
-from evaluator.catalog import backends, models  # noqa: E402
-from evaluator.errors import UserError, unknown  # noqa: E402
-from evaluator.launch import local  # noqa: E402
+import one_engine  # noqa: E402  (beside this file)
 from evaluator.launch.process import RunnerFailure  # noqa: E402
 from evaluator.stats.intervals import summarize  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", default="vllm")
-    p.add_argument("--variant", default="fp32")
-    p.add_argument("--model", default="synthetic-tiny")
+    one_engine.add_arguments(p)
     p.add_argument("--served", action="store_true", help="also serve each round to one user (a serving load)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=30, help="requests per regime in each round")
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=64)
     args = p.parse_args()
-    try:
-        found = backends.discover()[0]
-        if args.backend not in found:
-            raise unknown("backend", args.backend, sorted(found))
-        backend = found[args.backend]
-        options = dict(backend.variant(args.variant).options)
-        model = models.resolve(args.model)
-    except UserError as exc:
-        sys.exit(f"side_by_side: {exc}")
-    fmt = next(f for f in backend.formats if model.artifact(f))
     rng = random.Random(0)
     prompts = [[1] + [rng.randrange(3, 500) for _ in range(args.prompt - 1)] for _ in range(8)]
     turn = [prompts[i % len(prompts)] for i in range(args.per_round)]
@@ -61,13 +41,8 @@ def main():
     def keep(regime, start_ns, token_ns):
         times[regime].append(((token_ns[0] - start_ns) / 1e6, (token_ns[-1] - token_ns[0]) / 1e6 / (args.new - 1)))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        runner = local.start(backend, envs.python_for(backend), Path(tmp) / "runner.log", 300)
-        try:
-            spec = {"path": str(model.artifact(fmt)), "format": fmt, "sha256": model.content_hash(),
-                    "artifact_cache": str(store.ARTIFACTS), "context_tokens": args.prompt + args.new,
-                    **({"scenario": "serving"} if args.served else {})}
-            runner.request("load", 600, model=spec, options=options)
+    try:
+        with one_engine.loaded(args, args.prompt + args.new, "serving" if args.served else None) as runner:
             for _ in range(3):  # warm: the first requests build kernels and caches
                 runner.request("generate", 60, prompts=[prompts[0]], max_new_tokens=args.new)
             for _ in range(args.rounds):
@@ -83,16 +58,13 @@ def main():
                                             concurrency=1)
                     for out in served["requests"]:
                         keep("served to 1 user", out["submitted_ns"], out["token_ns"])
-        except RunnerFailure as exc:  # e.g. --served on an engine that serves through another path
-            sys.exit(f"side_by_side: {args.backend} {args.variant}: {exc}")
-        finally:
-            runner.close()
+    except RunnerFailure as exc:  # e.g. --served on an engine that serves through another path
+        sys.exit(f"side_by_side: {args.backend} {args.variant}: {exc}")
     print(f"{args.backend} {args.variant} on {args.model}: {args.prompt}-token prompts, {args.new} new tokens, "
           f"{args.rounds} rounds of {args.per_round} requests per regime, alternating")
     for regime, got in times.items():
         t, d = summarize([x[0] for x in got], "ms"), summarize([x[1] for x in got], "ms")
-        print(f"  {regime:>16}: TTFT {t['p50']:7.3f} ms [{t['p50_ci'][0]:.3f}, {t['p50_ci'][1]:.3f}]   "
-              f"TPOT {d['p50']:6.3f} ms [{d['p50_ci'][0]:.3f}, {d['p50_ci'][1]:.3f}]")
+        print(f"  {regime:>16}: TTFT {one_engine.median(t)}   TPOT {one_engine.median(d)}")
 
 
 if __name__ == "__main__":
